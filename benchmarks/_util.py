@@ -1,0 +1,72 @@
+"""Shared by the benchmarks: the machine description, medians, peak memory and table output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+RESULTS = Path(__file__).parent / "results"
+console = Console(highlight=False)
+
+
+def machine() -> str:
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}; {os.cpu_count()} cores; {mem_gib:.0f} GiB; Python {platform.python_version()}"
+
+
+def median_time(fn: Callable[[], Any], repeat: int = 3) -> tuple[float, Any]:
+    """Median wall time of `repeat` calls, and the last call's result."""
+    times, result = [], None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_isolated(module: str, *args: str) -> dict[str, Any]:
+    """Run `python -m module args` in a fresh process and parse its last stdout line as JSON,
+    so that each measurement's peak memory is its own."""
+    out = subprocess.run(
+        [sys.executable, "-m", module, *args], check=True, capture_output=True, text=True
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    table = Table(title=f"{title}\n[dim]{machine()}[/]")
+    for col in columns:
+        table.add_column(col, justify="right" if col != columns[0] else "left")
+    for row in rows:
+        table.add_row(*[f"{v:,.3g}" if isinstance(v, float) else str(v) for v in row])
+    console.print(table)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "".join(c if c.isalnum() else "_" for c in title.lower()).strip("_")
+    (RESULTS / f"{name}.json").write_text(
+        json.dumps({"title": title, "machine": machine(), "columns": list(columns), "rows": [list(map(str, r)) for r in rows]}, indent=2)
+    )

@@ -1,0 +1,59 @@
+"""The canonical tables every other part of the project reads.
+
+A CRM export is mapped onto these by ``features.contract.load_tables``; the demo generator
+writes them directly (with some dirt). Columns and their meaning are in DESIGN.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+OUTCOMES = ("won", "lost", "open")
+
+# Columns a table must have; the others are recognised when present.
+ACCOUNT_REQUIRED = ("account_id", "industry", "employees", "annual_revenue")
+ACCOUNT_OPTIONAL = ("name", "country", "region", "founded_year", "territory", "owner")
+OPPORTUNITY_REQUIRED = ("opportunity_id", "account_id", "created_at", "outcome")
+OPPORTUNITY_OPTIONAL = ("closed_at", "amount", "product", "source")
+ACTIVITY_REQUIRED = ("account_id", "occurred_at", "type")
+ACTIVITY_OPTIONAL = ("topic", "count")
+
+# Activity types the demo generator emits and the feature builder knows by name; other
+# types in a real export get features too, under their own (slugged) names.
+ACTIVITY_TYPES = (
+    "web_visit",
+    "content_download",
+    "email_click",
+    "meeting",
+    "event",
+    "intent_surge",
+)
+
+# Canonical fields that are only known once a deal has closed: never features.
+POST_OUTCOME_FIELDS = ("closed_at", "amount", "outcome")
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The canonical tables after mapping, cleaning and validation.
+
+    accounts: one row per account, ``account_id`` unique (string).
+    opportunities: ``created_at``/``closed_at`` are datetime64, ``outcome`` in OUTCOMES,
+        ``amount`` float (booked value when won).
+    activities: optional; ``occurred_at`` datetime64, ``count`` int (1 when the export has none).
+    """
+
+    accounts: pd.DataFrame
+    opportunities: pd.DataFrame
+    activities: pd.DataFrame | None = None
+
+    def end_of_data(self) -> pd.Timestamp:
+        """The latest date anywhere in the tables: the default scoring date."""
+        dates = [self.opportunities["created_at"].max()]
+        if "closed_at" in self.opportunities:
+            dates.append(self.opportunities["closed_at"].max())
+        if self.activities is not None and len(self.activities):
+            dates.append(self.activities["occurred_at"].max())
+        return pd.Timestamp(max(d for d in dates if pd.notna(d))).normalize()

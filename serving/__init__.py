@@ -1,0 +1,1 @@
+"""The BentoML service and batch scoring of the whole account list."""

@@ -1,0 +1,211 @@
+"""The project's typed configuration, loaded from TOML.
+
+One file configures a deployment: where the data is and how it maps (``[data]``), the ICP
+(``[icp]``), features, the leakage audit, training, the tier policy, the per-tier playbook
+and MLflow. Every section has documented defaults; unknown keys are refused.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+from features.config import (
+    DataConfig,
+    FeatureConfig,
+    IcpConfig,
+    LeakageConfig,
+    StrictModel,
+)
+
+TIERS = (1, 2, 3)
+TIER_NAMES = {1: "Tier 1 - strategic", 2: "Tier 2 - named", 3: "Tier 3 - program"}
+
+
+class PriorityWeights(StrictModel):
+    """priority = ev_weight * percentile(expected value) + icp_weight * ICP fit / 100.
+
+    Percentiles are taken against the reference population (the account list as of the end of
+    training) so that one online request and a batch run rank on the same scale.
+    """
+
+    expected_value: float = Field(0.7, ge=0)
+    icp_fit: float = Field(0.3, ge=0)
+
+    @model_validator(mode="after")
+    def _not_both_zero(self) -> PriorityWeights:
+        if self.expected_value + self.icp_fit <= 0:
+            raise ValueError("priority weights must not both be zero")
+        return self
+
+
+class TierPolicy(StrictModel):
+    method: Literal["quantile", "capacity", "threshold"] = Field(
+        "quantile",
+        description="quantile: shares of the list; capacity: reps x accounts per rep; "
+        "threshold: fixed priority cut-offs.",
+    )
+    tier1_share: float = Field(0.2, gt=0, lt=1, description="quantile: share of accounts in Tier 1.")
+    tier2_share: float = Field(0.6, gt=0, lt=1, description="quantile: share of accounts in Tier 2.")
+    reps: int | None = Field(None, gt=0, description="capacity: account managers.")
+    tier1_per_rep: int = Field(25, gt=0, description="capacity: Tier 1 accounts one rep can serve.")
+    tier2_per_rep: int = Field(150, gt=0, description="capacity: Tier 2 accounts one rep can serve.")
+    tier1_min_priority: float | None = Field(None, description="threshold: priority for Tier 1.")
+    tier2_min_priority: float | None = Field(None, description="threshold: priority for Tier 2.")
+    min_icp_fit_tier1: float = Field(60.0, ge=0, le=100, description="Tier 1 needs this ICP fit.")
+    min_evidence_tier1: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Evidence score (0-1: share of key fields known, history, engagement) below which "
+        "an account cannot be Tier 1; below half of it, not Tier 2 either.",
+    )
+    weights: PriorityWeights = Field(default_factory=PriorityWeights)
+
+    @model_validator(mode="after")
+    def _method_has_its_parameters(self) -> TierPolicy:
+        if self.method == "quantile" and self.tier1_share + self.tier2_share >= 1:
+            raise ValueError("tier1_share + tier2_share must be below 1")
+        if self.method == "capacity" and self.reps is None:
+            raise ValueError("method 'capacity' needs 'reps'")
+        if self.method == "threshold":
+            if self.tier1_min_priority is None or self.tier2_min_priority is None:
+                raise ValueError("method 'threshold' needs tier1_min_priority and tier2_min_priority")
+            if self.tier1_min_priority < self.tier2_min_priority:
+                raise ValueError("tier1_min_priority must be >= tier2_min_priority")
+        return self
+
+
+class Playbook(StrictModel):
+    """What each tier is entitled to; rides along with every tier decision."""
+
+    tier1: list[str] = Field(
+        default_factory=lambda: [
+            "Dedicated account manager",
+            "Custom content and account plan",
+            "Executive meetings",
+        ]
+    )
+    tier2: list[str] = Field(
+        default_factory=lambda: ["Industry campaigns", "Webinars", "Scheduled touchpoints"]
+    )
+    tier3: list[str] = Field(
+        default_factory=lambda: ["Automated nurture", "Self-service content", "Event-triggered outreach"]
+    )
+
+    def for_tier(self, tier: int) -> list[str]:
+        return {1: self.tier1, 2: self.tier2, 3: self.tier3}[tier]
+
+
+class SplitConfig(StrictModel):
+    """Time-based split of closed deals by creation date, cut on month starts."""
+
+    test_share: float = Field(0.2, gt=0, lt=0.5, description="Newest deals: the untouched test slice.")
+    calibration_share: float = Field(
+        0.15, gt=0, lt=0.5, description="Deals before the test slice: early stopping and calibration."
+    )
+
+
+class TrainingConfig(StrictModel):
+    seed: int = 42
+    n_jobs: int = Field(2, ge=1, description="LightGBM threads; set explicitly on shared machines.")
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    num_boost_round: int = Field(2000, gt=0)
+    early_stopping_rounds: int = Field(100, gt=0)
+    learning_rate: float = Field(0.03, gt=0)
+    num_leaves: int = Field(31, gt=1)
+    min_data_in_leaf: int = Field(40, gt=0)
+    feature_fraction: float = Field(0.8, gt=0, le=1)
+    lambda_l2: float = Field(1.0, ge=0)
+    value_objectives: list[Literal["log_l2", "gamma", "tweedie"]] = Field(
+        default_factory=lambda: ["log_l2", "gamma"],
+        description="Deal-value objectives compared on the calibration slice; the better is kept.",
+    )
+
+
+class PromotionGate(StrictModel):
+    """A challenger becomes champion only if, on the same test window, it is not worse by more
+    than these tolerances."""
+
+    max_auc_drop: float = Field(0.005, ge=0)
+    max_ece_rise: float = Field(0.005, ge=0)
+    max_tier1_capture_drop: float = Field(0.02, ge=0, description="Share of won revenue in Tier 1.")
+
+
+class MlflowConfig(StrictModel):
+    tracking_uri: str = Field(
+        "sqlite:///mlruns/mlflow.db",
+        description="Relative sqlite paths are relative to the working directory; "
+        "override with MLFLOW_TRACKING_URI for a team's server.",
+    )
+    artifact_location: str = Field("mlruns/artifacts", description="For new experiments.")
+    experiment: str = "account-tiering"
+    registered_model: str = "account-tiering"
+    gate: PromotionGate = Field(default_factory=PromotionGate)
+
+
+class ScoringConfig(StrictModel):
+    chunk_size: int = Field(50_000, gt=0, description="Accounts per batch-scoring chunk.")
+    top_reasons: int = Field(3, gt=0, description="Positive and negative drivers per account.")
+    snapshot: Path = Field(
+        Path("outputs/account_snapshot.parquet"),
+        description="Account features as of the scoring date, written by batch scoring, read by the service.",
+    )
+
+
+class Config(StrictModel):
+    name: str = "account-tiering"
+    data: DataConfig
+    icp: IcpConfig = Field(default_factory=IcpConfig)
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    leakage: LeakageConfig = Field(default_factory=LeakageConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    tiers: TierPolicy = Field(default_factory=TierPolicy)
+    playbook: Playbook = Field(default_factory=Playbook)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be read or does not match the schema."""
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a TOML config; data paths are resolved relative to the config file's folder."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from exc
+    return resolve_paths(config, path.parent)
+
+
+def resolve_paths(config: Config, base: Path) -> Config:
+    def resolve(p: Path) -> Path:
+        return p if p.is_absolute() else (base / p).resolve()
+
+    data = config.data
+    sources = {
+        name: src.model_copy(update={"path": resolve(src.path)})
+        for name, src in (
+            ("accounts", data.accounts),
+            ("opportunities", data.opportunities),
+            ("activities", data.activities),
+        )
+        if src is not None
+    }
+    if data.truth_dir is not None:
+        sources["truth_dir"] = resolve(data.truth_dir)  # type: ignore[assignment]  # a Path, not a source
+    return config.model_copy(update={"data": data.model_copy(update=sources)})

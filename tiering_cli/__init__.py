@@ -1,0 +1,1 @@
+"""The `tiering` command line: the top floor, composing the packages' commands."""

@@ -1,0 +1,63 @@
+"""What every command shares: the console, config loading and turning known errors into a
+clear message and a non-zero exit (never a traceback for bad input)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from tiering.config import Config, ConfigError, load_config
+
+console = Console(stderr=False, highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+CONFIG_OPTION = typer.Option(
+    Path("configs/demo.toml"), "--config", "-c", help="TOML config of the deployment.", exists=False
+)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+def read_config(path: Path) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+
+
+@contextmanager
+def known_errors() -> Iterator[None]:
+    """Bad input ends the command with its message and exit code 2 instead of a traceback."""
+    from features.contract import DataContractError
+
+    try:
+        yield
+    except (DataContractError, ConfigError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from None
+
+
+def progress() -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )

@@ -1,0 +1,31 @@
+"""`tiering`: one CLI for data scientists and ops. Each sub-command's help is its documentation.
+
+Heavy imports (LightGBM, MLflow, BentoML) happen inside the commands so that `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from tiering_cli import data_cmd, demo_cmd, icp_cmd, model_cmd, score_cmd
+
+app = typer.Typer(
+    help="Account tiering: learn from won/lost deals, tier every target account, explain why.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+app.command("demo-data")(data_cmd.demo_data)
+app.command("validate")(data_cmd.validate)
+app.add_typer(icp_cmd.app, name="icp")
+app.command("train")(model_cmd.train)
+app.command("models")(model_cmd.models)
+app.command("promote")(model_cmd.promote)
+app.command("rollback")(model_cmd.rollback)
+app.command("score")(score_cmd.score)
+app.command("serve")(score_cmd.serve)
+app.command("demo")(demo_cmd.demo)
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""Time-based split, model fitting, evaluation and the MLflow registry (promotion gate)."""

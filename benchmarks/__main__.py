@@ -10,7 +10,9 @@ from pathlib import Path
 
 def main(names: list[str]) -> None:
     found = sorted(
-        m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if m.name.startswith("bench_")
+        m.name
+        for m in pkgutil.iter_modules([str(Path(__file__).parent)])
+        if m.name.startswith("bench_")
     )
     chosen = [n for n in found if not names or n.removeprefix("bench_") in names or n in names]
     if not chosen:

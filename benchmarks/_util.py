@@ -68,5 +68,13 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "".join(c if c.isalnum() else "_" for c in title.lower()).strip("_")
     (RESULTS / f"{name}.json").write_text(
-        json.dumps({"title": title, "machine": machine(), "columns": list(columns), "rows": [list(map(str, r)) for r in rows]}, indent=2)
+        json.dumps(
+            {
+                "title": title,
+                "machine": machine(),
+                "columns": list(columns),
+                "rows": [list(map(str, r)) for r in rows],
+            },
+            indent=2,
+        )
     )

@@ -24,7 +24,9 @@ class StrictModel(BaseModel):
 class TableSource(StrictModel):
     """One table of a CRM export and how it maps onto a canonical table."""
 
-    path: Path = Field(description="CSV or Parquet file; relative paths are relative to the config file.")
+    path: Path = Field(
+        description="CSV or Parquet file; relative paths are relative to the config file."
+    )
     delimiter: str = Field(",", description="CSV field delimiter.")
     columns: dict[str, str] = Field(
         default_factory=dict,
@@ -47,7 +49,9 @@ class TableSource(StrictModel):
         default_factory=list,
         description="canonical columns whose empty rows are dropped (and reported) instead of refused.",
     )
-    date_format: str | None = Field(None, description="strftime format of date columns; None = ISO 8601.")
+    date_format: str | None = Field(
+        None, description="strftime format of date columns; None = ISO 8601."
+    )
 
 
 class DataConfig(StrictModel):
@@ -81,7 +85,10 @@ class IcpCriterion(StrictModel):
     min: float | None = Field(None, description="For >= and between.")
     max: float | None = Field(None, description="For <= and between.")
     weight: float = Field(1.0, gt=0)
-    must_have: bool = Field(False, description="An account missing a must-have scores at most 'cap_if_must_have_missed'.")
+    must_have: bool = Field(
+        False,
+        description="An account missing a must-have scores at most 'cap_if_must_have_missed'.",
+    )
 
     @model_validator(mode="after")
     def _operands_match_op(self) -> IcpCriterion:
@@ -107,7 +114,9 @@ class IcpConfig(StrictModel):
 
 class FeatureConfig(StrictModel):
     windows_days: list[int] = Field(default_factory=lambda: [30, 90, 180])
-    trend_days: int = Field(30, description="Trend: last N days against the 2N days before, per day.")
+    trend_days: int = Field(
+        30, description="Trend: last N days against the 2N days before, per day."
+    )
     prior_smoothing: float = Field(
         5.0, ge=0, description="Pseudo-deals at the global win rate in the smoothed prior win rate."
     )

@@ -48,11 +48,17 @@ class TierPolicy(StrictModel):
         description="quantile: shares of the list; capacity: reps x accounts per rep; "
         "threshold: fixed priority cut-offs.",
     )
-    tier1_share: float = Field(0.2, gt=0, lt=1, description="quantile: share of accounts in Tier 1.")
-    tier2_share: float = Field(0.6, gt=0, lt=1, description="quantile: share of accounts in Tier 2.")
+    tier1_share: float = Field(
+        0.2, gt=0, lt=1, description="quantile: share of accounts in Tier 1."
+    )
+    tier2_share: float = Field(
+        0.6, gt=0, lt=1, description="quantile: share of accounts in Tier 2."
+    )
     reps: int | None = Field(None, gt=0, description="capacity: account managers.")
     tier1_per_rep: int = Field(25, gt=0, description="capacity: Tier 1 accounts one rep can serve.")
-    tier2_per_rep: int = Field(150, gt=0, description="capacity: Tier 2 accounts one rep can serve.")
+    tier2_per_rep: int = Field(
+        150, gt=0, description="capacity: Tier 2 accounts one rep can serve."
+    )
     tier1_min_priority: float | None = Field(None, description="threshold: priority for Tier 1.")
     tier2_min_priority: float | None = Field(None, description="threshold: priority for Tier 2.")
     min_icp_fit_tier1: float = Field(60.0, ge=0, le=100, description="Tier 1 needs this ICP fit.")
@@ -73,7 +79,9 @@ class TierPolicy(StrictModel):
             raise ValueError("method 'capacity' needs 'reps'")
         if self.method == "threshold":
             if self.tier1_min_priority is None or self.tier2_min_priority is None:
-                raise ValueError("method 'threshold' needs tier1_min_priority and tier2_min_priority")
+                raise ValueError(
+                    "method 'threshold' needs tier1_min_priority and tier2_min_priority"
+                )
             if self.tier1_min_priority < self.tier2_min_priority:
                 raise ValueError("tier1_min_priority must be >= tier2_min_priority")
         return self
@@ -93,7 +101,11 @@ class Playbook(StrictModel):
         default_factory=lambda: ["Industry campaigns", "Webinars", "Scheduled touchpoints"]
     )
     tier3: list[str] = Field(
-        default_factory=lambda: ["Automated nurture", "Self-service content", "Event-triggered outreach"]
+        default_factory=lambda: [
+            "Automated nurture",
+            "Self-service content",
+            "Event-triggered outreach",
+        ]
     )
 
     def for_tier(self, tier: int) -> list[str]:
@@ -103,9 +115,14 @@ class Playbook(StrictModel):
 class SplitConfig(StrictModel):
     """Time-based split of closed deals by creation date, cut on month starts."""
 
-    test_share: float = Field(0.2, gt=0, lt=0.5, description="Newest deals: the untouched test slice.")
+    test_share: float = Field(
+        0.2, gt=0, lt=0.5, description="Newest deals: the untouched test slice."
+    )
     calibration_share: float = Field(
-        0.15, gt=0, lt=0.5, description="Deals before the test slice: early stopping and calibration."
+        0.15,
+        gt=0,
+        lt=0.5,
+        description="Deals before the test slice: early stopping and calibration.",
     )
 
 

@@ -1,0 +1,63 @@
+"""`tiering validate` and `tiering demo-data`: check an export against the data contract;
+write the demo CRM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from tiering_cli.common import CONFIG_OPTION, console, fail, known_errors, read_config
+
+FORMATS = ("csv", "parquet")
+
+
+def validate(config: Path = CONFIG_OPTION) -> None:
+    """Map, clean and validate the export named in the config; print the data-quality report.
+
+    Exits with code 2 and a list of every broken rule (table, column, rule, examples) when the
+    data breaks the contract.
+    """
+    from features.contract import load_tables
+    from features.quality import quality_report, render_quality
+
+    settings = read_config(config)
+    with known_errors():
+        result = load_tables(settings.data)
+    render_quality(quality_report(result.tables, result.report), console)
+    console.print(f"[green]valid:[/] the data meets the contract ({config})")
+
+
+def demo_data(
+    accounts: Annotated[
+        int, typer.Option("--accounts", "-n", min=1, help="Number of accounts.")
+    ] = 5000,
+    seed: Annotated[
+        int, typer.Option("--seed", "-s", help="Random seed: same seed, same bytes.")
+    ] = 7,
+    dirt_rate: Annotated[
+        float,
+        typer.Option(
+            "--dirt-rate",
+            min=0.0,
+            max=1.0,
+            help="Share of values made dirty as in real exports (case variants, gaps, duplicates).",
+        ),
+    ] = 0.02,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for the CSV/Parquet files and truth/.")
+    ] = Path("data/demo"),
+    fmt: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
+) -> None:
+    """Write the demo CRM export (accounts, opportunities, activities) and its ground truth."""
+    if fmt not in FORMATS:
+        raise fail(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    from features.demo import write_demo
+
+    checked: Literal["csv", "parquet"] = "csv" if fmt == "csv" else "parquet"
+
+    with console.status(f"Generating {accounts:,} demo accounts"):
+        paths = write_demo(out, n_accounts=accounts, seed=seed, dirt_rate=dirt_rate, fmt=checked)
+    for name, path in paths.items():
+        console.print(f"wrote {name}: {path}")

@@ -1,0 +1,631 @@
+"""Reasons a rep can read: what raised or lowered an account's win chance and deal size,
+grouped into the business fields a rep knows, phrased with the account's own values; the ICP
+criteria met and missed; the tier rule that applied; what would move it up; the playbook.
+
+Where the numbers come from
+    LightGBM's ``pred_contrib`` (exact TreeSHAP) splits each raw score into per-feature
+    contributions plus a ``bias`` (the model's average raw score): log-odds for the win model,
+    log deal value for the value model. Features are summed into business fields with one
+    matrix product by a feature -> field indicator matrix (``features.build.feature_field``),
+    which preserves the row sums exactly.
+
+Win chance in probability points (a documented approximation)
+    Log-odds do not add up in probability space, and the win probability is calibrated after
+    the model. Each account's field contributions are therefore scaled by one per-account
+    factor, the slope of the secant from the base (bias) to the account's raw score:
+    ``(p_win - p_base) / (raw - bias)``, where ``p_base`` is the calibrated probability at the
+    bias. The fields' points then add up exactly to ``p_win - p_base`` and keep the signs of the
+    SHAP values (calibration is monotone). When the raw score is within 0.05 logits of the base
+    the secant is ill-defined and the local slope ``p (1 - p)`` is used instead.
+
+Deal size in percent
+    The value model's raw score is a log, so a field's contribution ``c`` multiplies the deal
+    value by ``exp(c)``: "+18 % deal size" means ``exp(c) - 1 = 0.18``, all else equal.
+
+Which fields are reasons
+    Fields are ranked by their effect on the log of expected value (win part scaled like the
+    points, with the secant of ``log p``, plus the value part): the top ``k`` positive and top
+    ``k`` negative, skipping fields whose effect is immaterial (< 0.5 points and < 1 % deal size).
+
+The heavy part (grouping, scaling, top-k) is vectorised over accounts; only the final string
+formatting loops, and only over the accounts that need text.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike, NDArray
+
+from tiering.config import Playbook, TierPolicy
+from tiering.policy import (
+    RULE_PRIORITY,
+    TierAssignment,
+    ev_needed,
+    ev_percentile,
+    icp_needed,
+)
+
+FieldOf = Callable[[str], tuple[str, str]]
+
+MIN_POINTS = 0.5
+"""Win-chance effects smaller than this (probability points) are not worth a rep's time."""
+MIN_DEAL_SIZE_PCT = 1.0
+"""Deal-size effects smaller than this (percent) are not worth a rep's time."""
+_SECANT_MIN_LOGITS = 0.05
+MINUS = "\u2212"
+DASH = "\u2014"
+
+
+def _default_field_of() -> FieldOf:
+    from features.build import feature_field
+
+    return feature_field
+
+
+# ------------------------------------------------------------------------------ grouping
+
+
+@dataclass(frozen=True)
+class FieldMap:
+    """Features grouped into business fields: ``member[j, f] = 1`` when feature j belongs to
+    field f. Fields keep the order in which their first feature appears."""
+
+    features: tuple[str, ...]
+    fields: tuple[str, ...]
+    labels: tuple[str, ...]
+    field_of_feature: NDArray[np.int64]
+    member: NDArray[np.float64]
+
+
+def field_map(feature_names: Sequence[str], field_of: FieldOf | None = None) -> FieldMap:
+    field_of = field_of or _default_field_of()
+    keys: list[str] = []
+    labels: list[str] = []
+    index: dict[str, int] = {}
+    owner = np.empty(len(feature_names), dtype=np.int64)
+    for j, name in enumerate(feature_names):
+        key, label = field_of(name)
+        if key not in index:
+            index[key] = len(keys)
+            keys.append(key)
+            labels.append(label)
+        owner[j] = index[key]
+    member = np.zeros((len(feature_names), len(keys)))
+    member[np.arange(len(feature_names)), owner] = 1.0
+    return FieldMap(tuple(feature_names), tuple(keys), tuple(labels), owner, member)
+
+
+def _feature_matrix(contrib: pd.DataFrame, features: Sequence[str], what: str) -> np.ndarray:
+    missing = [c for c in (*features, "bias") if c not in contrib.columns]
+    if missing:
+        raise ValueError(f"{what} contributions: missing column(s) {missing[:5]}")
+    return contrib[list(features)].to_numpy(dtype=np.float64)
+
+
+def group_by_field(
+    contrib: pd.DataFrame, fmap: FieldMap | None = None, field_of: FieldOf | None = None
+) -> pd.DataFrame:
+    """Per-feature contributions summed into business fields (``bias`` left out); the row sums
+    equal the sums of the feature contributions."""
+    if fmap is None:
+        fmap = field_map([c for c in contrib.columns if c != "bias"], field_of)
+    grouped = _feature_matrix(contrib, fmap.features, "feature") @ fmap.member
+    return pd.DataFrame(grouped, columns=list(fmap.fields), index=contrib.index)
+
+
+@dataclass(frozen=True)
+class FieldEffects:
+    """Per account (rows) and business field (columns): win-chance points, deal-size percent and
+    the effect on log expected value used for ranking; ``representative`` is the feature (index
+    into ``fmap.features``) that moved each field most, whose value the text quotes."""
+
+    fmap: FieldMap
+    win_points: NDArray[np.float64]
+    deal_size_pct: NDArray[np.float64]
+    ev_log: NDArray[np.float64]
+    representative: NDArray[np.int32]
+
+
+def _secant(dz: np.ndarray, dy: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    far = np.abs(dz) >= _SECANT_MIN_LOGITS
+    safe = np.where(far, dz, 1.0)
+    return np.where(far, dy / safe, fallback)
+
+
+def field_effects(
+    win_contrib: pd.DataFrame,
+    value_contrib: pd.DataFrame,
+    p_win: ArrayLike,
+    p_base: ArrayLike,
+    fmap: FieldMap,
+) -> FieldEffects:
+    """Win points, deal-size percent and log-EV effects per field (see the module docstring)."""
+    win = _feature_matrix(win_contrib, fmap.features, "win-model")
+    value = _feature_matrix(value_contrib, fmap.features, "value-model")
+    if win.shape != value.shape:
+        raise ValueError(
+            f"win and value contributions differ in shape: {win.shape} vs {value.shape}"
+        )
+    p = np.clip(np.asarray(p_win, dtype=np.float64).reshape(-1), 1e-9, 1 - 1e-9)
+    p0 = np.clip(np.broadcast_to(np.asarray(p_base, dtype=np.float64), p.shape), 1e-9, 1 - 1e-9)
+    if p.shape[0] != win.shape[0]:
+        raise ValueError(f"p_win: {p.shape[0]} values for {win.shape[0]} contribution rows")
+    dz = win.sum(axis=1)
+    points_per_logit = _secant(dz, p - p0, p * (1 - p)) * 100
+    logp_per_logit = _secant(dz, np.log(p) - np.log(p0), 1 - p)
+
+    win_fields = win @ fmap.member
+    value_fields = value @ fmap.member
+    combined = win * logp_per_logit[:, None] + value
+    representative = np.empty(win_fields.shape, dtype=np.int32)
+    for f in range(len(fmap.fields)):
+        cols = np.flatnonzero(fmap.field_of_feature == f)
+        if cols.size == 1:
+            representative[:, f] = cols[0]
+        else:
+            representative[:, f] = cols[np.argmax(np.abs(combined[:, cols]), axis=1)]
+    return FieldEffects(
+        fmap=fmap,
+        win_points=win_fields * points_per_logit[:, None],
+        deal_size_pct=np.expm1(value_fields) * 100,
+        ev_log=win_fields * logp_per_logit[:, None] + value_fields,
+        representative=representative,
+    )
+
+
+def _top_k(score: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column indices of the k largest finite scores per row, best first, and their validity."""
+    n, m = score.shape
+    k = min(k, m)
+    if k <= 0 or n == 0:
+        return np.empty((n, 0), dtype=np.int64), np.empty((n, 0), dtype=bool)
+    idx = np.argpartition(-score, k - 1, axis=1)[:, :k] if k < m else np.tile(np.arange(m), (n, 1))
+    picked = np.take_along_axis(score, idx, axis=1)
+    order = np.argsort(-picked, axis=1, kind="stable")
+    idx = np.take_along_axis(idx, order, axis=1)
+    return idx, np.isfinite(np.take_along_axis(score, idx, axis=1))
+
+
+def top_drivers(
+    effects: FieldEffects, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(positive fields, valid, negative fields, valid): up to ``k`` material fields each way."""
+    material = (np.abs(effects.win_points) >= MIN_POINTS) | (
+        np.abs(effects.deal_size_pct) >= MIN_DEAL_SIZE_PCT
+    )
+    ev = effects.ev_log
+    pos, pos_ok = _top_k(np.where(material & (ev > 0), ev, -np.inf), k)
+    neg, neg_ok = _top_k(np.where(material & (ev < 0), -ev, -np.inf), k)
+    return pos, pos_ok, neg, neg_ok
+
+
+# ---------------------------------------------------------------------------- formatting
+
+
+def fmt_money(value: float) -> str:
+    if not math.isfinite(value):
+        return "unknown"
+    sign = "-" if value < 0 else ""
+    v = abs(value)
+    if v >= 1e9:
+        return f"{sign}${v / 1e9:.1f}B"
+    if v >= 1e6:
+        return f"{sign}${v / 1e6:.1f}M"
+    if v >= 1e4:
+        return f"{sign}${v / 1e3:.0f}k"
+    if v >= 1e3:
+        return f"{sign}${v / 1e3:.1f}k"
+    return f"{sign}${v:,.0f}"
+
+
+def fmt_signed(value: float, unit: str) -> str:
+    """'+6 pts', '−3 pts', '+0.7 pts': whole numbers from 1 up, one decimal below."""
+    magnitude = abs(value)
+    text = f"{magnitude:.0f}" if magnitude >= 0.95 else f"{magnitude:.1f}"
+    sign = "+" if value >= 0 else MINUS
+    return f"{sign}{text}{unit}"
+
+
+def fmt_percent(share: float) -> str:
+    return f"{share * 100:.0f} %"
+
+
+def _fmt_number(value: float) -> str:
+    if float(value).is_integer():
+        return f"{value:,.0f}"
+    return f"{value:,.1f}" if abs(value) >= 10 else f"{value:,.2f}"
+
+
+_WINDOW = re.compile(r"^(?P<base>.+)_(?P<days>\d+)d$")
+_MONEY = ("revenue", "amount", "value", "arr", "spend")
+
+
+def describe_value(feature: str, label: str, value: Any) -> str:
+    """The account's own value of a feature in a rep's words, e.g. 'Meetings in the last 90 days:
+    4', 'No deals won with us yet', 'Industry software', 'Company size (employees): 5,200'."""
+    if isinstance(value, np.bool_):
+        value = float(value)
+    missing = _is_missing(value)
+    if isinstance(value, str) or (not missing and not isinstance(value, (int, float, np.number))):
+        return f"{label} {value}"
+    special = _describe_history(feature, value, missing)
+    if special is not None:
+        return special
+    lower = label[:1].lower() + label[1:]
+    if missing:
+        if feature.startswith("days_since_"):
+            return f"No {lower} on record"
+        return f"{label} unknown"
+    v = float(value)
+    if feature.startswith("intent_topics_") and (m := _WINDOW.match(feature)):
+        return f"Intent topics in the last {m['days']} days: {_fmt_number(v)}"
+    if m := _WINDOW.match(feature):
+        if v == 0:
+            return f"No {lower} in the last {m['days']} days"
+        return f"{label} in the last {m['days']} days: {_fmt_number(v)}"
+    if feature.startswith("days_since_"):
+        return f"{label}: last one {v:,.0f} days ago"
+    if feature.endswith("_trend"):
+        trend = "rising" if v > 0.1 else "falling" if v < -0.1 else "flat"
+        return f"{label} {trend} over the last weeks"
+    if feature.startswith(("tech_", "has_", "is_")):
+        if v >= 0.5:
+            return label
+        return "Does not use " + label[5:] if label.startswith("Uses ") else f"{label}: no"
+    if feature == "founded_year":
+        return f"{label} {v:.0f}"
+    if any(word in feature for word in _MONEY):
+        return f"{label}: {fmt_money(v)}"
+    if "rate" in feature or "share" in feature:
+        return f"{label}: {fmt_percent(v)}"
+    return f"{label}: {_fmt_number(v)}"
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def _describe_history(feature: str, value: Any, missing: bool) -> str | None:
+    v = 0.0 if missing else float(value)
+    if feature == "prior_won":
+        return "No deals won with us yet" if v == 0 else f"Deals won with us: {v:,.0f}"
+    if feature == "prior_lost":
+        return "No deals lost with us" if v == 0 else f"Deals lost with us: {v:,.0f}"
+    if feature == "days_since_last_won":
+        return "No deals won with us yet" if missing else f"Last deal won {v:,.0f} days ago"
+    if feature == "revenue_won":
+        return "No revenue won with us yet" if v == 0 else f"Revenue won with us: {fmt_money(v)}"
+    if feature == "prior_win_rate" and not missing:
+        return f"Win rate with us (smoothed): {fmt_percent(v)}"
+    if feature == "open_deals":
+        return "No open deals" if v == 0 else f"Open deals: {v:,.0f}"
+    return None
+
+
+def _effect_phrases(points: float, pct: float) -> list[str]:
+    phrases = []
+    if abs(points) >= MIN_POINTS:
+        more = "win more often" if points > 0 else "win less often"
+        phrases.append(f"accounts like this {more}: {fmt_signed(points, ' pts')}")
+    if abs(pct) >= MIN_DEAL_SIZE_PCT:
+        larger = "larger" if pct > 0 else "smaller"
+        phrases.append(f"deals here are {larger}: {fmt_signed(pct, ' % deal size')}")
+    return phrases
+
+
+def _effect_short(points: float, pct: float) -> str:
+    parts = []
+    if abs(points) >= MIN_POINTS:
+        parts.append(fmt_signed(points, " pts"))
+    if abs(pct) >= MIN_DEAL_SIZE_PCT:
+        parts.append(fmt_signed(pct, " % deal size"))
+    return ", ".join(parts)
+
+
+def _json_value(value: Any) -> Any:
+    if value is None or value is pd.NA:
+        return None
+    if isinstance(value, (np.floating, float)):
+        return None if math.isnan(value) else float(value)
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return str(value)
+
+
+def drivers(
+    features: pd.DataFrame,
+    win_contrib: pd.DataFrame,
+    value_contrib: pd.DataFrame,
+    p_win: ArrayLike,
+    p_base: ArrayLike,
+    *,
+    top: int = 3,
+    field_of: FieldOf | None = None,
+    fmap: FieldMap | None = None,
+) -> list[list[dict[str, Any]]]:
+    """Per account: the top positive then top negative drivers, each a dict with ``field``,
+    ``label``, ``feature``, ``value`` (the account's own value), ``value_text``,
+    ``effect_points`` (win chance, probability points), ``deal_size_pct``, ``direction``
+    ("positive"/"negative": effect on expected value) and ``text``."""
+    if fmap is None:
+        fmap = field_map([c for c in win_contrib.columns if c != "bias"], field_of)
+    missing = [c for c in fmap.features if c not in features.columns]
+    if missing:
+        raise ValueError(f"features: missing column(s) {missing[:5]} that the model explains")
+    effects = field_effects(win_contrib, value_contrib, p_win, p_base, fmap)
+    pos, pos_ok, neg, neg_ok = top_drivers(effects, top)
+    columns = [features[c].to_numpy() for c in fmap.features]
+    points, pct, rep = effects.win_points, effects.deal_size_pct, effects.representative
+    out: list[list[dict[str, Any]]] = []
+    described: dict[tuple[int, int, Any], str] = {}
+    for i in range(len(features)):
+        items: list[dict[str, Any]] = []
+        for fields, direction in ((pos[i][pos_ok[i]], "positive"), (neg[i][neg_ok[i]], "negative")):
+            for f in fields:
+                j = int(rep[i, f])
+                value = columns[j][i]
+                # Accounts share most values (industries, small counts): describe each once.
+                key = (j, f, None if _is_missing(value) else value)
+                desc = described.get(key)
+                if desc is None:
+                    desc = described[key] = describe_value(fmap.features[j], fmap.labels[f], value)
+                # Text and numbers from the same rounded values, so they never disagree.
+                pts, dpct = round(float(points[i, f]), 1), round(float(pct[i, f]), 1)
+                items.append(
+                    {
+                        "field": fmap.fields[f],
+                        "label": fmap.labels[f],
+                        "feature": fmap.features[j],
+                        "value": _json_value(value),
+                        "value_text": desc,
+                        "effect_points": pts,
+                        "deal_size_pct": dpct,
+                        "direction": direction,
+                        "text": f"{desc} {DASH} " + "; ".join(_effect_phrases(pts, dpct)),
+                    }
+                )
+        out.append(items)
+    return out
+
+
+# ------------------------------------------------------------------------ tier sentences
+
+
+def _rank_phrase(assignment: TierAssignment, i: int, pct: float) -> str:
+    if assignment.rank is not None:
+        return f"rank {int(assignment.rank[i]):,} of {assignment.n_population:,}"
+    top = max(1.0, math.ceil((1 - pct) * 100))
+    return f"top {top:.0f} % of the reference list ({assignment.as_of})"
+
+
+def _cut_phrase(tier: int, cutoff: float | None, ev_cut: float, icp: float, by_ev: bool) -> str:
+    if cutoff is None:
+        return f"Tier {tier} reached by nobody"
+    if not by_ev:
+        return f"Tier {tier} cut-off priority {cutoff:.3f}"
+    if math.isnan(ev_cut):
+        return f"Tier {tier} out of reach by expected value at ICP fit {icp:.0f}"
+    return f"Tier {tier} cut-off {fmt_money(ev_cut)}"
+
+
+def tier_texts(
+    assignment: TierAssignment,
+    priority: ArrayLike,
+    expected_value: ArrayLike,
+    icp_fit: ArrayLike,
+    evidence: ArrayLike,
+    icp_missed: Sequence[Sequence[str]] | None,
+    reference_ev: ArrayLike,
+    policy: TierPolicy,
+) -> tuple[list[str], list[str]]:
+    """(tier rule per account, what would move it up a tier per account).
+
+    The cut-offs are priorities; they are shown as the expected value that reaches them at the
+    account's own ICP fit, so a rep reads "Tier 1 cut-off $180k" rather than "0.71".
+    """
+    prio = np.asarray(priority, dtype=np.float64).reshape(-1)
+    ev = np.asarray(expected_value, dtype=np.float64).reshape(-1)
+    fit = np.asarray(icp_fit, dtype=np.float64).reshape(-1)
+    evid = np.asarray(evidence, dtype=np.float64).reshape(-1)
+    weights = policy.weights
+    by_ev = weights.expected_value > 0
+    c1, c2 = assignment.tier1_cutoff, assignment.tier2_cutoff
+    inf = float("inf")
+    ev_c1 = ev_needed(inf if c1 is None else c1, fit, reference_ev, weights)
+    ev_c2 = ev_needed(inf if c2 is None else c2, fit, reference_ev, weights)
+    icp_c1 = icp_needed(inf if c1 is None else c1, ev, reference_ev, weights)
+    icp_c2 = icp_needed(inf if c2 is None else c2, ev, reference_ev, weights)
+    pct = ev_percentile(ev, reference_ev)
+    min_fit, min_ev = policy.min_icp_fit_tier1, policy.min_evidence_tier1
+    cuts = {
+        # For the hint: the expected value Tier 1 needs once the ICP fit meets its minimum.
+        "ev1": ev_needed(inf if c1 is None else c1, np.maximum(fit, min_fit), reference_ev, weights),
+        "ev2": ev_c2,
+        "icp1": icp_c1,
+        "icp2": icp_c2,
+    }
+    rules: list[str] = []
+    hints: list[str] = []
+    for i in range(prio.size):
+        tier = int(assignment.tier[i])
+        parts = [f"Expected value {fmt_money(ev[i])}, {_rank_phrase(assignment, i, pct[i])}"]
+        if tier <= 2:
+            parts.append(_cut_phrase(1, c1, ev_c1[i], fit[i], by_ev))
+        if tier >= 2:
+            parts.append(_cut_phrase(2, c2, ev_c2[i], fit[i], by_ev))
+        text = ", ".join(parts)
+        if by_ev:
+            # The cut-offs are priorities; in money they depend on the account's own ICP fit.
+            text += f" (at ICP fit {fit[i]:.0f})"
+        if tier == 1:
+            text += f"; ICP fit {fit[i]:.0f} >= {min_fit:.0f}"
+        rule = assignment.rule[i]
+        if rule != RULE_PRIORITY:
+            reached = int(assignment.by_priority[i])
+            held = []
+            if reached == 1 and fit[i] < min_fit:
+                held.append(f"ICP fit {fit[i]:.0f} < {min_fit:.0f} needed for Tier 1")
+            need = min_ev if reached == 1 else min_ev / 2
+            if evid[i] < need:
+                held.append(
+                    f"too little known for Tier {reached} (evidence {evid[i]:.2f} < {need:.2f})"
+                )
+            text += f"; priority reaches Tier {reached} but " + " and ".join(held)
+        rules.append(text)
+        hints.append(
+            _next_tier_hint(
+                tier, i, assignment, prio, ev, fit, evid, icp_missed, policy, cuts, by_ev
+            )
+        )
+    return rules, hints
+
+
+def _next_tier_hint(
+    tier: int,
+    i: int,
+    assignment: TierAssignment,
+    prio: np.ndarray,
+    ev: np.ndarray,
+    fit: np.ndarray,
+    evid: np.ndarray,
+    icp_missed: Sequence[Sequence[str]] | None,
+    policy: TierPolicy,
+    cuts: dict[str, np.ndarray],
+    by_ev: bool,
+) -> str:
+    if tier == 1:
+        return "Already in the top tier"
+    target = tier - 1
+    needs: list[str] = []
+    need_evidence = policy.min_evidence_tier1 if target == 1 else policy.min_evidence_tier1 / 2
+    if evid[i] < need_evidence:
+        needs.append(
+            f"more known about the account: evidence {need_evidence:.2f} (now {evid[i]:.2f}; "
+            "fill in firmographics, log deals and engagement)"
+        )
+    cutoff = assignment.tier1_cutoff if target == 1 else assignment.tier2_cutoff
+    gated_by_icp = target == 1 and fit[i] < policy.min_icp_fit_tier1
+    floor = policy.min_icp_fit_tier1 if target == 1 else 0.0
+    missed = list(icp_missed[i]) if icp_missed is not None and gated_by_icp else []
+    missed_text = f"; missed: {', '.join(missed[:3])}" if missed else ""
+    if cutoff is None:
+        needs.append(f"a seat: nobody holds Tier {target} under the current policy")
+    elif prio[i] >= cutoff and gated_by_icp:
+        needs.append(f"ICP fit {floor:.0f} (now {fit[i]:.0f}{missed_text})")
+    elif prio[i] < cutoff:
+        # Either raise the ICP fit alone (to at least the Tier 1 minimum), or the expected
+        # value at the ICP fit the tier requires anyway.
+        icp_cut = cuts[f"icp{target}"][i]
+        ev_cut = cuts[f"ev{target}"][i]
+        options = []
+        if not math.isnan(icp_cut) and max(icp_cut, floor) > fit[i]:
+            options.append(f"ICP fit {max(icp_cut, floor):.0f} (now {fit[i]:.0f}{missed_text})")
+        if by_ev and not math.isnan(ev_cut) and ev_cut > ev[i]:
+            money = f"expected value {fmt_money(ev_cut)} (now {fmt_money(ev[i])})"
+            options.append(f"ICP fit {floor:.0f} and {money}" if gated_by_icp else money)
+        if not options:
+            options.append(f"priority {cutoff:.3f} (now {prio[i]:.3f})")
+        needs.append(" or ".join(options))
+    elif not needs:
+        needs.append(
+            f"a seat: it ties the Tier {target} cut-off and the last seat went to an account "
+            "listed earlier"
+        )
+    return f"For Tier {target}: " + "; ".join(needs)
+
+
+def summaries(
+    tier: ArrayLike,
+    p_win: ArrayLike,
+    expected_value: ArrayLike,
+    driver_lists: Sequence[Sequence[dict[str, Any]]],
+    rule: Sequence[str],
+    positives: int = 2,
+    negatives: int = 1,
+) -> list[str]:
+    """One line per account for CRM write-back, e.g. "Tier 1 — win chance 34 %, expected
+    value $412k. Up: Meetings in the last 90 days: 4 (+9 pts). Down: No deals won with us yet
+    (−3 pts)"."""
+    tiers = np.asarray(tier).reshape(-1)
+    p = np.asarray(p_win, dtype=np.float64).reshape(-1)
+    ev = np.asarray(expected_value, dtype=np.float64).reshape(-1)
+    out = []
+    for i, items in enumerate(driver_lists):
+        text = (
+            f"Tier {int(tiers[i])} {DASH} win chance {fmt_percent(p[i])}, "
+            f"expected value {fmt_money(ev[i])}"
+        )
+        for direction, label, count in (
+            ("positive", "Up", positives),
+            ("negative", "Down", negatives),
+        ):
+            chosen = [d for d in items if d["direction"] == direction][:count]
+            if chosen:
+                text += f". {label}: " + "; ".join(
+                    f"{d['value_text']} ({_effect_short(d['effect_points'], d['deal_size_pct'])})"
+                    for d in chosen
+                )
+        if rule[i] != RULE_PRIORITY:
+            text += ". Held back by the " + (
+                "ICP fit" if rule[i] == "icp_gate"
+                else "evidence" if rule[i] == "evidence_gate"
+                else "ICP fit and evidence"
+            ) + " gate"
+        out.append(text)
+    return out
+
+
+def playbooks(tier: ArrayLike, playbook: Playbook) -> list[list[str]]:
+    by_tier = {t: list(playbook.for_tier(t)) for t in (1, 2, 3)}
+    return [by_tier[int(t)] for t in np.asarray(tier).reshape(-1)]
+
+
+def reasons(
+    features: pd.DataFrame,
+    win_contrib: pd.DataFrame,
+    value_contrib: pd.DataFrame,
+    *,
+    p_win: ArrayLike,
+    p_base: ArrayLike,
+    expected_value: ArrayLike,
+    icp_fit: ArrayLike,
+    icp_missed: Sequence[Sequence[str]] | None,
+    evidence: ArrayLike,
+    priority: ArrayLike,
+    assignment: TierAssignment,
+    reference_ev: ArrayLike,
+    policy: TierPolicy,
+    playbook: Playbook,
+    top: int = 3,
+    field_of: FieldOf | None = None,
+) -> pd.DataFrame:
+    """Everything a rep reads, one row per account (index of ``features``): ``reasons``
+    (structured drivers), ``reason_summary`` (one line), ``tier_rule_text``, ``next_tier_hint``,
+    ``playbook``."""
+    driver_lists = drivers(
+        features, win_contrib, value_contrib, p_win, p_base, top=top, field_of=field_of
+    )
+    rules, hints = tier_texts(
+        assignment, priority, expected_value, icp_fit, evidence, icp_missed, reference_ev, policy
+    )
+    return pd.DataFrame(
+        {
+            "reasons": driver_lists,
+            "reason_summary": summaries(
+                assignment.tier, p_win, expected_value, driver_lists, list(assignment.rule)
+            ),
+            "tier_rule_text": rules,
+            "next_tier_hint": hints,
+            "playbook": playbooks(assignment.tier, playbook),
+        },
+        index=features.index,
+    )

@@ -21,6 +21,7 @@ from features.config import (
     StrictModel,
 )
 
+ValueObjective = Literal["log_l2", "gamma", "tweedie"]
 TIERS = (1, 2, 3)
 TIER_NAMES = {1: "Tier 1 - strategic", 2: "Tier 2 - named", 3: "Tier 3 - program"}
 
@@ -137,8 +138,8 @@ class TrainingConfig(StrictModel):
     min_data_in_leaf: int = Field(40, gt=0)
     feature_fraction: float = Field(0.8, gt=0, le=1)
     lambda_l2: float = Field(1.0, ge=0)
-    value_objectives: list[Literal["log_l2", "gamma", "tweedie"]] = Field(
-        default_factory=lambda: ["log_l2", "gamma"],
+    value_objectives: list[ValueObjective] = Field(
+        default_factory=lambda: list[ValueObjective](["log_l2", "gamma"]),
         description="Deal-value objectives compared on the calibration slice; the better is kept.",
     )
 

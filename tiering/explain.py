@@ -448,7 +448,9 @@ def tier_texts(
     min_fit, min_ev = policy.min_icp_fit_tier1, policy.min_evidence_tier1
     cuts = {
         # For the hint: the expected value Tier 1 needs once the ICP fit meets its minimum.
-        "ev1": ev_needed(inf if c1 is None else c1, np.maximum(fit, min_fit), reference_ev, weights),
+        "ev1": ev_needed(
+            inf if c1 is None else c1, np.maximum(fit, min_fit), reference_ev, weights
+        ),
         "ev2": ev_c2,
         "icp1": icp_c1,
         "icp2": icp_c2,
@@ -575,11 +577,17 @@ def summaries(
                     for d in chosen
                 )
         if rule[i] != RULE_PRIORITY:
-            text += ". Held back by the " + (
-                "ICP fit" if rule[i] == "icp_gate"
-                else "evidence" if rule[i] == "evidence_gate"
-                else "ICP fit and evidence"
-            ) + " gate"
+            text += (
+                ". Held back by the "
+                + (
+                    "ICP fit"
+                    if rule[i] == "icp_gate"
+                    else "evidence"
+                    if rule[i] == "evidence_gate"
+                    else "ICP fit and evidence"
+                )
+                + " gate"
+            )
         out.append(text)
     return out
 

@@ -1,0 +1,200 @@
+"""Risk: a worse model silently replaces the champion, a better one is held back, a rollback
+restores the wrong version, or an alias moves without the reason being recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tiering.config import MlflowConfig, PromotionGate
+from training import registry
+from training.registry import GateMetrics, RegistryError, gate_decision
+
+GATE = PromotionGate(max_auc_drop=0.005, max_ece_rise=0.005, max_tier1_capture_drop=0.02)
+CHAMPION = GateMetrics(auc=0.80, ece=0.010, tier1_capture=0.60)
+
+
+@pytest.mark.parametrize(
+    ("challenger", "passes"),
+    [
+        (GateMetrics(0.81, 0.008, 0.62), True),  # better everywhere
+        (GateMetrics(0.796, 0.014, 0.59), True),  # worse, within every tolerance
+        (GateMetrics(0.79, 0.010, 0.60), False),  # AUC drops 0.01 > 0.005
+        (GateMetrics(0.80, 0.020, 0.60), False),  # ECE rises 0.01 > 0.005
+        (GateMetrics(0.85, 0.005, 0.55), False),  # better model, Tier 1 captures 5 points less
+    ],
+    ids=["better", "within-tolerance", "auc-drop", "ece-rise", "capture-drop"],
+)
+def test_gate_compares_each_figure_with_its_tolerance(
+    challenger: GateMetrics, passes: bool
+) -> None:
+    decision = gate_decision(challenger, CHAMPION, GATE)
+    assert decision.passed is passes
+    assert len(decision.reasons) == 3
+    assert any("FAIL" in r for r in decision.reasons) is not passes
+
+
+def test_first_model_passes_the_gate() -> None:
+    decision = gate_decision(GateMetrics(0.5, 0.3, 0.1), None, GATE)
+    assert decision.passed and "first model" in decision.reasons[0]
+
+
+# --------------------------------------------------------------------------- the registry
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    # One store for the module (creating the sqlite schema takes seconds); each test
+    # registers its own model name.
+    tmp_path = tmp_path_factory.mktemp("mlflow")
+    config = MlflowConfig(
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        artifact_location=str(tmp_path / "artifacts"),
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        client = registry.connect(config)
+    registry.ensure_experiment(client, config)
+    return client
+
+
+@pytest.fixture
+def client(store: Any) -> Any:
+    return store
+
+
+@pytest.fixture
+def name(request: pytest.FixtureRequest) -> str:
+    return request.node.name.removeprefix("test_")[:60]
+
+
+def new_version(client: Any, name: str, metrics: GateMetrics) -> str:
+    """A registered version with the given test figures (the artifact itself does not matter)."""
+    import mlflow
+
+    with mlflow.start_run() as run:
+        mlflow.log_text("stand-in", "model/README.txt")
+    figures = {
+        "test_auc": metrics.auc,
+        "test_ece": metrics.ece,
+        "tier1_revenue_share": metrics.tier1_capture,
+    }
+    return registry.register_version(
+        client, name, f"runs:/{run.info.run_id}/model", run.info.run_id, figures
+    )
+
+
+def gate_and_promote(client: Any, name: str, version: str, metrics: GateMetrics) -> bool:
+    """What training does after registering: gate against the champion, promote on a pass."""
+    champion = registry.alias_version(client, name, registry.CHAMPION)
+    champion_metrics = None
+    if champion is not None:
+        tags = client.get_model_version(name, champion).tags
+        champion_metrics = GateMetrics(
+            float(tags["test_auc"]), float(tags["test_ece"]), float(tags["tier1_revenue_share"])
+        )
+    decision = gate_decision(metrics, champion_metrics, GATE)
+    registry.record_gate(client, name, version, decision)
+    if decision.passed:
+        registry.promote(client, name, version, decision.summary(), by="gate")
+    return decision.passed
+
+
+def test_worse_challenger_stays_challenger_better_one_is_promoted(client: Any, name: str) -> None:
+    v1 = new_version(client, name, CHAMPION)
+    assert registry.alias_version(client, name, registry.CHALLENGER) == v1
+    assert gate_and_promote(client, name, v1, CHAMPION)
+    assert registry.alias_version(client, name, registry.CHAMPION) == v1
+
+    worse = GateMetrics(0.70, 0.05, 0.40)
+    v2 = new_version(client, name, worse)
+    assert not gate_and_promote(client, name, v2, worse)
+    assert registry.alias_version(client, name, registry.CHAMPION) == v1
+    assert registry.alias_version(client, name, registry.CHALLENGER) == v2
+    assert client.get_model_version(name, v2).tags["gate"] == "failed"
+
+    better = GateMetrics(0.83, 0.008, 0.66)
+    v3 = new_version(client, name, better)
+    assert gate_and_promote(client, name, v3, better)
+    assert registry.alias_version(client, name, registry.CHAMPION) == v3
+    assert "AUC 0.8300" in client.get_model_version(name, v3).tags["promotion_reason"]
+
+    listed = registry.list_versions(client, name).set_index("version")
+    assert listed.loc[int(v3), "aliases"] == "champion"
+    assert listed.loc[int(v2), "gate"] == "failed"
+    assert listed.loc[int(v1), "test_auc"] == pytest.approx(0.80)
+
+
+def test_rollback_restores_the_previous_champion_and_records_why(client: Any, name: str) -> None:
+    v1 = new_version(client, name, CHAMPION)
+    gate_and_promote(client, name, v1, CHAMPION)
+    v2 = new_version(client, name, CHAMPION)
+    registry.promote(client, name, v2, "manual: new pricing data", by="manual")
+    assert registry.alias_version(client, name, registry.CHAMPION) == v2
+
+    demoted, restored = registry.rollback(client, name, "v2 mis-tiers the enterprise segment")
+    assert (demoted, restored) == (v2, v1)
+    assert registry.alias_version(client, name, registry.CHAMPION) == v1
+    assert (
+        client.get_model_version(name, v1).tags["rollback_reason"]
+        == "v2 mis-tiers the enterprise segment"
+    )
+    assert "rolled back" in client.get_model_version(name, v2).tags["demoted_reason"]
+    # nothing before v1: a second rollback is refused, the champion stays
+    with pytest.raises(RegistryError, match="no previous champion"):
+        registry.rollback(client, name, "again")
+    assert registry.alias_version(client, name, registry.CHAMPION) == v1
+
+
+def test_promoting_an_unknown_version_is_a_clear_error(client: Any, name: str) -> None:
+    new_version(client, name, CHAMPION)
+    with pytest.raises(RegistryError, match="no version '9'"):
+        registry.promote(client, name, "9", "typo")
+
+
+def test_env_tracking_uri_overrides_the_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'team.db'}")
+    config = MlflowConfig(artifact_location="mlruns/artifacts")
+    assert registry.tracking_uri(config) == f"sqlite:///{tmp_path / 'team.db'}"
+    # artifacts follow the store instead of landing in the working directory
+    assert registry.artifact_root(config) == (tmp_path / "artifacts").as_uri()
+
+
+# --------------------------------------------------------------------------- through training
+@pytest.mark.slow
+def test_training_gates_the_challenger_against_the_champion_on_its_own_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_training import demo_config, write_small_demo
+
+    from training.pipeline import train
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = demo_config(write_small_demo(tmp_path / "demo", n_accounts=800, seed=5))
+    first = train(config)
+    assert first.promoted and first.version == "1"
+
+    # A crippled challenger: one tiny boosting step barely ranks the deals.
+    weak = config.model_copy(
+        update={
+            "training": config.training.model_copy(
+                update={"num_boost_round": 1, "learning_rate": 0.001}
+            )
+        }
+    )
+    second = train(weak)
+    assert not second.promoted
+    assert any("AUC" in r and "FAIL" in r for r in second.gate.reasons)
+    # the champion was re-evaluated on the challenger's test window: its figures there are
+    # exactly its own (same data, same window), logged in the challenger's run
+    import mlflow
+
+    run = mlflow.get_run(second.run_id)
+    assert run.data.metrics["champion_v1_test_auc"] == pytest.approx(first.all_metrics["test_auc"])
+    client = registry.connect(config.mlflow)
+    assert registry.alias_version(client, config.mlflow.registered_model, registry.CHAMPION) == "1"
+    assert (
+        registry.alias_version(client, config.mlflow.registered_model, registry.CHALLENGER) == "2"
+    )

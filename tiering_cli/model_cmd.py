@@ -1,0 +1,202 @@
+"""`tiering train`, `tiering models`, `tiering promote`, `tiering rollback`: train and register
+a model, list the registered versions, move the ``champion`` alias with a recorded reason."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import pandas as pd
+import typer
+from rich.table import Table
+
+from tiering_cli.common import CONFIG_OPTION, console, fail, known_errors, progress, read_config
+
+REASON_OPTION = typer.Option(
+    ..., "--reason", "-r", help="Why: recorded on the model version in the registry."
+)
+
+
+@contextmanager
+def _training_errors() -> Iterator[None]:
+    """The refusals of training and the registry end the command with their message."""
+    from features.leakage import LeakageError
+    from tiering.bundle import BundleError
+    from training.evaluate import TruthError
+    from training.fit import TrainingDataError
+    from training.registry import RegistryError
+    from training.split import SplitError
+
+    with known_errors():
+        try:
+            yield
+        except (
+            LeakageError,
+            SplitError,
+            TrainingDataError,
+            TruthError,
+            RegistryError,
+            BundleError,
+        ) as exc:
+            raise fail(str(exc)) from None
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.3f}"
+
+
+def _summary_table(summary: pd.DataFrame) -> Table:
+    table = Table(title="Test slice: model vs baselines vs ground truth")
+    for col, label in (
+        ("metric", "metric"),
+        ("model", "LightGBM"),
+        ("logistic", "logistic reg."),
+        ("segment", "segment baseline"),
+        ("truth", "truth (demo)"),
+        ("model_vs_truth", "model / truth"),
+    ):
+        table.add_column(label, justify="left" if col == "metric" else "right")
+    for row in summary.itertuples(index=False):
+        table.add_row(
+            str(row.metric),
+            *[
+                _fmt(v)
+                for v in (row.model, row.logistic, row.segment, row.truth, row.model_vs_truth)
+            ],
+        )
+    return table
+
+
+def _split_table(split: pd.DataFrame) -> Table:
+    table = Table(title="Time split (by deal creation date)")
+    for col in ("slice", "from", "to", "deals", "won", "win rate"):
+        table.add_column(col, justify="left" if col in ("slice", "from", "to") else "right")
+    for row in split.to_dict("records"):
+        table.add_row(
+            str(row["slice"]),
+            str(row["from"]),
+            str(row["to"]),
+            f"{row['deals']:,}",
+            f"{row['won']:,}",
+            f"{row['win_rate']:.1%}",
+        )
+    return table
+
+
+def train(config: Path = CONFIG_OPTION) -> None:
+    """Train the win and deal-value models on the config's data, evaluate them on the newest
+    deals against baselines (and the demo's truth), log an MLflow run and register a version.
+
+    The version becomes ``challenger``; the promotion gate compares it with the ``champion`` on
+    the same test window and promotes it only if it is not worse beyond the configured
+    tolerances (the first version becomes champion).
+    """
+    from training.pipeline import STEPS
+    from training.pipeline import train as run_training
+
+    settings = read_config(config)
+    with _training_errors(), progress() as bar:
+        task = bar.add_task("Training", total=len(STEPS))
+
+        def report(step: str, done: int, total: int) -> None:
+            bar.update(task, description=step, completed=done, total=total)
+
+        result = run_training(settings, progress=report)
+        bar.update(task, description="Done", completed=len(STEPS))
+
+    console.print(_split_table(result.split))
+    console.print(_summary_table(result.metrics))
+    verdict = "[green]promoted to champion[/]" if result.promoted else "[yellow]stays challenger[/]"
+    console.print(
+        f"Registered [bold]{settings.mlflow.registered_model}[/] "
+        f"version {result.version}: {verdict}"
+    )
+    for reason in result.gate.reasons:
+        console.print(f"  - {reason}")
+    console.print(f"MLflow run: {result.run_url}")
+    if not result.tracking_uri.startswith(("http://", "https://")):
+        console.print(f"  (start the UI with: mlflow ui --backend-store-uri {result.tracking_uri})")
+
+
+def models(config: Path = CONFIG_OPTION) -> None:
+    """List the registered versions, newest first, with their aliases, key test metrics, the
+    gate's verdict and the last recorded reason."""
+    from training import registry
+
+    settings = read_config(config)
+    with _training_errors():
+        client = registry.connect(settings.mlflow)
+        frame = _versions(client, settings.mlflow.registered_model)
+    if frame.empty:
+        console.print(
+            f"No versions of {settings.mlflow.registered_model!r} yet: run `tiering train`."
+        )
+        return
+    table = Table(title=f"Registered model {settings.mlflow.registered_model}")
+    for col in ("version", "aliases", "created", "AUC", "ECE", "Tier 1 revenue", "gate", "reason"):
+        table.add_column(
+            col, justify="right" if col in ("version", "AUC", "ECE", "Tier 1 revenue") else "left"
+        )
+    for row in frame.to_dict("records"):
+        capture = float(row["tier1_revenue_share"])
+        table.add_row(
+            str(row["version"]),
+            str(row["aliases"] or ""),
+            str(row["created"]),
+            _fmt(row["test_auc"]),
+            _fmt(row["test_ece"]),
+            "-" if math.isnan(capture) else f"{capture:.1%}",
+            str(row["gate"]),
+            str(row["reason"]),
+        )
+    console.print(table)
+
+
+def _versions(client: object, name: str) -> pd.DataFrame:
+    from mlflow.exceptions import MlflowException
+
+    from training import registry
+
+    try:
+        return registry.list_versions(client, name)
+    except MlflowException:
+        return pd.DataFrame()
+
+
+def promote(
+    version: Annotated[str, typer.Argument(help="Registered version to make champion.")],
+    reason: str = REASON_OPTION,
+    config: Path = CONFIG_OPTION,
+) -> None:
+    """Make VERSION the champion by hand (bypassing the gate), recording the reason."""
+    from training import registry
+
+    settings = read_config(config)
+    name = settings.mlflow.registered_model
+    with _training_errors():
+        client = registry.connect(settings.mlflow)
+        previous = registry.promote(client, name, version, reason, by="manual")
+    was = f" (was v{previous})" if previous and previous != version else ""
+    console.print(f"[green]{name} v{version} is champion[/]{was}; reason recorded: {reason}")
+
+
+def rollback(reason: str = REASON_OPTION, config: Path = CONFIG_OPTION) -> None:
+    """Give the champion alias back to the version that held it before the current one."""
+    from training import registry
+
+    settings = read_config(config)
+    name = settings.mlflow.registered_model
+    with _training_errors():
+        client = registry.connect(settings.mlflow)
+        demoted, restored = registry.rollback(client, name, reason)
+    console.print(
+        f"[green]{name} v{restored} is champion again[/] (v{demoted} demoted); "
+        f"reason recorded: {reason}"
+    )

@@ -1,0 +1,500 @@
+"""Fitting: the LightGBM win model and its calibrator, the LightGBM deal-value model and its
+P10-P90 range, and the baselines they are shown beside.
+
+Who sees which rows (the time split decides):
+- train: the boosters' trees.
+- calibration slice: early stopping of both boosters, the choice and fit of the calibrator
+  (chosen by cross-validation *within* the slice, so no candidate is judged on rows it was
+  fitted on), the choice of the value objective, the log_l2 smearing factor and the conformal
+  offsets of the value range.
+- test: nothing here; ``training.evaluate`` reports on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import brier_score_loss, log_loss
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+from tiering.bundle import P_CLIP, Calibrator, ValueInterval, booster_from_text
+from tiering.bundle import encode_features as encode
+from tiering.config import TrainingConfig
+
+CALIBRATION_FOLDS = 5
+INTERVAL_LEVEL = 0.8  # P10-P90
+TWEEDIE_VARIANCE_POWER = 1.5
+
+
+class TrainingDataError(ValueError):
+    """The slices cannot support a model (one class only, no won deals with an amount, ...)."""
+
+
+# --------------------------------------------------------------------------- encoding
+def freeze_categories(train: pd.DataFrame, categorical: list[str]) -> dict[str, list[str]]:
+    """Category levels seen in training, sorted, as strings: the model's vocabulary for good."""
+    levels: dict[str, list[str]] = {}
+    for name in categorical:
+        values = train[name].dropna().astype("string")
+        levels[name] = sorted(str(v) for v in values.unique())
+    return levels
+
+
+# --------------------------------------------------------------------------- LightGBM
+def lgb_params(config: TrainingConfig, objective: str, **extra: Any) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "objective": objective,
+        "learning_rate": config.learning_rate,
+        "num_leaves": config.num_leaves,
+        "min_data_in_leaf": config.min_data_in_leaf,
+        "feature_fraction": config.feature_fraction,
+        "lambda_l2": config.lambda_l2,
+        "num_threads": config.n_jobs,
+        # Same data, config and seed -> same trees: deterministic needs a fixed histogram layout.
+        "deterministic": True,
+        "force_col_wise": True,
+        "seed": config.seed,
+        "verbosity": -1,
+    }
+    params.update(extra)
+    return params
+
+
+def _train_booster(
+    params: dict[str, Any],
+    x_train: pd.DataFrame,
+    y_train: np.ndarray,
+    x_valid: pd.DataFrame,
+    y_valid: np.ndarray,
+    config: TrainingConfig,
+) -> lgb.Booster:
+    train_set = lgb.Dataset(x_train, label=y_train, categorical_feature="auto", free_raw_data=False)
+    valid_set = lgb.Dataset(x_valid, label=y_valid, reference=train_set, free_raw_data=False)
+    booster = lgb.train(
+        params,
+        train_set,
+        num_boost_round=config.num_boost_round,
+        valid_sets=[valid_set],
+        valid_names=["calibration"],
+        callbacks=[lgb.early_stopping(config.early_stopping_rounds, verbose=False)],
+    )
+    # Keep only the trees up to the best iteration, so the in-memory model, the saved text
+    # and every later predict/pred_contrib agree without passing num_iteration around.
+    best = booster.best_iteration or booster.current_iteration()
+    return booster_from_text(booster.model_to_string(num_iteration=best))
+
+
+def fit_win_model(
+    x_train: pd.DataFrame,
+    y_train: np.ndarray,
+    x_cal: pd.DataFrame,
+    y_cal: np.ndarray,
+    config: TrainingConfig,
+) -> lgb.Booster:
+    for name, y in (("train", y_train), ("calibration", y_cal)):
+        if len(np.unique(y)) < 2:
+            raise TrainingDataError(
+                f"the {name} slice has only {'won' if y.mean() else 'lost'} deals"
+            )
+    params = lgb_params(config, "binary", metric="binary_logloss")
+    return _train_booster(params, x_train, y_train, x_cal, y_cal, config)
+
+
+def raw_probability(booster: lgb.Booster, x: pd.DataFrame) -> np.ndarray:
+    margin = np.asarray(booster.predict(x, raw_score=True), dtype=float)
+    return 1.0 / (1.0 + np.exp(-margin))
+
+
+# --------------------------------------------------------------------------- calibration
+def fit_calibrator(method: str, p_raw: np.ndarray, y: np.ndarray) -> Calibrator:
+    p = np.clip(np.asarray(p_raw, dtype=float), P_CLIP, 1 - P_CLIP)
+    y = np.asarray(y, dtype=float)
+    if method == "isotonic":
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p, y)
+        return Calibrator(
+            "isotonic", x=tuple(iso.X_thresholds_.tolist()), y=tuple(iso.y_thresholds_.tolist())
+        )
+    if method == "sigmoid":
+        logit = np.log(p / (1 - p)).reshape(-1, 1)
+        # Platt scaling without a penalty: two parameters, nothing to regularise.
+        lr = LogisticRegression(C=np.inf, solver="lbfgs", max_iter=1000).fit(logit, y)
+        return Calibrator("sigmoid", a=float(lr.coef_[0, 0]), b=float(lr.intercept_[0]))
+    if method == "identity":
+        return Calibrator("identity")
+    raise ValueError(f"unknown calibration method {method!r}")
+
+
+def choose_calibrator(
+    p_raw: np.ndarray,
+    y: np.ndarray,
+    *,
+    seed: int,
+    methods: tuple[str, ...] = ("isotonic", "sigmoid"),
+) -> tuple[Calibrator, pd.DataFrame]:
+    """Pick the calibration method by stratified k-fold cross-validation inside the
+    calibration slice (each candidate judged on folds it was not fitted on), then refit the
+    winner on the whole slice.
+
+    Criterion: Brier score, log loss breaking ties. Both are proper scores; Brier is bounded,
+    so one isotonic step at exactly 0 meeting a won deal in a held-out fold cannot decide the
+    choice alone, which with log loss it would (-log(1e-6) = 13.8 for a single deal).
+    Returns the calibrator and a table of the cross-validated scores per method.
+    """
+    y = np.asarray(y, dtype=int)
+    n_minority = int(min(y.sum(), len(y) - y.sum()))
+    folds = min(CALIBRATION_FOLDS, n_minority)
+    if folds < 2:
+        # One class only (or a single deal of one): nothing can be learned about calibration.
+        scores = pd.DataFrame(
+            {
+                "method": ["identity"],
+                "cv_log_loss": [np.nan],
+                "cv_brier": [np.nan],
+                "chosen": [True],
+            }
+        )
+        return Calibrator("identity"), scores
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    rows = []
+    for method in methods:
+        out = np.empty(len(y))
+        for fit_idx, held_idx in cv.split(p_raw, y):
+            out[held_idx] = fit_calibrator(method, p_raw[fit_idx], y[fit_idx]).transform(
+                p_raw[held_idx]
+            )
+        rows.append(
+            {
+                "method": method,
+                "cv_log_loss": log_loss(y, out, labels=[0, 1]),
+                "cv_brier": brier_score_loss(y, out),
+            }
+        )
+    scores = (
+        pd.DataFrame(rows)
+        .sort_values(["cv_brier", "cv_log_loss"], kind="stable")
+        .reset_index(drop=True)
+    )
+    best = str(scores.loc[0, "method"])
+    scores["chosen"] = scores["method"] == best
+    return fit_calibrator(best, p_raw, y), scores
+
+
+# --------------------------------------------------------------------------- deal value
+@dataclass
+class ValueFit:
+    objective: str
+    booster: lgb.Booster
+    smearing: float = 1.0
+
+    def predict(self, x: pd.DataFrame) -> np.ndarray:
+        raw = np.asarray(self.booster.predict(x, raw_score=True), dtype=float)
+        return np.exp(raw) * (self.smearing if self.objective == "log_l2" else 1.0)
+
+
+def fit_value_model(
+    objective: str,
+    x_train: pd.DataFrame,
+    amount_train: np.ndarray,
+    x_cal: pd.DataFrame,
+    amount_cal: np.ndarray,
+    config: TrainingConfig,
+) -> ValueFit:
+    if objective == "log_l2":
+        params = lgb_params(config, "regression", metric="l2")
+        booster = _train_booster(
+            params, x_train, np.log(amount_train), x_cal, np.log(amount_cal), config
+        )
+        mu = np.asarray(booster.predict(x_cal), dtype=float)
+        # Duan's smearing on held-out deals: E[amount] = exp(mu) * mean(exp(residual)), which
+        # assumes nothing about the residuals' distribution (exp(sigma^2/2) would assume normal).
+        smearing = float(np.mean(np.exp(np.log(amount_cal) - mu)))
+        return ValueFit("log_l2", booster, smearing)
+    if objective == "gamma":
+        params = lgb_params(config, "gamma", metric="gamma")
+    elif objective == "tweedie":
+        params = lgb_params(
+            config, "tweedie", metric="tweedie", tweedie_variance_power=TWEEDIE_VARIANCE_POWER
+        )
+    else:
+        raise ValueError(f"unknown value objective {objective!r}")
+    booster = _train_booster(params, x_train, amount_train, x_cal, amount_cal, config)
+    return ValueFit(objective, booster)
+
+
+def value_errors(amount: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    amount = np.asarray(amount, dtype=float)
+    predicted = np.asarray(predicted, dtype=float)
+    return {
+        "mae": float(np.mean(np.abs(amount - predicted))),
+        "mean_abs_log_error": float(np.mean(np.abs(np.log(amount) - np.log(predicted)))),
+    }
+
+
+def choose_value_model(
+    objectives: list[str],
+    x_train: pd.DataFrame,
+    amount_train: np.ndarray,
+    x_cal: pd.DataFrame,
+    amount_cal: np.ndarray,
+    config: TrainingConfig,
+) -> tuple[ValueFit, pd.DataFrame]:
+    """Fit each objective and keep the one with the lowest mean absolute log error on the
+    calibration slice's won deals.
+
+    Why the log error: deal sizes span orders of magnitude and tiering ranks accounts by
+    expected value, so a 2x miss on a $20k deal matters as much as on a $2M one; MAE in
+    currency would let a handful of the largest deals pick the model. MAE is reported too.
+    """
+    if len(amount_train) < 2 or len(amount_cal) < 1:
+        raise TrainingDataError(
+            f"won deals with an amount: {len(amount_train)} in train, {len(amount_cal)} in the "
+            "calibration slice; the deal-value model needs some in both"
+        )
+    fits: dict[str, ValueFit] = {}
+    rows = []
+    for objective in dict.fromkeys(objectives):
+        fit = fit_value_model(objective, x_train, amount_train, x_cal, amount_cal, config)
+        fits[objective] = fit
+        rows.append(
+            {
+                "objective": objective,
+                **value_errors(amount_cal, fit.predict(x_cal)),
+                "trees": fit.booster.current_iteration(),
+            }
+        )
+    table = (
+        pd.DataFrame(rows).sort_values("mean_abs_log_error", kind="stable").reset_index(drop=True)
+    )
+    best = str(table.loc[0, "objective"])
+    table["chosen"] = table["objective"] == best
+    return fits[best], table
+
+
+def conformal_interval(
+    amount_cal: np.ndarray, predicted_cal: np.ndarray, level: float = INTERVAL_LEVEL
+) -> ValueInterval:
+    """Split-conformal offsets on log(actual / predicted): the lower and upper (1-level)/2 tails,
+    with the (n+1) finite-sample correction so coverage holds for a new deal."""
+    residual = np.sort(
+        np.log(np.asarray(amount_cal, dtype=float)) - np.log(np.asarray(predicted_cal, dtype=float))
+    )
+    n = len(residual)
+    tail = (1.0 - level) / 2.0
+    lo_rank = int(np.floor((n + 1) * tail))  # 1-based rank of the lower offset
+    hi_rank = int(np.ceil((n + 1) * (1.0 - tail)))
+    low = residual[max(lo_rank, 1) - 1]
+    high = residual[min(hi_rank, n) - 1]
+    return ValueInterval(low=float(low), high=float(high), level=level, n_calibration=n)
+
+
+# --------------------------------------------------------------------------- baselines
+def size_band(employees: pd.Series) -> pd.Series:
+    bands = pd.cut(
+        pd.to_numeric(employees, errors="coerce"),
+        bins=[-np.inf, 50, 250, 1000, 5000, np.inf],
+        labels=["<50", "50-249", "250-999", "1000-4999", "5000+"],
+        right=False,
+    )
+    return bands.astype(object).where(bands.notna(), "unknown").astype(str)
+
+
+def segment_key(frame: pd.DataFrame) -> pd.Series:
+    """industry x employee size band; 'unknown' where a column is missing or empty."""
+    industry = (
+        frame["industry"].astype(object).where(frame["industry"].notna(), "unknown").astype(str)
+        if "industry" in frame
+        else pd.Series("unknown", index=frame.index)
+    )
+    band = (
+        size_band(frame["employees"])
+        if "employees" in frame
+        else pd.Series("unknown", index=frame.index)
+    )
+    return industry + " | " + band
+
+
+@dataclass
+class SegmentWinRate:
+    """Historical win rate by segment, shrunk towards the overall rate with ``smoothing``
+    pseudo-deals so a segment with 3 deals does not claim 100 %."""
+
+    smoothing: float = 20.0
+    rates_: dict[str, float] = field(default_factory=dict)
+    overall_: float = float("nan")
+
+    def fit(self, frame: pd.DataFrame, won: np.ndarray) -> SegmentWinRate:
+        won = np.asarray(won, dtype=float)
+        self.overall_ = float(won.mean())
+        grouped = pd.DataFrame({"segment": segment_key(frame).to_numpy(), "won": won}).groupby(
+            "segment"
+        )["won"]
+        wins, deals = grouped.sum(), grouped.count()
+        rates = (wins + self.smoothing * self.overall_) / (deals + self.smoothing)
+        self.rates_ = {str(k): float(v) for k, v in rates.items()}
+        return self
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        return segment_key(frame).map(self.rates_).fillna(self.overall_).to_numpy(dtype=float)
+
+
+@dataclass
+class SegmentMedianValue:
+    """Median won deal size by segment (overall median where a segment has < min_deals)."""
+
+    min_deals: int = 5
+    medians_: dict[str, float] = field(default_factory=dict)
+    overall_: float = float("nan")
+
+    def fit(self, frame: pd.DataFrame, amount: np.ndarray) -> SegmentMedianValue:
+        amount = np.asarray(amount, dtype=float)
+        self.overall_ = float(np.median(amount))
+        grouped = pd.DataFrame(
+            {"segment": segment_key(frame).to_numpy(), "amount": amount}
+        ).groupby("segment")["amount"]
+        stats = grouped.agg(["median", "count"])
+        stats = stats[stats["count"] >= self.min_deals]
+        self.medians_ = {str(k): float(v) for k, v in stats["median"].items()}
+        return self
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        return segment_key(frame).map(self.medians_).fillna(self.overall_).to_numpy(dtype=float)
+
+
+def _signed_log1p(x: np.ndarray) -> np.ndarray:
+    # Counts and revenues are heavy-tailed; on the log scale a linear model can use them.
+    x = np.asarray(x, dtype=float)
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+@dataclass
+class LogisticBaseline:
+    """One-hot categoricals + imputed, log-compressed, scaled numerics -> logistic regression."""
+
+    numeric: list[str]
+    categorical: list[str]
+    C: float = 1.0
+    pipeline_: Pipeline | None = None
+
+    def _frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        out = pd.DataFrame(index=frame.index)
+        for name in self.numeric:
+            out[name] = pd.to_numeric(frame[name], errors="coerce").astype(float)
+        for name in self.categorical:
+            col = frame[name].astype(object)
+            out[name] = col.where(col.notna(), "missing").astype(str).to_numpy(dtype=object)
+        return out
+
+    def fit(self, frame: pd.DataFrame, won: np.ndarray) -> LogisticBaseline:
+        numeric = Pipeline(
+            [
+                ("log", FunctionTransformer(_signed_log1p, feature_names_out="one-to-one")),
+                (
+                    "impute",
+                    SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
+                ),
+                ("scale", StandardScaler()),
+            ]
+        )
+        categorical = OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=10)
+        self.pipeline_ = Pipeline(
+            [
+                (
+                    "columns",
+                    ColumnTransformer(
+                        [("num", numeric, self.numeric), ("cat", categorical, self.categorical)]
+                    ),
+                ),
+                ("model", LogisticRegression(C=self.C, max_iter=2000)),
+            ]
+        )
+        self.pipeline_.fit(self._frame(frame), np.asarray(won, dtype=int))
+        return self
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        if self.pipeline_ is None:
+            raise RuntimeError("LogisticBaseline is not fitted")
+        return np.asarray(self.pipeline_.predict_proba(self._frame(frame))[:, 1], dtype=float)
+
+
+# --------------------------------------------------------------------------- all together
+@dataclass
+class FittedModels:
+    feature_names: list[str]
+    categories: dict[str, list[str]]
+    win_model: lgb.Booster
+    calibrator: Calibrator
+    calibration_scores: pd.DataFrame
+    value: ValueFit
+    value_comparison: pd.DataFrame
+    value_interval: ValueInterval
+    segment_win_rate: SegmentWinRate
+    logistic: LogisticBaseline
+    segment_value: SegmentMedianValue
+
+    def predict_win(self, x: pd.DataFrame) -> np.ndarray:
+        return self.calibrator.transform(raw_probability(self.win_model, x))
+
+
+def won_with_amount(frame: pd.DataFrame) -> np.ndarray:
+    """Mask of won deals with a positive amount: the deal-value model's rows."""
+    amount = pd.to_numeric(frame["amount"], errors="coerce").to_numpy(dtype=float)
+    return (frame["won"].to_numpy() == 1) & np.isfinite(amount) & (amount > 0)
+
+
+def fit_models(
+    train: pd.DataFrame,
+    calibration: pd.DataFrame,
+    feature_names: list[str],
+    categorical: list[str],
+    config: TrainingConfig,
+) -> FittedModels:
+    """Fit everything on a time split's train and calibration slices (frames of features plus
+    ``won`` and ``amount``)."""
+    categories = freeze_categories(train, [c for c in categorical if c in feature_names])
+    x_train = encode(train, feature_names, categories)
+    x_cal = encode(calibration, feature_names, categories)
+    y_train = train["won"].to_numpy(dtype=int)
+    y_cal = calibration["won"].to_numpy(dtype=int)
+
+    win_model = fit_win_model(x_train, y_train, x_cal, y_cal, config)
+    calibrator, calibration_scores = choose_calibrator(
+        raw_probability(win_model, x_cal), y_cal, seed=config.seed
+    )
+
+    won_train, won_cal = won_with_amount(train), won_with_amount(calibration)
+    amount_train = train["amount"].to_numpy(dtype=float)[won_train]
+    amount_cal = calibration["amount"].to_numpy(dtype=float)[won_cal]
+    value, comparison = choose_value_model(
+        list(config.value_objectives),
+        x_train[won_train],
+        amount_train,
+        x_cal[won_cal],
+        amount_cal,
+        config,
+    )
+    interval = conformal_interval(amount_cal, value.predict(x_cal[won_cal]))
+
+    numeric = [c for c in feature_names if c not in categories]
+    return FittedModels(
+        feature_names=feature_names,
+        categories=categories,
+        win_model=win_model,
+        calibrator=calibrator,
+        calibration_scores=calibration_scores,
+        value=value,
+        value_comparison=comparison,
+        value_interval=interval,
+        segment_win_rate=SegmentWinRate().fit(train, y_train),
+        logistic=LogisticBaseline(numeric, list(categories)).fit(train, y_train),
+        segment_value=SegmentMedianValue().fit(train[won_train], amount_train),
+    )

@@ -14,6 +14,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # reflows the commands' docstrings into paragraphs
 )
 
 app.command("demo-data")(data_cmd.demo_data)

@@ -1,0 +1,543 @@
+"""Batch scoring of the whole account list, and the files it leaves behind.
+
+Tiers are population-relative (20/60/20 of *this* list, or so many seats per rep), so a batch
+run scores every account before it tiers any: predictions are computed chunk by chunk (bounded
+memory, a progress bar that moves), tiers are assigned once over all accounts, then reasons
+are phrased chunk by chunk again.
+
+Three files come out, each written atomically (a temporary file in the target folder, then
+``os.replace``), and only after every account has been scored: a run killed half-way leaves
+the previous outputs untouched and no partial file.
+
+- the scores (``--out``; Parquet, or CSV by extension) with every field;
+- a CRM write-back CSV next to it (``<stem>_crm.csv``): account_id, tier, reason_summary,
+  p_win, expected_value, icp_fit;
+- the account snapshot (feature rows as of the scoring date) that the HTTP service reads to
+  score an account by its id. Its Parquet metadata carries the scoring date, the model
+  version and the feature row of an account nobody knows anything about (the cold-start row
+  that a new account's own fields are laid over).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from tiering.bundle import Bundle
+from tiering.config import Config
+
+if TYPE_CHECKING:
+    from tiering.policy import TierAssignment
+
+CRM_COLUMNS = ("account_id", "tier", "reason_summary", "p_win", "expected_value", "icp_fit")
+SNAPSHOT_METADATA_KEY = b"account_tiering"
+# An account id no account list contains: its feature row is "nothing known" as of the date.
+COLD_START_ID = "\x00cold-start"
+
+Progress = Callable[[str, int, int], None]
+"""progress(stage, done, total): stage is "features", "reasons" or "write"; counts are accounts
+(files for "write")."""
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    scores: pd.DataFrame
+    output: Path
+    crm: Path
+    snapshot: Path
+    as_of: pd.Timestamp
+    model_version: str
+    cutoffs_used: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The account feature rows the service scores accounts by id with."""
+
+    features: pd.DataFrame
+    """Indexed by account_id; columns as_of and the features."""
+    as_of: pd.Timestamp
+    model_version: str
+    cold_start: dict[str, Any]
+    """Feature values of an account with no known history or engagement as of ``as_of``."""
+
+
+def crm_path(out: Path) -> Path:
+    return out.with_name(f"{out.stem}_crm.csv")
+
+
+def _no_progress(stage: str, done: int, total: int) -> None:
+    return None
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def score_accounts(
+    config: Config,
+    bundle: Bundle,
+    as_of: pd.Timestamp | str | None = None,
+    out: Path = Path("outputs/tiers.parquet"),
+    progress: Progress | None = None,
+    *,
+    snapshot: Path | None = None,
+    reasons: bool = True,
+) -> BatchResult:
+    """Tier every account of the configured account list as of ``as_of`` (default: the
+    configured date, else the end of the data) and write the three output files."""
+    from features.build import build_features, scoring_requests
+    from features.contract import load_tables
+
+    report = progress or _no_progress
+    tables = load_tables(config.data).tables
+    when = _scoring_date(as_of, config, tables.end_of_data())
+    requests = scoring_requests(tables.accounts, when)
+    features = _in_chunks(
+        requests,
+        config.scoring.chunk_size,
+        lambda chunk: build_features(tables, chunk, config.features),
+        lambda done: report("features", done, len(requests)),
+    )
+    cold = build_features(
+        tables,
+        pd.DataFrame({"account_id": [COLD_START_ID], "as_of": [when]}),
+        config.features,
+    )
+    out = Path(out)
+    snapshot_path = Path(snapshot) if snapshot is not None else config.scoring.snapshot
+    with atomic_outputs([out, crm_path(out), snapshot_path]) as (out_tmp, crm_tmp, snap_tmp):
+        scores, cutoffs_used = write_scores(
+            bundle,
+            features,
+            out_tmp,
+            crm_tmp,
+            like=out,
+            chunk_size=config.scoring.chunk_size,
+            reasons=reasons,
+            top_reasons=config.scoring.top_reasons,
+            progress=lambda done: report("reasons", done, len(features)),
+        )
+        report("write", 1, 2)
+        write_snapshot(
+            features, snap_tmp, as_of=when, model_version=bundle.version, cold_start=cold
+        )
+        report("write", 2, 2)
+    return BatchResult(
+        scores=scores,
+        output=out,
+        crm=crm_path(out),
+        snapshot=snapshot_path,
+        as_of=when,
+        model_version=bundle.version,
+        cutoffs_used=cutoffs_used,
+    )
+
+
+def _scoring_date(
+    as_of: pd.Timestamp | str | None, config: Config, end_of_data: pd.Timestamp
+) -> pd.Timestamp:
+    if as_of is not None:
+        try:
+            return pd.Timestamp(as_of).normalize()
+        except (TypeError, ValueError):
+            raise ValueError(f"as_of: not a date: {as_of!r} (use YYYY-MM-DD)") from None
+    if config.data.as_of is not None:
+        return pd.Timestamp(config.data.as_of)
+    return end_of_data
+
+
+def _in_chunks(
+    frame: pd.DataFrame,
+    chunk_size: int,
+    fn: Callable[[pd.DataFrame], pd.DataFrame],
+    done: Callable[[int], None],
+) -> pd.DataFrame:
+    parts = []
+    for start in range(0, len(frame), chunk_size):
+        parts.append(fn(frame.iloc[start : start + chunk_size]))
+        done(min(start + chunk_size, len(frame)))
+    if not parts:
+        return fn(frame)
+    return pd.concat(parts) if len(parts) > 1 else parts[0]
+
+
+@dataclass(frozen=True)
+class TieredPopulation:
+    """Predictions, ICP fit, priority and tiers of the whole list (no reason texts yet)."""
+
+    scores: pd.DataFrame
+    """OUTPUT_COLUMNS of ``tiering.scoring``, one row per account."""
+    icp_met: list[list[str]]
+    icp_missed: list[list[str]]
+    assignment: TierAssignment
+
+    @property
+    def cutoffs_used(self) -> str:
+        return self.assignment.describe_cutoffs()
+
+
+def tier_population(bundle: Bundle, features: pd.DataFrame, chunk_size: int) -> TieredPopulation:
+    """``tiering.scoring.score(population=True)`` without the texts: the model runs chunk by
+    chunk, the tiers are assigned once over every account."""
+    from features.build import evidence_score
+    from features.icp import icp_fit
+    from tiering.policy import assign_tiers, priority
+    from tiering.scoring import OUTPUT_COLUMNS, model_version
+
+    parts, met, missed = [], [], []
+    for start in range(0, len(features), chunk_size):
+        chunk = features.iloc[start : start + chunk_size]
+        fit = icp_fit(chunk, bundle.icp)
+        part = bundle.predict(chunk).assign(
+            account_id=chunk["account_id"].to_numpy(dtype=object),
+            icp_fit=fit["icp_fit"].to_numpy(dtype=np.float64),
+            evidence=evidence_score(chunk).to_numpy(dtype=np.float64),
+        )
+        part["priority"] = priority(
+            part["expected_value"],
+            part["icp_fit"],
+            bundle.cutoffs.reference_ev,
+            bundle.policy.weights,
+        )
+        parts.append(part)
+        met.extend(fit["icp_met"].tolist())
+        missed.extend(fit["icp_missed"].tolist())
+    scored = pd.concat(parts)
+    assignment = assign_tiers(
+        scored["priority"], scored["icp_fit"], scored["evidence"], bundle.policy
+    )
+    scored["tier"] = assignment.tier.astype(np.int64)
+    scored["tier_rule"] = assignment.rule
+    scored["cutoffs_used"] = assignment.describe_cutoffs()
+    scored["model_version"] = model_version(bundle)
+    return TieredPopulation(scored[OUTPUT_COLUMNS], met, missed, assignment)
+
+
+def scored_chunks(
+    bundle: Bundle,
+    features: pd.DataFrame,
+    population: TieredPopulation,
+    *,
+    chunk_size: int,
+    reasons: bool = True,
+    top_reasons: int = 3,
+) -> Iterator[pd.DataFrame]:
+    """Every field of ``tiering.scoring.score`` for one chunk at a time, reasons phrased
+    against the whole list's tiers (ranks and cut-offs of all accounts)."""
+    for start in range(0, len(features), chunk_size):
+        stop = min(start + chunk_size, len(features))
+        part = population.scores.iloc[start:stop]
+        if not reasons:
+            yield part
+            continue
+        rows = slice(start, stop)
+        text = _chunk_reasons(
+            bundle,
+            features.iloc[rows],
+            part,
+            population.icp_missed[rows],
+            population.assignment,
+            rows,
+            top_reasons,
+        )
+        yield part.assign(
+            reasons=text["reasons"].to_numpy(),
+            reason_summary=text["reason_summary"].to_numpy(),
+            tier_rule_text=text["tier_rule_text"].to_numpy(),
+            icp_met=pd.Series(population.icp_met[rows], index=part.index, dtype=object),
+            icp_missed=pd.Series(population.icp_missed[rows], index=part.index, dtype=object),
+            next_tier_hint=text["next_tier_hint"].to_numpy(),
+            playbook=text["playbook"].to_numpy(),
+        )
+
+
+def score_population(
+    bundle: Bundle,
+    features: pd.DataFrame,
+    *,
+    chunk_size: int,
+    reasons: bool = True,
+    top_reasons: int = 3,
+) -> tuple[pd.DataFrame, str]:
+    """The whole list scored in memory (every field), and the cut-offs used."""
+    population = tier_population(bundle, features, chunk_size)
+    chunks = scored_chunks(
+        bundle,
+        features,
+        population,
+        chunk_size=chunk_size,
+        reasons=reasons,
+        top_reasons=top_reasons,
+    )
+    return pd.concat(list(chunks)), population.cutoffs_used
+
+
+def write_scores(
+    bundle: Bundle,
+    features: pd.DataFrame,
+    scores_path: Path,
+    crm_file: Path,
+    *,
+    like: Path,
+    chunk_size: int,
+    reasons: bool = True,
+    top_reasons: int = 3,
+    progress: Callable[[int], None] = lambda done: None,
+) -> tuple[pd.DataFrame, str]:
+    """Score the whole list and stream the scores and the CRM rows to disk chunk by chunk, so
+    the reason texts of only one chunk are ever in memory. Returns the scores without the
+    texts (``tiering.scoring.OUTPUT_COLUMNS``) and the cut-offs used."""
+    population = tier_population(bundle, features, chunk_size)
+    with _ChunkWriter(scores_path, csv=like.suffix.lower() == ".csv") as writer:
+        chunks = scored_chunks(
+            bundle,
+            features,
+            population,
+            chunk_size=chunk_size,
+            reasons=reasons,
+            top_reasons=top_reasons,
+        )
+        for i, chunk in enumerate(chunks):
+            writer.write(chunk)
+            crm_rows(chunk).to_csv(crm_file, mode="a" if i else "w", header=i == 0, index=False)
+            progress(min((i + 1) * chunk_size, len(features)))
+    return population.scores, population.cutoffs_used
+
+
+def _chunk_reasons(
+    bundle: Bundle,
+    features: pd.DataFrame,
+    scored: pd.DataFrame,
+    icp_missed: list[list[str]],
+    assignment: TierAssignment,
+    rows: slice,
+    top: int,
+) -> pd.DataFrame:
+    from tiering.explain import reasons
+    from tiering.scoring import base_win_probability
+
+    win_contrib, value_contrib = bundle.contributions(features)
+    sub = dataclasses.replace(
+        assignment,
+        tier=assignment.tier[rows],
+        rule=assignment.rule[rows],
+        ceiling=assignment.ceiling[rows],
+        by_priority=assignment.by_priority[rows],
+        rank=None if assignment.rank is None else assignment.rank[rows],
+    )
+    return reasons(
+        features,
+        win_contrib,
+        value_contrib,
+        p_win=scored["p_win"].to_numpy(),
+        p_base=base_win_probability(bundle, win_contrib["bias"].to_numpy(dtype=np.float64)),
+        expected_value=scored["expected_value"].to_numpy(),
+        icp_fit=scored["icp_fit"].to_numpy(),
+        icp_missed=icp_missed,
+        evidence=scored["evidence"].to_numpy(),
+        priority=scored["priority"].to_numpy(),
+        assignment=sub,
+        reference_ev=bundle.cutoffs.reference_ev,
+        policy=bundle.policy,
+        playbook=bundle.playbook,
+        top=top,
+    )
+
+
+def crm_rows(scores: pd.DataFrame) -> pd.DataFrame:
+    """The CRM write-back: one row per account, the columns a CRM field mapping expects."""
+    frame = scores.reset_index(drop=True)
+    if "reason_summary" not in frame:
+        frame = frame.assign(reason_summary="")
+    return frame.loc[:, list(CRM_COLUMNS)]
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def atomic_outputs(targets: list[Path]) -> Iterator[list[Path]]:
+    """Yield one temporary path per target, in the target's folder (so ``os.replace`` is an
+    atomic rename on the same file system); on success replace the targets, on any error or
+    interruption remove the temporaries and leave the targets as they were."""
+    temps: list[Path] = []
+    try:
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _remove_stale_temps(target)
+            temps.append(target.with_name(f".{target.name}.{os.getpid()}.tmp"))
+        yield temps
+        for tmp, target in zip(temps, targets, strict=True):
+            os.replace(tmp, target)
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+
+
+def _remove_stale_temps(target: Path) -> None:
+    """Temporaries of runs that were killed (SIGKILL runs no cleanup) and are no longer alive."""
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(\d+)\.tmp$")
+    for candidate in target.parent.glob(f".{target.name}.*.tmp"):
+        match = pattern.match(candidate.name)
+        if match and not _alive(int(match[1])):
+            candidate.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _ChunkWriter:
+    """Appends scored chunks to one Parquet file (a row group each) or one CSV file.
+
+    The structured drivers (lists of records whose values mix text and numbers) are stored as
+    JSON text in both formats; lists of labels stay lists in Parquet and become "; "-joined
+    text in CSV."""
+
+    def __init__(self, path: Path, *, csv: bool) -> None:
+        self.path = path
+        self.csv = csv
+        self.rows = 0
+        self._parquet: Any = None
+
+    def __enter__(self) -> _ChunkWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._parquet is not None:
+            self._parquet.close()
+
+    def write(self, chunk: pd.DataFrame) -> None:
+        flat = chunk.reset_index(drop=True)
+        if "reasons" in flat:
+            flat = flat.assign(reasons=[json.dumps(v, default=_jsonable) for v in flat["reasons"]])
+        if self.csv:
+            for col in flat.columns:
+                if flat[col].dtype == object and flat[col].map(_is_list).any():
+                    flat[col] = flat[col].map(
+                        lambda v: "; ".join(map(str, v)) if _is_list(v) else v
+                    )
+            flat.to_csv(
+                self.path, mode="a" if self.rows else "w", header=not self.rows, index=False
+            )
+        else:
+            self._write_parquet(flat)
+        self.rows += len(flat)
+
+    def _write_parquet(self, flat: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(flat, preserve_index=False)
+        if self._parquet is None:
+            # A column that is empty in the first chunk (e.g. no next-tier hint) has no type
+            # yet; it is text in every later chunk.
+            schema = pa.schema([_typed_field(f) for f in table.schema])
+            self._parquet = pq.ParquetWriter(self.path, schema)
+        self._parquet.write_table(table.cast(self._parquet.schema))
+
+
+def _typed_field(field: Any) -> Any:
+    """Text (or a list of text) where the first chunk held only missing values or empty lists."""
+    import pyarrow as pa
+
+    if pa.types.is_null(field.type):
+        return field.with_type(pa.string())
+    if pa.types.is_list(field.type) and pa.types.is_null(field.type.value_type):
+        return field.with_type(pa.list_(pa.string()))
+    return field
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, list | tuple | np.ndarray)
+
+
+def write_snapshot(
+    features: pd.DataFrame,
+    path: Path,
+    *,
+    as_of: pd.Timestamp,
+    model_version: str,
+    cold_start: pd.DataFrame,
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(features.reset_index(drop=True), preserve_index=False)
+    cold = {
+        k: (None if _is_missing(v) else v)
+        for k, v in cold_start.drop(columns=["account_id", "as_of"], errors="ignore")
+        .iloc[0]
+        .items()
+    }
+    meta = {
+        "as_of": as_of.date().isoformat(),
+        "model_version": model_version,
+        "cold_start": cold,
+    }
+    table = table.replace_schema_metadata(
+        {
+            **(table.schema.metadata or {}),
+            SNAPSHOT_METADATA_KEY: json.dumps(meta, default=_jsonable),
+        }
+    )
+    pq.write_table(table, path)
+
+
+def read_snapshot(path: Path) -> Snapshot:
+    """Read an account snapshot written by :func:`score_accounts`."""
+    import pyarrow.parquet as pq
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no account snapshot at {path}: run `tiering score` first")
+    table = pq.read_table(path)
+    raw = (table.schema.metadata or {}).get(SNAPSHOT_METADATA_KEY)
+    if raw is None:
+        raise ValueError(f"{path}: not an account snapshot written by `tiering score`")
+    meta = json.loads(raw)
+    frame = table.to_pandas()
+    # Strings stay plain Python objects, as build_features returns them.
+    for col in frame.columns:
+        if isinstance(frame[col].dtype, pd.StringDtype):
+            frame[col] = frame[col].astype(object).where(frame[col].notna(), np.nan)
+    frame = frame.set_index(frame["account_id"].astype(str), drop=False)
+    frame.index.name = None
+    return Snapshot(
+        features=frame,
+        as_of=pd.Timestamp(meta["as_of"]),
+        model_version=str(meta.get("model_version", "")),
+        cold_start={k: (np.nan if v is None else v) for k, v in meta.get("cold_start", {}).items()},
+    )
+
+
+def _is_missing(value: Any) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")

@@ -1,0 +1,171 @@
+"""Request and response bodies of the HTTP service.
+
+Validation happens here, before any model code runs: a bad request is answered with the
+field path and the rule it broke (BentoML turns a pydantic ``ValidationError`` into a 400
+whose ``detail`` lists ``loc``, ``msg`` and ``type`` of every problem).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, StringConstraints, model_validator
+
+from serving.settings import MAX_ACCOUNTS_PER_REQUEST
+
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+AttributeValue = bool | FiniteFloat | Text
+
+
+class Strict(BaseModel):
+    """Unknown keys are refused: a misspelt field must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class AccountFields(Strict):
+    """What a CRM knows about an account (firmographics, technographics, declared extras).
+
+    Given alone, they describe a new account: engagement and deal history are unknown, so its
+    evidence is low and its tier is capped accordingly.
+    """
+
+    name: Text | None = None
+    industry: Text | None = None
+    employees: Annotated[FiniteFloat, Field(ge=0)] | None = None
+    annual_revenue: Annotated[FiniteFloat, Field(ge=0)] | None = Field(
+        default=None, description="USD."
+    )
+    country: Text | None = None
+    region: Text | None = None
+    founded_year: Annotated[int, Field(ge=1600, le=2100)] | None = None
+    territory: Text | None = None
+    owner: Text | None = None
+    technographics: dict[str, bool] = Field(
+        default_factory=dict, description="Installed technologies, e.g. {'tech_crm': true}."
+    )
+    attributes: dict[str, AttributeValue] = Field(
+        default_factory=dict, description="Further account columns the model declares as features."
+    )
+
+    def given(self) -> dict[str, Any]:
+        """The account columns this request sets, flattened to canonical column names."""
+        fields = self.model_dump(exclude={"technographics", "attributes"}, exclude_none=True)
+        return {**fields, **self.technographics, **self.attributes}
+
+
+class AccountRequest(AccountFields):
+    """One account: by ``account_id`` (features from the account snapshot), by its fields (a
+    new account), or both (the snapshot row with the given fields overriding it)."""
+
+    account_id: Text | None = None
+
+    @model_validator(mode="after")
+    def _identified_or_described(self) -> AccountRequest:
+        if self.account_id is None and not self.given():
+            raise ValueError(
+                "an account needs an account_id or its own fields (industry, employees, ...)"
+            )
+        return self
+
+
+class ScoreRequest(Strict):
+    accounts: Annotated[
+        list[AccountRequest], Field(min_length=1, max_length=MAX_ACCOUNTS_PER_REQUEST)
+    ]
+    reasons: bool = Field(
+        default=True, description="Include the drivers and tier rule of each account."
+    )
+
+
+class ExplainRequest(Strict):
+    account: AccountRequest
+
+
+class Driver(BaseModel):
+    """One business field's effect on the account's win chance and deal size."""
+
+    field: str
+    label: str = Field(description="The field as a rep knows it.")
+    feature: str = Field(description="The model input that stands for the field.")
+    value: bool | float | int | str | None = Field(description="The account's own value.")
+    value_text: str
+    effect_points: float = Field(description="Effect on the win chance, in percentage points.")
+    deal_size_pct: float = Field(description="Effect on the expected deal size, in percent.")
+    direction: Literal["positive", "negative"] = Field(description="Effect on expected value.")
+    text: str = Field(description="Phrased for a rep, with the account's own value.")
+
+
+class Reasons(BaseModel):
+    summary: str = Field(description="One line for the CRM.")
+    positives: list[Driver]
+    negatives: list[Driver]
+    icp_met: list[str]
+    icp_missed: list[str]
+    tier_rule: str
+    next_tier: str | None = Field(
+        default=None, description="What would move the account up a tier."
+    )
+    playbook: list[str]
+
+
+class Cutoffs(BaseModel):
+    """The cut-offs a tier was assigned with: online answers always use the reference
+    cut-offs frozen in the bundle (the account list as of the end of training)."""
+
+    kind: Literal["reference", "population"]
+    method: str = Field(description="Tier policy: quantile, capacity or threshold.")
+    frozen_at: str | None = Field(default=None, description="Date of the reference account list.")
+    n_accounts: int = Field(description="Accounts in the reference list.")
+    tier1_min_priority: float | None = Field(
+        default=None, description="None: nobody reached Tier 1."
+    )
+    tier2_min_priority: float | None = None
+    description: str
+
+
+class AccountScore(BaseModel):
+    account_id: str | None
+    source: Literal["snapshot", "fields", "snapshot+fields"]
+    p_win: float
+    deal_value: float
+    value_p10: float
+    value_p90: float
+    expected_value: float
+    icp_fit: float
+    evidence: float
+    priority: float
+    tier: int
+    tier_name: str
+    tier_rule: str = Field(
+        description="priority, icp_gate, evidence_gate or icp_and_evidence_gate."
+    )
+    reasons: Reasons | None = None
+
+
+class ScoreResponse(BaseModel):
+    model_version: str
+    cutoffs: Cutoffs
+    accounts: list[AccountScore]
+
+
+class ExplainResponse(BaseModel):
+    model_version: str
+    cutoffs: Cutoffs
+    account: AccountScore
+    drivers: list[Driver] = Field(
+        description="Every business field with a material effect, positive ones first."
+    )
+
+
+class ModelInfo(BaseModel):
+    model_version: str
+    source: str
+    trained: dict[str, Any] = Field(description="Training window and data the model saw.")
+    metrics: dict[str, Any]
+    policy: dict[str, Any]
+    cutoffs: Cutoffs
+    snapshot_as_of: str | None = Field(
+        default=None, description="Date of the account snapshot in use."
+    )
+    max_accounts_per_request: int

@@ -1,0 +1,501 @@
+"""The HTTP service: the API key is enforced, bad requests get a 4xx naming the field and the
+rule (never a 500), limits hold, accounts are scored by id and by their own fields, and the
+service starts and answers as a real `bentoml serve` process."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+from starlette.testclient import TestClient
+
+from features.config import (
+    DataConfig,
+    FeatureConfig,
+    IcpConfig,
+    IcpCriterion,
+    TableSource,
+)
+from tiering.config import Config, MlflowConfig, ScoringConfig
+
+API_KEY = "test-key-0123456789"
+TECH = ["tech_cloud", "tech_crm", "tech_marketing_automation", "tech_data_warehouse"]
+
+
+@dataclass(frozen=True)
+class Deployment:
+    config: Config
+    bundle_dir: Path
+    snapshot: Path
+    account_ids: list[str]
+
+
+def demo_config(root: Path) -> Config:
+    from features.demo import write_demo
+
+    paths = write_demo(root / "data", n_accounts=300, seed=5, dirt_rate=0.0)
+    return Config(
+        data=DataConfig(
+            accounts=TableSource(path=paths["accounts"]),
+            opportunities=TableSource(path=paths["opportunities"]),
+            activities=TableSource(path=paths["activities"]),
+        ),
+        features=FeatureConfig(technographics=TECH),
+        icp=IcpConfig(
+            criteria=[
+                IcpCriterion(
+                    label="Industry is software or financial services",
+                    column="industry",
+                    op="in",
+                    values=["software", "financial services"],
+                ),
+                IcpCriterion(label="200+ employees", column="employees", op=">=", min=200),
+                IcpCriterion(label="Uses a CRM", column="tech_crm", op="is_true"),
+            ]
+        ),
+        mlflow=MlflowConfig(
+            tracking_uri=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
+            artifact_location=str(root / "mlruns" / "artifacts"),
+        ),
+        scoring=ScoringConfig(chunk_size=120, snapshot=root / "outputs" / "snapshot.parquet"),
+    )
+
+
+def small_training(config: Config) -> Config:
+    """Few boosting rounds: the tests need a real bundle, not a good one."""
+    training = config.training.model_copy(
+        update={"num_boost_round": 60, "early_stopping_rounds": 20, "n_jobs": 1}
+    )
+    return config.model_copy(update={"training": training})
+
+
+def train_bundle(config: Config, out: Path, version: str = "test-1") -> Path:
+    """A bundle from the training pipeline (fitted and evaluated, not registered)."""
+    from training.pipeline import fit_and_evaluate
+
+    bundle = fit_and_evaluate(config).bundle
+    bundle.metadata["model_version"] = version
+    return bundle.save(out)
+
+
+@pytest.fixture(scope="session")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
+    from serving.batch import score_accounts
+    from tiering.bundle import Bundle
+
+    root = tmp_path_factory.mktemp("deployment")
+    config = small_training(demo_config(root))
+    bundle_dir = train_bundle(config, root / "bundle")
+    result = score_accounts(config, Bundle.load(bundle_dir), out=root / "outputs" / "tiers.parquet")
+    return Deployment(
+        config=config,
+        bundle_dir=bundle_dir,
+        snapshot=result.snapshot,
+        account_ids=result.scores["account_id"].astype(str).tolist(),
+    )
+
+
+def _env(deployment: Deployment, **extra: str) -> dict[str, str]:
+    return {
+        "TIERING_BUNDLE_DIR": str(deployment.bundle_dir),
+        "TIERING_SNAPSHOT": str(deployment.snapshot),
+        "TIERING_API_KEY": API_KEY,
+        "TIERING_AUTH_DISABLED": "false",
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def client(deployment: Deployment) -> Iterator[TestClient]:
+    from serving.service import TieringService
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in _env(deployment).items():
+            mp.setenv(key, value)
+        mp.delenv("TIERING_CONFIG", raising=False)
+        with TestClient(TieringService.to_asgi()) as test_client:
+            test_client.headers["X-API-Key"] = API_KEY
+            yield test_client
+
+
+NEW_ACCOUNT = {
+    "industry": "Software",
+    "employees": 1200,
+    "annual_revenue": 150_000_000,
+    "region": "europe",
+    "technographics": {"tech_crm": True},
+}
+
+
+def _errors(response: httpx.Response) -> str:
+    """The error body as text, whatever its shape (BentoML lists problems under ``detail``)."""
+    return json.dumps(response.json())
+
+
+# --------------------------------------------------------------------------- authentication
+
+
+def test_requests_without_or_with_a_wrong_key_are_refused(client: TestClient) -> None:
+    body = {"accounts": [{"account_id": "A-000001"}]}
+    for headers in ({"X-API-Key": ""}, {"X-API-Key": "wrong"}):
+        response = client.post("/score", json=body, headers=headers)
+        assert response.status_code == 401
+        assert "X-API-Key" in response.json()["error"]
+    assert client.get("/model", headers={"X-API-Key": "wrong"}).status_code == 401
+    assert (
+        client.post(
+            "/explain", json={"account": {"account_id": "A-000001"}}, headers={"X-API-Key": ""}
+        ).status_code
+        == 401
+    )
+
+
+def test_health_endpoints_need_no_key(client: TestClient) -> None:
+    for path in ("/healthz", "/readyz", "/livez"):
+        assert client.get(path, headers={"X-API-Key": ""}).status_code == 200
+
+
+def test_auth_can_be_disabled_explicitly(monkeypatch: pytest.MonkeyPatch) -> None:
+    # BentoML registers its metrics once per process, so this checks the middleware around a
+    # bare app rather than building a second service app.
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from serving.service import ApiKeyMiddleware
+
+    async def ok(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("scored")
+
+    app = Starlette(routes=[Route("/score", ok, methods=["POST"])])
+    monkeypatch.setenv("TIERING_API_KEY", API_KEY)
+    monkeypatch.setenv("TIERING_AUTH_DISABLED", "false")
+    assert TestClient(ApiKeyMiddleware(app)).post("/score").status_code == 401
+    monkeypatch.delenv("TIERING_API_KEY")
+    monkeypatch.setenv("TIERING_AUTH_DISABLED", "true")
+    assert TestClient(ApiKeyMiddleware(app)).post("/score").status_code == 200
+
+
+def test_service_refuses_to_start_without_a_key_unless_auth_is_disabled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pydantic import ValidationError
+
+    from serving.settings import ServingSettings
+
+    monkeypatch.delenv("TIERING_API_KEY", raising=False)
+    monkeypatch.delenv("TIERING_AUTH_DISABLED", raising=False)
+    with pytest.raises(ValidationError, match="TIERING_API_KEY"):
+        ServingSettings()
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def test_score_by_id_matches_the_snapshot_and_says_which_cutoffs(
+    client: TestClient, deployment: Deployment
+) -> None:
+    ids = deployment.account_ids[:5]
+    response = client.post("/score", json={"accounts": [{"account_id": i} for i in ids]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [a["account_id"] for a in body["accounts"]] == ids
+    assert body["cutoffs"]["kind"] == "reference"
+    assert body["cutoffs"]["description"].startswith("reference")
+    assert body["model_version"] == "test-1"
+    for account in body["accounts"]:
+        assert account["source"] == "snapshot"
+        assert 0 < account["p_win"] < 1
+        assert account["value_p10"] <= account["deal_value"] <= account["value_p90"]
+        assert account["expected_value"] == pytest.approx(account["p_win"] * account["deal_value"])
+        assert account["tier"] in (1, 2, 3)
+        assert account["reasons"]["summary"].startswith(f"Tier {account['tier']}")
+        assert account["reasons"]["playbook"]
+
+
+def test_online_prediction_equals_batch_prediction_for_the_same_account(
+    client: TestClient, deployment: Deployment
+) -> None:
+    batch = pd.read_parquet(deployment.snapshot.parent / "tiers.parquet").set_index("account_id")
+    ids = deployment.account_ids[10:20]
+    body = client.post(
+        "/score", json={"accounts": [{"account_id": i} for i in ids], "reasons": False}
+    ).json()
+    for account in body["accounts"]:
+        assert account["p_win"] == pytest.approx(batch.loc[account["account_id"], "p_win"])
+        assert account["expected_value"] == pytest.approx(
+            batch.loc[account["account_id"], "expected_value"]
+        )
+        assert account["reasons"] is None
+
+
+def test_a_new_account_is_scored_from_its_fields_with_low_evidence(
+    client: TestClient, deployment: Deployment
+) -> None:
+    body = {"accounts": [{"account_id": deployment.account_ids[0]}, NEW_ACCOUNT]}
+    response = client.post("/score", json=body)
+    assert response.status_code == 200, response.text
+    account = response.json()["accounts"][1]
+    assert account["source"] == "fields"
+    assert account["account_id"] is None
+    # Firmographics known, no history or engagement: evidence too low for Tier 1.
+    assert account["evidence"] < 0.5
+    assert account["tier"] >= 2
+
+
+def test_fields_given_with_a_known_id_override_the_snapshot(
+    client: TestClient, deployment: Deployment
+) -> None:
+    account_id = deployment.account_ids[3]
+    plain = client.post("/score", json={"accounts": [{"account_id": account_id}]}).json()[
+        "accounts"
+    ][0]
+    small = client.post(
+        "/score",
+        json={"accounts": [{"account_id": account_id, "employees": 1, "industry": "retail"}]},
+    ).json()["accounts"][0]
+    big = client.post(
+        "/score",
+        json={
+            "accounts": [{"account_id": account_id, "employees": 50_000, "industry": "software"}]
+        },
+    ).json()["accounts"][0]
+    assert small["source"] == big["source"] == "snapshot+fields"
+    assert big["icp_fit"] >= small["icp_fit"]
+    assert (small["p_win"], small["deal_value"]) != (
+        big["p_win"],
+        big["deal_value"],
+    ) or plain == small
+
+
+def test_explain_gives_every_driver_and_the_tier_rule(
+    client: TestClient, deployment: Deployment
+) -> None:
+    response = client.post("/explain", json={"account": {"account_id": deployment.account_ids[0]}})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["account"]["reasons"]["tier_rule"]
+    assert body["account"]["reasons"]["playbook"]
+    top = len(body["account"]["reasons"]["positives"]) + len(
+        body["account"]["reasons"]["negatives"]
+    )
+    assert len(body["drivers"]) >= top
+    assert all(d["text"] for d in body["drivers"])
+
+
+def test_model_endpoint_shows_version_policy_and_cutoffs(client: TestClient) -> None:
+    response = client.get("/model")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_version"] == "test-1"
+    assert 0.5 < body["metrics"]["test_auc"] <= 1
+    assert body["policy"]["method"] == "quantile"
+    assert body["cutoffs"]["kind"] == "reference"
+    assert body["snapshot_as_of"] is not None
+    assert body["max_accounts_per_request"] == 1000
+
+
+# --------------------------------------------------------------------------- bad requests
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "rule"),
+    [
+        ({}, "accounts", "missing"),
+        ({"accounts": []}, "accounts", "too_short"),
+        (
+            {"accounts": [{"account_id": "A-000001", "employees": "many"}]},
+            "employees",
+            "float_parsing",
+        ),
+        ({"accounts": [{"account_id": "A-000001", "employes": 10}]}, "employes", "extra_forbidden"),
+        (
+            {"accounts": [{"industry": "software", "annual_revenue": -5}]},
+            "annual_revenue",
+            "greater_than_equal",
+        ),
+        ({"accounts": [{}]}, "accounts", "value_error"),
+        (
+            {"accounts": [{"account_id": "A-000001"}], "reasons": "perhaps"},
+            "reasons",
+            "bool_parsing",
+        ),
+        ({"account": {"account_id": "A-000001"}}, "accounts", "missing"),
+    ],
+    ids=[
+        "no-accounts",
+        "empty-list",
+        "mistyped",
+        "misspelt",
+        "negative",
+        "neither-id-nor-fields",
+        "bad-flag",
+        "wrong-body",
+    ],
+)
+def test_bad_requests_get_400_with_field_path_and_rule(
+    client: TestClient, body: dict[str, Any], path: str, rule: str
+) -> None:
+    response = client.post("/score", json=body)
+    assert response.status_code == 400, response.text
+    problems = response.json()["detail"]
+    assert any(path in map(str, p["loc"]) and p["type"] == rule for p in problems), problems
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_are_refused(client: TestClient, token: str) -> None:
+    raw = '{"accounts": [{"industry": "software", "employees": ' + token + "}]}"
+    response = client.post("/score", content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert any(
+        p["type"] == "finite_number" and "employees" in p["loc"] for p in response.json()["detail"]
+    )
+
+
+def test_malformed_json_is_a_400(client: TestClient) -> None:
+    response = client.post(
+        "/score", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+
+
+def test_more_than_1000_accounts_are_refused(client: TestClient, deployment: Deployment) -> None:
+    ids = deployment.account_ids
+    accounts = [{"account_id": ids[i % len(ids)]} for i in range(1001)]
+    response = client.post("/score", json={"accounts": accounts, "reasons": False})
+    assert response.status_code == 400
+    assert any(p["type"] == "too_long" for p in response.json()["detail"])
+    response = client.post("/score", json={"accounts": accounts[:1000], "reasons": False})
+    assert response.status_code == 200
+    assert len(response.json()["accounts"]) == 1000
+
+
+def test_unknown_id_without_fields_is_a_404_naming_the_account(client: TestClient) -> None:
+    body = {"accounts": [{"account_id": "A-000001"}, {"account_id": "NOPE-1"}]}
+    response = client.post("/score", json=body)
+    assert response.status_code == 404
+    assert "accounts[1].account_id" in _errors(response)
+    assert "NOPE-1" in _errors(response)
+    response = client.post("/explain", json={"account": {"account_id": "NOPE-1"}})
+    assert response.status_code == 404
+    # With its fields, an id the snapshot does not know is a new account.
+    response = client.post("/score", json={"accounts": [{"account_id": "NOPE-1", **NEW_ACCOUNT}]})
+    assert response.status_code == 200
+    assert response.json()["accounts"][0]["source"] == "fields"
+
+
+def test_unknown_technographic_is_a_422_naming_it(client: TestClient) -> None:
+    body = {"accounts": [{"industry": "software", "technographics": {"tech_crn": True}}]}
+    response = client.post("/score", json=body)
+    assert response.status_code == 422
+    assert "accounts[0].technographics.tech_crn" in _errors(response)
+
+
+# --------------------------------------------------------------------------- a real server
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_a_real_bentoml_server_answers_on_loopback(deployment: Deployment, tmp_path: Path) -> None:
+    port = _free_port()
+    env = {
+        **os.environ,
+        **_env(deployment),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "BENTOML_HOME": str(tmp_path / "bentoml"),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
+    env.pop("TIERING_CONFIG", None)
+    bentoml = Path(sys.executable).parent / "bentoml"
+    log = (tmp_path / "server.log").open("wb")
+    server = subprocess.Popen(
+        [
+            str(bentoml),
+            "serve",
+            "serving.service:TieringService",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server not ready within 90 s"
+            time.sleep(0.5)
+        body = {"accounts": [{"account_id": deployment.account_ids[0]}, NEW_ACCOUNT]}
+        # Metrics exist only in a real server (Prometheus is set up by `bentoml serve`).
+        assert httpx.get(f"{base}/metrics", timeout=10).status_code == 200
+        refused = httpx.post(f"{base}/score", json=body, timeout=30)
+        assert refused.status_code == 401
+        response = httpx.post(
+            f"{base}/score", json=body, headers={"X-API-Key": API_KEY}, timeout=30
+        )
+        assert response.status_code == 200, response.text
+        assert [a["source"] for a in response.json()["accounts"]] == ["snapshot", "fields"]
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+
+
+def test_serve_refuses_to_run_open_on_a_public_interface_or_without_a_key(
+    deployment: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from tiering_cli.score_cmd import serve, service_env
+
+    config_file = tmp_path / "deployment.toml"
+    config_file.write_text(
+        "[data.accounts]\npath = 'a.csv'\n[data.opportunities]\npath = 'o.csv'\n"
+    )
+    app = typer.Typer()
+    app.command()(serve)
+    monkeypatch.delenv("TIERING_API_KEY", raising=False)
+    public = CliRunner().invoke(
+        app, ["--config", str(config_file), "--host", "0.0.0.0", "--no-auth"]
+    )
+    assert public.exit_code == 2 and "local use only" in public.output
+    keyless = CliRunner().invoke(app, ["--config", str(config_file)])
+    assert keyless.exit_code == 2 and "TIERING_API_KEY" in keyless.output
+
+    env = service_env(
+        deployment.config, config_file, model=str(deployment.bundle_dir), auth_disabled=True
+    )
+    assert env["TIERING_BUNDLE_DIR"] == str(deployment.bundle_dir.resolve())
+    assert env["TIERING_AUTH_DISABLED"] == "true" and env["BENTOML_DO_NOT_TRACK"] == "true"
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+    assert Path(env["TIERING_SNAPSHOT"]).is_absolute()

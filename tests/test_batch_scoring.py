@@ -16,18 +16,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import typer
-from test_service import demo_config, small_training, train_bundle
 from typer.testing import CliRunner
 
 from serving.batch import CRM_COLUMNS, crm_path, read_snapshot, score_accounts
 from tiering.bundle import Bundle
 from tiering.config import Config
 
+from support import serving_config, small_training, train_bundle
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, Path]:
     root = tmp_path_factory.mktemp("batch")
-    config = small_training(demo_config(root))
+    config = small_training(serving_config(root))
     return config, train_bundle(config, root / "bundle")
 
 

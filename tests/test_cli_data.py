@@ -3,22 +3,23 @@ writes something before validation has passed; `tiering demo-data` misbehaves.""
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import typer
-from test_data_contract import (  # the small export both test files build on
+from typer.testing import CliRunner
+
+from tiering_cli import data_cmd
+
+from support import (
+    DEMO_CONFIG,
     accounts_frame,
     activities_frame,
     opportunities_frame,
     write_export,
 )
-from typer.testing import CliRunner
-
-from tiering_cli import data_cmd
 
 REPO = Path(__file__).resolve().parents[1]
 WIDE = {"COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"}
@@ -209,21 +210,15 @@ def test_demo_data_refuses_an_unknown_format(app: typer.Typer, tmp_path: Path) -
     assert not (tmp_path / "demo").exists()
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("features.demo") is None, reason="features.demo not available"
-)
 def test_demo_data_writes_an_export_that_validates(app: typer.Typer, tmp_path: Path) -> None:
     out = tmp_path / "demo"
     code, output = run(app, "demo-data", "--accounts", "300", "--seed", "3", "--out", str(out))
     assert code == 0, output
     for name in ("accounts.csv", "opportunities.csv", "activities.csv"):
         assert (out / name).stat().st_size > 0
-    demo_config = REPO / "configs" / "demo.toml"
-    if not demo_config.exists():
-        pytest.skip("configs/demo.toml not available")
     from tiering.config import load_config
 
-    config = load_config(demo_config)
+    config = load_config(DEMO_CONFIG)
     data = config.data
     sources = {
         table: getattr(data, table).model_copy(update={"path": out / f"{table}.csv"})

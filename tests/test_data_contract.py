@@ -13,71 +13,9 @@ from features.contract import DataContractError, load_tables
 from features.quality import quality_report
 from tiering.config import ConfigError, load_config
 
+from support import accounts_frame, activities_frame, opportunities_frame, write_export
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def accounts_frame() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "account_id": ["A-1", "A-2", "A-3", "A-4"],
-            "name": ["Acme", "Globex", "Initech", "Umbrella"],
-            "industry": ["software", "finance", "retail", "software"],
-            "employees": ["120", "5400", "", "80"],
-            "annual_revenue": ["10000000", "900000000", "45000000", "2500000"],
-            "country": ["Germany", "France", "Germany", "Spain"],
-        }
-    )
-
-
-def opportunities_frame() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "opportunity_id": ["O-1", "O-2", "O-3", "O-4", "O-5", "O-6"],
-            "account_id": ["A-1", "A-1", "A-2", "A-3", "A-2", "A-1"],
-            "created_at": [
-                "2023-01-05",
-                "2023-03-01",
-                "2023-02-10",
-                "2023-04-01",
-                "2023-06-01",
-                "2023-07-01",
-            ],
-            "closed_at": ["2023-02-01", "2023-05-01", "2023-04-02", "2023-06-01", "", ""],
-            "outcome": ["won", "lost", "won", "lost", "open", "open"],
-            "amount": ["50000", "0", "120000", "0", "", ""],
-            "product": ["Core", "Core", "Plus", "Core", "Plus", "Core"],
-        }
-    )
-
-
-def activities_frame() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "account_id": ["A-1", "A-1", "A-2", "A-3"],
-            "occurred_at": ["2022-12-01", "2023-01-02", "2023-02-01", "2023-03-15"],
-            "type": ["web_visit", "meeting", "web_visit", "email_click"],
-            "count": ["3", "1", "2", "1"],
-        }
-    )
-
-
-def write_export(
-    folder: Path,
-    accounts: pd.DataFrame | None = None,
-    opportunities: pd.DataFrame | None = None,
-    activities: pd.DataFrame | None = None,
-) -> dict[str, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    frames = {
-        "accounts": accounts_frame() if accounts is None else accounts,
-        "opportunities": opportunities_frame() if opportunities is None else opportunities,
-        "activities": activities_frame() if activities is None else activities,
-    }
-    paths = {}
-    for name, frame in frames.items():
-        paths[name] = folder / f"{name}.csv"
-        frame.to_csv(paths[name], index=False)
-    return paths
 
 
 def data_config(paths: dict[str, Path], **tables: dict) -> DataConfig:

@@ -128,8 +128,12 @@ class TinyBundle:
 PARAMS = {"num_threads": 1, "verbose": -1, "num_leaves": 15, "min_data_in_leaf": 20, "seed": 1}
 ICP = IcpConfig(
     criteria=[
-        IcpCriterion(label="Industry is software or fintech", column="industry", op="in",
-                     values=["software", "fintech"]),
+        IcpCriterion(
+            label="Industry is software or fintech",
+            column="industry",
+            op="in",
+            values=["software", "fintech"],
+        ),
         IcpCriterion(label="At least 200 employees", column="employees", op=">=", min=200),
         IcpCriterion(label="Uses a CRM", column="tech_crm", op="is_true"),
     ]
@@ -150,13 +154,15 @@ def models() -> tuple[lgb.Booster, lgb.Booster]:
     )
     won = (rng.random(len(train)) < 1 / (1 + np.exp(-logit))).astype(int)
     log_value = (
-        9 + 0.3 * np.log1p(train["employees"].fillna(50))
+        9
+        + 0.3 * np.log1p(train["employees"].fillna(50))
         + np.where(train["industry"] == "fintech", 0.5, 0.0)
         + rng.normal(0, 0.3, len(train))
     )
     win = lgb.train({**PARAMS, "objective": "binary"}, lgb.Dataset(x, won), num_boost_round=40)
-    value = lgb.train({**PARAMS, "objective": "regression"}, lgb.Dataset(x, log_value),
-                      num_boost_round=40)
+    value = lgb.train(
+        {**PARAMS, "objective": "regression"}, lgb.Dataset(x, log_value), num_boost_round=40
+    )
     return win, value
 
 
@@ -210,8 +216,9 @@ def test_win_points_add_up_to_the_calibrated_probability_gap(bundle: TinyBundle)
     effects = field_effects(win, value, p, p_base, field_map(FEATURES, feature_field))
     far = np.abs(win[FEATURES].sum(axis=1).to_numpy()) >= 0.05
     assert far.sum() > 250
-    np.testing.assert_allclose(effects.win_points.sum(axis=1)[far], (p - p_base)[far] * 100,
-                               atol=1e-9)
+    np.testing.assert_allclose(
+        effects.win_points.sum(axis=1)[far], (p - p_base)[far] * 100, atol=1e-9
+    )
     # Signs follow the SHAP values of the win model, field by field.
     grouped = group_by_field(win, field_of=feature_field).to_numpy()
     big = np.abs(grouped) > 1e-6
@@ -271,8 +278,9 @@ def test_reason_texts_quote_the_accounts_values_with_correct_signs() -> None:
     directions = [d["direction"] for d in items]
     assert directions == sorted(directions, key=lambda d: d != "positive")
     total = sum(d["effect_points"] for d in items)
-    assert total == pytest.approx((p[0] - p_base) * 100 - by_field.get("web_visit", {}).get(
-        "effect_points", 0.0), abs=0.5)
+    assert total == pytest.approx(
+        (p[0] - p_base) * 100 - by_field.get("web_visit", {}).get("effect_points", 0.0), abs=0.5
+    )
 
 
 def test_reasons_from_a_real_model_match_their_numbers(bundle: TinyBundle) -> None:
@@ -311,10 +319,21 @@ def test_tier_rule_and_next_tier_hint_follow_the_assignment(bundle: TinyBundle) 
     win, value = bundle.contributions(features)
     p_base = bundle.calibrator.transform(1 / (1 + np.exp(-win["bias"].to_numpy())))
     text = reasons(
-        features, win, value, p_win=predicted["p_win"], p_base=p_base, expected_value=ev,
-        icp_fit=fit["icp_fit"], icp_missed=fit["icp_missed"].tolist(), evidence=evidence,
-        priority=prio, assignment=assignment, reference_ev=bundle.cutoffs.reference_ev,
-        policy=bundle.policy, playbook=bundle.playbook, field_of=feature_field,
+        features,
+        win,
+        value,
+        p_win=predicted["p_win"],
+        p_base=p_base,
+        expected_value=ev,
+        icp_fit=fit["icp_fit"],
+        icp_missed=fit["icp_missed"].tolist(),
+        evidence=evidence,
+        priority=prio,
+        assignment=assignment,
+        reference_ev=bundle.cutoffs.reference_ev,
+        policy=bundle.policy,
+        playbook=bundle.playbook,
+        field_of=feature_field,
     )
     for i in range(len(features)):
         tier, rule_text = int(assignment.tier[i]), text["tier_rule_text"].iloc[i]

@@ -14,7 +14,7 @@ from features.config import IcpConfig, IcpCriterion
 from features.icp import IcpError, icp_fit, icp_verdict, size_band, suggest_icp, wilson_interval
 from features.tables import Tables
 
-REPO = Path(__file__).resolve().parents[1]
+from support import MAVEN_CONFIG, demo_data_config
 
 
 def criterion(label: str, column: str, op: str, **kw: object) -> IcpCriterion:
@@ -218,15 +218,11 @@ def test_suggest_refuses_a_history_without_closed_deals():
 # -------------------------------------------------------------------------- real exports
 
 
-MAVEN = REPO / "configs" / "maven_crm.toml"
-
-
-@pytest.mark.skipif(not MAVEN.exists(), reason="the Maven CRM example is not in this checkout")
 def test_maven_export_suggestion_says_the_evidence_is_weak():
     from features.contract import load_tables
     from tiering.config import load_config
 
-    tables = load_tables(load_config(MAVEN).data).tables
+    tables = load_tables(load_config(MAVEN_CONFIG).data).tables
     table = suggest_icp(tables)
     verdict = icp_verdict(table)
     print(verdict)
@@ -234,11 +230,10 @@ def test_maven_export_suggestion_says_the_evidence_is_weak():
     assert not (table["evidence"] == "wins more").any()
 
 
-@pytest.mark.skipif(not MAVEN.exists(), reason="the Maven CRM example is not in this checkout")
 def test_icp_suggest_command_prints_the_table_and_the_verdict():
     from tiering_cli.icp_cmd import app
 
-    result = CliRunner().invoke(app, ["suggest", "--config", str(MAVEN)])
+    result = CliRunner().invoke(app, ["suggest", "--config", str(MAVEN_CONFIG)])
     assert result.exit_code == 0, result.output
     assert "Win rate by segment" in result.output
     assert "evidence for an ICP is" in result.output
@@ -252,28 +247,14 @@ def test_icp_suggest_command_names_a_missing_config_without_a_traceback(tmp_path
     assert "nope.toml" in result.output and "Traceback" not in result.output
 
 
-DEMO = REPO / "configs" / "demo.toml"
-
-
-@pytest.mark.skipif(not DEMO.exists(), reason="configs/demo.toml is not in this checkout")
 def test_demo_icp_fit_rises_with_the_true_win_probability(tmp_path: Path):
     from scipy.stats import spearmanr
 
     from features.contract import load_tables
-    from features.demo import read_truth, write_demo
-    from tiering.config import load_config
+    from features.demo import read_truth
 
-    config = load_config(DEMO)
-    write_demo(tmp_path, n_accounts=1000, seed=7)
-    data = config.data.model_copy(
-        update={
-            name: getattr(config.data, name).model_copy(
-                update={"path": tmp_path / getattr(config.data, name).path.name}
-            )
-            for name in ("accounts", "opportunities", "activities")
-            if getattr(config.data, name) is not None
-        }
-    )
+    config = demo_data_config(tmp_path, n_accounts=1000, seed=7)
+    data = config.data
     tables = load_tables(data).tables
     truth = read_truth(tmp_path / "truth")["accounts"]
     latest = truth[truth["as_of"] == truth["as_of"].max()]

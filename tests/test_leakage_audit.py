@@ -14,7 +14,8 @@ from features.build import build_features, feature_columns, training_requests
 from features.config import LeakageConfig
 from features.leakage import AuditReport, LeakageError, audit, require_clean
 
-REPO = Path(__file__).resolve().parents[1]
+from support import MAVEN_CONFIG, demo_data_config
+
 CONFIG = LeakageConfig()
 
 
@@ -157,15 +158,11 @@ def test_the_markdown_report_lists_every_row_and_the_verdict():
 # ------------------------------------------------------------------------- real exports
 
 
-MAVEN = REPO / "configs" / "maven_crm.toml"
-
-
-@pytest.mark.skipif(not MAVEN.exists(), reason="the Maven CRM example is not in this checkout")
 def test_maven_close_value_and_close_date_are_flagged_when_offered():
     from features.contract import load_tables
     from tiering.config import load_config
 
-    config = load_config(MAVEN)
+    config = load_config(MAVEN_CONFIG)
     tables = load_tables(config.data).tables
     requests = training_requests(tables.opportunities)
     features = build_features(tables, requests, config.features)
@@ -188,26 +185,11 @@ def test_maven_close_value_and_close_date_are_flagged_when_offered():
     assert auc["value"].iloc[0] > 0.99
 
 
-DEMO = REPO / "configs" / "demo.toml"
-
-
-@pytest.mark.skipif(not DEMO.exists(), reason="configs/demo.toml is not in this checkout")
 def test_demo_features_pass_and_fail_once_a_leaking_column_is_added(tmp_path: Path):
     from features.contract import load_tables
-    from features.demo import write_demo
-    from tiering.config import load_config
 
-    config = load_config(DEMO)
-    write_demo(tmp_path, n_accounts=1000, seed=7)
-    data = config.data.model_copy(
-        update={
-            name: getattr(config.data, name).model_copy(
-                update={"path": tmp_path / getattr(config.data, name).path.name}
-            )
-            for name in ("accounts", "opportunities", "activities")
-            if getattr(config.data, name) is not None
-        }
-    )
+    config = demo_data_config(tmp_path, n_accounts=1000, seed=7)
+    data = config.data
     tables = load_tables(data).tables
     requests = training_requests(tables.opportunities)
     features = build_features(tables, requests, config.features)

@@ -20,17 +20,11 @@ import pandas as pd
 import pytest
 from starlette.testclient import TestClient
 
-from features.config import (
-    DataConfig,
-    FeatureConfig,
-    IcpConfig,
-    IcpCriterion,
-    TableSource,
-)
-from tiering.config import Config, MlflowConfig, ScoringConfig
+from tiering.config import Config
+
+from support import serving_config, small_training, train_bundle
 
 API_KEY = "test-key-0123456789"
-TECH = ["tech_cloud", "tech_crm", "tech_marketing_automation", "tech_data_warehouse"]
 
 
 @dataclass(frozen=True)
@@ -41,61 +35,13 @@ class Deployment:
     account_ids: list[str]
 
 
-def demo_config(root: Path) -> Config:
-    from features.demo import write_demo
-
-    paths = write_demo(root / "data", n_accounts=300, seed=5, dirt_rate=0.0)
-    return Config(
-        data=DataConfig(
-            accounts=TableSource(path=paths["accounts"]),
-            opportunities=TableSource(path=paths["opportunities"]),
-            activities=TableSource(path=paths["activities"]),
-        ),
-        features=FeatureConfig(technographics=TECH),
-        icp=IcpConfig(
-            criteria=[
-                IcpCriterion(
-                    label="Industry is software or financial services",
-                    column="industry",
-                    op="in",
-                    values=["software", "financial services"],
-                ),
-                IcpCriterion(label="200+ employees", column="employees", op=">=", min=200),
-                IcpCriterion(label="Uses a CRM", column="tech_crm", op="is_true"),
-            ]
-        ),
-        mlflow=MlflowConfig(
-            tracking_uri=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
-            artifact_location=str(root / "mlruns" / "artifacts"),
-        ),
-        scoring=ScoringConfig(chunk_size=120, snapshot=root / "outputs" / "snapshot.parquet"),
-    )
-
-
-def small_training(config: Config) -> Config:
-    """Few boosting rounds: the tests need a real bundle, not a good one."""
-    training = config.training.model_copy(
-        update={"num_boost_round": 60, "early_stopping_rounds": 20, "n_jobs": 1}
-    )
-    return config.model_copy(update={"training": training})
-
-
-def train_bundle(config: Config, out: Path, version: str = "test-1") -> Path:
-    """A bundle from the training pipeline (fitted and evaluated, not registered)."""
-    from training.pipeline import fit_and_evaluate
-
-    bundle = fit_and_evaluate(config).bundle
-    bundle.metadata["model_version"] = version
-    return bundle.save(out)
-
-
 @pytest.fixture(scope="session")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
     from serving.batch import score_accounts
     from tiering.bundle import Bundle
 
     root = tmp_path_factory.mktemp("deployment")
-    config = small_training(demo_config(root))
+    config = small_training(serving_config(root))
     bundle_dir = train_bundle(config, root / "bundle")
     result = score_accounts(config, Bundle.load(bundle_dir), out=root / "outputs" / "tiers.parquet")
     return Deployment(

@@ -106,7 +106,7 @@ def test_icp_gate_keeps_poor_fits_out_of_tier_1(method: str) -> None:
     prio = priority(ev, icp, ev, policy.weights)
     result = assign_tiers(prio, icp, evidence, policy)
     assert (icp[result.tier == 1] >= 70).all()
-    blocked = (result.rule == RULE_ICP_GATE)
+    blocked = result.rule == RULE_ICP_GATE
     assert blocked.any()
     assert (result.tier[blocked] == 2).all()
     if method != "threshold":
@@ -119,7 +119,10 @@ def test_low_evidence_caps_the_tier(method: str) -> None:
     ev, icp, evidence = population(2000, seed=6)
     icp[:] = 100.0
     policy = TierPolicy(
-        method=method, reps=10, tier1_min_priority=0.6, tier2_min_priority=0.3,
+        method=method,
+        reps=10,
+        tier1_min_priority=0.6,
+        tier2_min_priority=0.3,
         min_evidence_tier1=0.5,
     )
     prio = priority(ev, icp, ev, policy.weights)
@@ -133,9 +136,14 @@ def test_low_evidence_caps_the_tier(method: str) -> None:
 def test_lowering_an_accounts_evidence_or_fit_never_promotes_it(method: str) -> None:
     rng = np.random.default_rng(7)
     policy = TierPolicy(
-        method=method, reps=3, tier1_per_rep=10, tier2_per_rep=40,
-        tier1_min_priority=0.6, tier2_min_priority=0.35,
-        min_icp_fit_tier1=50, min_evidence_tier1=0.5,
+        method=method,
+        reps=3,
+        tier1_per_rep=10,
+        tier2_per_rep=40,
+        tier1_min_priority=0.6,
+        tier2_min_priority=0.35,
+        min_icp_fit_tier1=50,
+        min_evidence_tier1=0.5,
     )
     ev, icp, evidence = population(400, seed=7)
     prio = priority(ev, icp, ev, policy.weights)
@@ -157,9 +165,14 @@ def test_lowering_an_accounts_evidence_or_fit_never_promotes_it(method: str) -> 
 def test_higher_priority_never_gets_a_lower_tier_among_equally_eligible(method: str) -> None:
     rng = np.random.default_rng(8)
     policy = TierPolicy(
-        method=method, reps=2, tier1_per_rep=15, tier2_per_rep=60,
-        tier1_min_priority=0.65, tier2_min_priority=0.4,
-        min_icp_fit_tier1=40, min_evidence_tier1=0.4,
+        method=method,
+        reps=2,
+        tier1_per_rep=15,
+        tier2_per_rep=60,
+        tier1_min_priority=0.65,
+        tier2_min_priority=0.4,
+        min_icp_fit_tier1=40,
+        min_evidence_tier1=0.4,
     )
     for _ in range(50):
         n = int(rng.integers(1, 600))
@@ -244,8 +257,9 @@ def test_unreachable_tier_is_stored_as_none_and_nobody_reaches_it_online() -> No
 def test_priority_ranks_on_the_reference_scale() -> None:
     ref = np.arange(1, 101, dtype=float)  # EVs 1..100
     weights = PriorityWeights(expected_value=1.0, icp_fit=0.0)
-    np.testing.assert_allclose(priority([0.5, 1, 50, 1000], [0, 0, 0, 0], ref, weights),
-                               [0.0, 0.01, 0.5, 1.0])
+    np.testing.assert_allclose(
+        priority([0.5, 1, 50, 1000], [0, 0, 0, 0], ref, weights), [0.0, 0.01, 0.5, 1.0]
+    )
     both = PriorityWeights(expected_value=0.7, icp_fit=0.3)
     np.testing.assert_allclose(priority([50], [80], ref, both), [0.7 * 0.5 + 0.3 * 0.8])
 

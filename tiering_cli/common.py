@@ -3,6 +3,8 @@ clear message and a non-zero exit (never a traceback for bad input)."""
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,8 +23,17 @@ from rich.progress import (
 
 from tiering.config import Config, ConfigError, load_config
 
-console = Console(stderr=False, highlight=False)
-err_console = Console(stderr=True, highlight=False)
+
+def _width() -> int | None:
+    """Piped output (CI logs, files, captured by tests) gets wide lines rather than rich's
+    default 80 columns, so tables and messages do not break in the middle of a value."""
+    if "COLUMNS" in os.environ or sys.stdout.isatty():
+        return None
+    return 160
+
+
+console = Console(stderr=False, highlight=False, width=_width())
+err_console = Console(stderr=True, highlight=False, width=_width())
 
 CONFIG_OPTION = typer.Option(
     Path("configs/demo.toml"), "--config", "-c", help="TOML config of the deployment.", exists=False
@@ -30,7 +41,7 @@ CONFIG_OPTION = typer.Option(
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {escape(message)}")
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
 
 

@@ -1,0 +1,156 @@
+"""What several test files build on: the repo's configs pointed at data written to a temporary
+folder, a small hand-made CRM export, and a quickly trained bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from features.config import (
+    DataConfig,
+    FeatureConfig,
+    IcpConfig,
+    IcpCriterion,
+    TableSource,
+)
+from tiering.config import Config, MlflowConfig, ScoringConfig, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = REPO / "configs" / "demo.toml"
+MAVEN_CONFIG = REPO / "configs" / "maven_crm.toml"
+TECH = ["tech_cloud", "tech_crm", "tech_marketing_automation", "tech_data_warehouse"]
+
+
+# ----------------------------------------------------------------------- the repo's demo config
+def demo_data_config(folder: Path, n_accounts: int = 1000, seed: int = 7) -> Config:
+    """configs/demo.toml over a demo export freshly written to ``folder``."""
+    from features.demo import write_demo
+
+    write_demo(folder, n_accounts=n_accounts, seed=seed, workers=1)
+    config = load_config(DEMO_CONFIG)
+    data = config.data
+    moved = {
+        name: getattr(data, name).model_copy(
+            update={"path": folder / getattr(data, name).path.name}
+        )
+        for name in ("accounts", "opportunities", "activities")
+        if getattr(data, name) is not None
+    }
+    moved["truth_dir"] = folder / "truth"
+    return config.model_copy(update={"data": data.model_copy(update=moved)})
+
+
+# ----------------------------------------------------------------- a small hand-made CRM export
+def accounts_frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "account_id": ["A-1", "A-2", "A-3", "A-4"],
+            "name": ["Acme", "Globex", "Initech", "Umbrella"],
+            "industry": ["software", "finance", "retail", "software"],
+            "employees": ["120", "5400", "", "80"],
+            "annual_revenue": ["10000000", "900000000", "45000000", "2500000"],
+            "country": ["Germany", "France", "Germany", "Spain"],
+        }
+    )
+
+
+def opportunities_frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "opportunity_id": ["O-1", "O-2", "O-3", "O-4", "O-5", "O-6"],
+            "account_id": ["A-1", "A-1", "A-2", "A-3", "A-2", "A-1"],
+            "created_at": [
+                "2023-01-05",
+                "2023-03-01",
+                "2023-02-10",
+                "2023-04-01",
+                "2023-06-01",
+                "2023-07-01",
+            ],
+            "closed_at": ["2023-02-01", "2023-05-01", "2023-04-02", "2023-06-01", "", ""],
+            "outcome": ["won", "lost", "won", "lost", "open", "open"],
+            "amount": ["50000", "0", "120000", "0", "", ""],
+            "product": ["Core", "Core", "Plus", "Core", "Plus", "Core"],
+        }
+    )
+
+
+def activities_frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "account_id": ["A-1", "A-1", "A-2", "A-3"],
+            "occurred_at": ["2022-12-01", "2023-01-02", "2023-02-01", "2023-03-15"],
+            "type": ["web_visit", "meeting", "web_visit", "email_click"],
+            "count": ["3", "1", "2", "1"],
+        }
+    )
+
+
+def write_export(
+    folder: Path,
+    accounts: pd.DataFrame | None = None,
+    opportunities: pd.DataFrame | None = None,
+    activities: pd.DataFrame | None = None,
+) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = {
+        "accounts": accounts_frame() if accounts is None else accounts,
+        "opportunities": opportunities_frame() if opportunities is None else opportunities,
+        "activities": activities_frame() if activities is None else activities,
+    }
+    paths = {}
+    for name, frame in frames.items():
+        paths[name] = folder / f"{name}.csv"
+        frame.to_csv(paths[name], index=False)
+    return paths
+
+
+# ------------------------------------------------------------------ a deployment for serving
+def serving_config(root: Path) -> Config:
+    """A small clean demo with a three-criterion ICP, its MLflow store and snapshot in ``root``."""
+    from features.demo import write_demo
+
+    paths = write_demo(root / "data", n_accounts=300, seed=5, dirt_rate=0.0)
+    return Config(
+        data=DataConfig(
+            accounts=TableSource(path=paths["accounts"]),
+            opportunities=TableSource(path=paths["opportunities"]),
+            activities=TableSource(path=paths["activities"]),
+        ),
+        features=FeatureConfig(technographics=TECH),
+        icp=IcpConfig(
+            criteria=[
+                IcpCriterion(
+                    label="Industry is software or financial services",
+                    column="industry",
+                    op="in",
+                    values=["software", "financial services"],
+                ),
+                IcpCriterion(label="200+ employees", column="employees", op=">=", min=200),
+                IcpCriterion(label="Uses a CRM", column="tech_crm", op="is_true"),
+            ]
+        ),
+        mlflow=MlflowConfig(
+            tracking_uri=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
+            artifact_location=str(root / "mlruns" / "artifacts"),
+        ),
+        scoring=ScoringConfig(chunk_size=120, snapshot=root / "outputs" / "snapshot.parquet"),
+    )
+
+
+def small_training(config: Config) -> Config:
+    """Few boosting rounds: the tests need a real bundle, not a good one."""
+    training = config.training.model_copy(
+        update={"num_boost_round": 60, "early_stopping_rounds": 20, "n_jobs": 1}
+    )
+    return config.model_copy(update={"training": training})
+
+
+def train_bundle(config: Config, out: Path, version: str = "test-1") -> Path:
+    """A bundle from the training pipeline (fitted and evaluated, not registered)."""
+    from training.pipeline import fit_and_evaluate
+
+    bundle = fit_and_evaluate(config).bundle
+    bundle.metadata["model_version"] = version
+    return bundle.save(out)

@@ -29,9 +29,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -m 'not slow'
 
-## serve: the BentoML service on http://127.0.0.1:3000 with the champion model
+# Local use: without TIERING_API_KEY the service on 127.0.0.1 answers without a key.
+SERVE_FLAGS ?= $(if $(TIERING_API_KEY),,--no-auth)
+
+## serve: the BentoML service on http://127.0.0.1:3000 with the champion model (after `make demo`)
 serve: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/tiering serve --config $(CONFIG)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/tiering serve --config $(CONFIG) $(SERVE_FLAGS)
 
 ## bench: the benchmarks, printed as tables (results also under benchmarks/results/)
 bench: $(STAMP)

@@ -36,10 +36,10 @@ class TieringModel(PythonModel):
 
         self.bundle = Bundle.load(context.artifacts["bundle"])
 
-    # No type hint on model_input: MLflow would take it as the input schema; the logged
-    # signature (inferred from real feature rows) is the schema.
+    # A DataFrame hint gives MLflow no schema of its own: the logged signature (inferred from
+    # real feature rows) stays the schema.
     def predict(
-        self, context: Any, model_input, params: dict[str, Any] | None = None
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
         from tiering.scoring import score
 

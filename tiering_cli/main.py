@@ -5,6 +5,9 @@ Heavy imports (LightGBM, MLflow, BentoML) happen inside the commands so that `--
 
 from __future__ import annotations
 
+import logging
+import os
+
 import typer
 
 from tiering_cli import data_cmd, demo_cmd, icp_cmd, model_cmd, score_cmd
@@ -16,6 +19,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",  # reflows the commands' docstrings into paragraphs
 )
+
+
+@app.callback()
+def _quiet_libraries() -> None:
+    """The CLI prints its own progress and results; the libraries' chatter stays out of it."""
+    # MLflow configures its own loggers when imported (later, inside the commands).
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
 
 app.command("demo-data")(data_cmd.demo_data)
 app.command("validate")(data_cmd.validate)

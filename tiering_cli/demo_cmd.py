@@ -58,19 +58,21 @@ def show_top_accounts(scores_path: Path, top: int) -> None:
 
     scores = pd.read_parquet(scores_path)
     tier1 = scores[scores["tier"] == 1].sort_values("priority", ascending=False).head(top)
-    for row in tier1.itertuples(index=False):
+    for row in tier1.to_dict("records"):
         lines = [
-            f"win chance {row.p_win:.0%}, deal value ${row.value_p10:,.0f}-${row.value_p90:,.0f}, "
-            f"expected value ${row.expected_value:,.0f}, ICP fit {row.icp_fit:.0f}",
-            f"[bold]Why this tier:[/] {row.tier_rule_text}",
+            f"win chance {row['p_win']:.0%}, deal value ${row['value_p10']:,.0f}-"
+            f"${row['value_p90']:,.0f}, expected value ${row['expected_value']:,.0f}, "
+            f"ICP fit {row['icp_fit']:.0f}",
+            f"[bold]Why this tier:[/] {row['tier_rule_text']}",
         ]
-        lines += [f"  • {reason['text']}" for reason in json.loads(row.reasons)]
-        if len(row.icp_met):
-            lines.append(f"[green]ICP met:[/] {'; '.join(row.icp_met)}")
-        if len(row.icp_missed):
-            lines.append(f"[yellow]ICP missed:[/] {'; '.join(row.icp_missed)}")
-        lines.append(f"[bold]Playbook:[/] {', '.join(row.playbook)}")
-        console.print(Panel("\n".join(lines), title=f"Tier 1 · {row.account_id}", expand=False))
+        lines += [f"  • {reason['text']}" for reason in json.loads(str(row["reasons"]))]
+        met, missed = list(row["icp_met"]), list(row["icp_missed"])
+        if met:
+            lines.append(f"[green]ICP met:[/] {'; '.join(met)}")
+        if missed:
+            lines.append(f"[yellow]ICP missed:[/] {'; '.join(missed)}")
+        lines.append(f"[bold]Playbook:[/] {', '.join(row['playbook'])}")
+        console.print(Panel("\n".join(lines), title=f"Tier 1 · {row['account_id']}", expand=False))
 
 
 def _rule(title: str) -> None:

@@ -31,6 +31,8 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from features.tables import ACTIVITY_TYPES
+
 Format = Literal["csv", "parquet"]
 TruthAsOf = Literal["monthly", "end"]
 # What a chunk is serialised to: DataFrames (numbers as numbers or as export text) or file bytes.
@@ -105,15 +107,7 @@ TECH = ("tech_cloud", "tech_crm", "tech_marketing_automation", "tech_data_wareho
 TECH_ADOPTION = np.array([[0.6, 0.3, 0.8], [0.0, 0.6, 0.5], [-0.6, 0.4, 0.6], [-1.4, 0.7, 0.7]])
 TECH_WIN = np.array([0.15, 0.35, 0.1, 0.25])
 
-# Activity types in the order of features.tables.ACTIVITY_TYPES; intent surges carry a topic.
-ACTIVITY_TYPES = (
-    "web_visit",
-    "content_download",
-    "email_click",
-    "meeting",
-    "event",
-    "intent_surge",
-)
+# Indexes into features.tables.ACTIVITY_TYPES; intent surges carry a topic.
 INTENT = 5
 MEETING = 3
 TOPICS = (

@@ -3,6 +3,7 @@ restores the wrong version, or an alias moves without the reason being recorded.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,19 @@ def test_env_tracking_uri_overrides_the_config(
     assert registry.tracking_uri(config) == f"sqlite:///{tmp_path / 'team.db'}"
     # artifacts follow the store instead of landing in the working directory
     assert registry.artifact_root(config) == (tmp_path / "artifacts").as_uri()
+
+
+def test_connecting_to_one_store_does_not_redirect_the_next(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # MLflow exports the URI it is given; read back as "the user's environment", it would send
+    # the next training of this process into the previous store.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first = MlflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}")
+    second = MlflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}")
+    registry.connect(first)
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert registry.tracking_uri(second) == second.tracking_uri
 
 
 # --------------------------------------------------------------------------- through training

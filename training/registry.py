@@ -76,8 +76,15 @@ def connect(config: MlflowConfig) -> Any:
     db = _sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
+    user_env = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI; left there, it would override the
+    # next config's store in this process (the environment wins over the config, above).
+    if user_env is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = user_env
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

@@ -21,6 +21,7 @@ Layout of a saved bundle::
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,8 @@ FORMAT_VERSION = 1
 # Probabilities never reach exactly 0 or 1: a log loss or a log-odds of a calibrated value
 # must stay finite, and no deal is ever certain.
 P_CLIP = 1e-6
+SMALL_BATCH_ROWS = 2_000
+"""Fewer rows than this are predicted on one thread."""
 
 ValueObjective = Literal["log_l2", "gamma", "tweedie"]
 
@@ -146,22 +149,111 @@ def encode_features(
     """The model matrix: the training column order, categoricals with the levels frozen at
     training (an unseen level becomes missing), everything else float. One definition for
     training and scoring, so the two cannot drift apart."""
-    missing = [c for c in feature_names if c not in features.columns]
-    if missing:
-        raise BundleError(
-            f"features: {len(missing)} model input column(s) missing, e.g. {missing[:5]}"
-        )
-    columns: dict[str, Any] = {}
-    for name in feature_names:
-        col = features[name]
-        if name in categories:
-            levels = categories[name]
-            text = col.astype("string")
-            known = text.where(text.isin(levels)).astype(object)
-            columns[name] = pd.Categorical(known, categories=levels)
-        else:
-            columns[name] = pd.to_numeric(col, errors="coerce").astype(float).to_numpy()
+    plan = _plan(tuple(feature_names), _categories_key(categories))
+    columns: dict[str, Any] = dict.fromkeys(feature_names)
+    numeric = plan.numeric_block(features)
+    for k, j in enumerate(plan.numeric_positions):
+        columns[feature_names[j]] = numeric[:, k]
+    for j, levels, codes in plan.category_codes(features):
+        columns[feature_names[j]] = pd.Categorical.from_codes(codes, dtype=levels)
     return pd.DataFrame(columns, index=features.index)
+
+
+def _categories_key(categories: dict[str, list[str]]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    return tuple((name, tuple(levels)) for name, levels in categories.items())
+
+
+@dataclass(frozen=True)
+class _EncodingPlan:
+    """How to turn feature rows into the model matrix, worked out once per feature list and
+    category levels (see ``encode_features`` for the rules)."""
+
+    feature_names: tuple[str, ...]
+    numeric_positions: tuple[int, ...]
+    categorical: tuple[tuple[int, pd.CategoricalDtype, dict[str, int]], ...]
+
+    def require_columns(self, features: pd.DataFrame) -> None:
+        missing = [c for c in self.feature_names if c not in features.columns]
+        if missing:
+            raise BundleError(
+                f"features: {len(missing)} model input column(s) missing, e.g. {missing[:5]}"
+            )
+
+    def numeric_block(self, features: pd.DataFrame) -> np.ndarray:
+        """The numeric inputs as float64 (rows x numeric inputs); text that is not a number
+        becomes NaN."""
+        self.require_columns(features)
+        names = [self.feature_names[j] for j in self.numeric_positions]
+        out = np.empty((len(features), len(names)), dtype=np.float64)
+        dtypes = dict(zip(features.columns, features.dtypes, strict=True))
+        plain = [k for k, name in enumerate(names) if _plain_numeric(dtypes[name])]
+        if plain:
+            # One conversion for every column numpy can cast as is (the usual case).
+            out[:, plain] = features[[names[k] for k in plain]].to_numpy(dtype=np.float64)
+        for k, name in enumerate(names):
+            if not _plain_numeric(dtypes[name]):
+                out[:, k] = pd.to_numeric(features[name], errors="coerce").astype(float)
+        return out
+
+    def category_codes(
+        self, features: pd.DataFrame
+    ) -> list[tuple[int, pd.CategoricalDtype, np.ndarray]]:
+        """(position, dtype, codes) per categorical input; code -1 = missing or unseen."""
+        self.require_columns(features)
+        out = []
+        for j, dtype, code_of in self.categorical:
+            col = features[self.feature_names[j]]
+            if pd.api.types.infer_dtype(col, skipna=True) not in ("string", "empty"):
+                # Numbers, booleans, categoricals: compared as their text, like training did.
+                col = col.astype("string")
+            # Missing values (None, NaN, NA) are no level, so they get -1 like unseen text.
+            values = col.to_numpy(dtype=object)
+            if len(values) >= _HASHED_LOOKUP_ROWS:
+                levels = pd.Index(list(code_of), dtype=object)
+                codes = levels.get_indexer(pd.Index(values, dtype=object)).astype(np.int64)
+            else:
+                codes = np.fromiter(
+                    (code_of.get(v, -1) for v in values), dtype=np.int64, count=len(values)
+                )
+            out.append((j, dtype, codes))
+        return out
+
+    def matrix(self, features: pd.DataFrame) -> np.ndarray:
+        """The float64 matrix LightGBM builds from the encoded DataFrame: numeric inputs as
+        they are, categoricals as their level code (NaN when missing or unseen)."""
+        out = np.empty((len(features), len(self.feature_names)), dtype=np.float64)
+        out[:, list(self.numeric_positions)] = self.numeric_block(features)
+        for j, _, codes in self.category_codes(features):
+            out[:, j] = np.where(codes < 0, np.nan, codes)
+        return out
+
+
+# From this many rows on, pandas' hash table beats a dict lookup per value (same matches:
+# equal text, nothing else).
+_HASHED_LOOKUP_ROWS = 1_000
+
+
+def _plain_numeric(dtype: Any) -> bool:
+    return isinstance(dtype, np.dtype) and dtype.kind in "biuf"
+
+
+@functools.lru_cache(maxsize=16)
+def _plan(
+    feature_names: tuple[str, ...], categories: tuple[tuple[str, tuple[str, ...]], ...]
+) -> _EncodingPlan:
+    levels = dict(categories)
+    categorical = []
+    for j, name in enumerate(feature_names):
+        if name in levels:
+            # Refuses duplicate levels, as pd.Categorical does.
+            dtype = pd.CategoricalDtype(categories=list(levels[name]))
+            code_of = {str(level): code for code, level in enumerate(dtype.categories)}
+            categorical.append((j, dtype, code_of))
+    return _EncodingPlan(
+        feature_names=feature_names,
+        numeric_positions=tuple(j for j, n in enumerate(feature_names) if n not in levels),
+        categorical=tuple(categorical),
+    )
 
 
 def _empty_cutoffs() -> ReferenceCutoffs:
@@ -192,18 +284,50 @@ class Bundle:
         """The model matrix: see ``encode_features``."""
         return encode_features(features, self.feature_names, self.categories)
 
-    def win_margin(self, encoded: pd.DataFrame) -> np.ndarray:
-        return np.asarray(self.win_model.predict(encoded, raw_score=True), dtype=float)
+    def model_matrix(self, features: pd.DataFrame) -> np.ndarray | pd.DataFrame:
+        """What the boosters read: the float64 matrix LightGBM itself would build from
+        ``encode(features)`` (categoricals as level codes, NaN when missing or unseen), built
+        directly; the encoded DataFrame when a booster's stored category levels differ from
+        the bundle's, so that LightGBM's own re-mapping applies."""
+        plan = _plan(tuple(self.feature_names), _categories_key(self.categories))
+        if not self._boosters_read_codes(plan):
+            return self.encode(features)
+        return plan.matrix(features)
 
-    def predict_value(self, encoded: pd.DataFrame) -> np.ndarray:
+    def _boosters_read_codes(self, plan: _EncodingPlan) -> bool:
+        levels = [list(dtype.categories) for _, dtype, _ in plan.categorical]
+        return all(
+            booster.num_feature() == len(plan.feature_names)
+            and (booster.pandas_categorical is None or booster.pandas_categorical == levels)
+            for booster in (self.win_model, self.value_model)
+        )
+
+    @staticmethod
+    def _threads(booster: lgb.Booster, n_rows: int) -> int:
+        # Starting threads costs more than a few rows take to predict; big batches use the
+        # threads the model was trained with (0: OpenMP's default).
+        if n_rows < SMALL_BATCH_ROWS:
+            return 1
+        return int(booster.params.get("num_threads", 0) or 0)
+
+    def _run(self, booster: lgb.Booster, encoded: Any, **kind: bool) -> np.ndarray:
+        threads = self._threads(booster, len(encoded))
+        return np.asarray(booster.predict(encoded, num_threads=threads, **kind), dtype=float)
+
+    def win_margin(self, encoded: np.ndarray | pd.DataFrame) -> np.ndarray:
+        return self._run(self.win_model, encoded, raw_score=True)
+
+    def predict_value(self, encoded: np.ndarray | pd.DataFrame) -> np.ndarray:
         """Point prediction of the deal value if won (a mean, in currency)."""
-        raw = np.asarray(self.value_model.predict(encoded, raw_score=True), dtype=float)
+        raw = self._run(self.value_model, encoded, raw_score=True)
         # Every supported objective has a log-scale raw score (log_l2 by construction,
         # gamma/tweedie through their log link).
         return np.exp(raw) * (self.value_smearing if self.value_objective == "log_l2" else 1.0)
 
     def predict(self, features: pd.DataFrame) -> pd.DataFrame:
-        encoded = self.encode(features)
+        return self._predict_encoded(self.model_matrix(features), features.index)
+
+    def _predict_encoded(self, encoded: np.ndarray | pd.DataFrame, index: pd.Index) -> pd.DataFrame:
         p_raw = 1.0 / (1.0 + np.exp(-self.win_margin(encoded)))
         p_win = self.calibrator.transform(p_raw)
         value = self.predict_value(encoded)
@@ -216,19 +340,35 @@ class Bundle:
                 "value_p90": p90,
                 "expected_value": p_win * value,
             },
-            index=features.index,
+            index=index,
         )
 
     def contributions(self, features: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         """SHAP values (LightGBM's exact TreeSHAP) of the win model (log-odds, before
         calibration) and of the value model (log value); columns feature_names + ``bias``."""
-        encoded = self.encode(features)
+        return self._contributions_encoded(self.model_matrix(features), features.index)
+
+    def _contributions_encoded(
+        self, encoded: np.ndarray | pd.DataFrame, index: pd.Index
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
         names = [*self.feature_names, "bias"]
-        win = np.asarray(self.win_model.predict(encoded, pred_contrib=True), dtype=float)
-        value = np.asarray(self.value_model.predict(encoded, pred_contrib=True), dtype=float)
+        win = self._run(self.win_model, encoded, pred_contrib=True)
+        value = self._run(self.value_model, encoded, pred_contrib=True)
+        # The arrays are ours alone: no need for pandas to copy them (a batch chunk's
+        # contributions are tens of MB).
         return (
-            pd.DataFrame(win, columns=names, index=features.index),
-            pd.DataFrame(value, columns=names, index=features.index),
+            pd.DataFrame(win, columns=names, index=index, copy=False),
+            pd.DataFrame(value, columns=names, index=index, copy=False),
+        )
+
+    def predict_with_contributions(
+        self, features: pd.DataFrame
+    ) -> tuple[pd.DataFrame, tuple[pd.DataFrame, pd.DataFrame]]:
+        """``predict`` and ``contributions`` of the same rows, encoding them once."""
+        encoded = self.model_matrix(features)
+        return (
+            self._predict_encoded(encoded, features.index),
+            self._contributions_encoded(encoded, features.index),
         )
 
     @property

@@ -33,6 +33,7 @@ formatting loops, and only over the accounts that need text.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -102,8 +103,26 @@ def field_map(feature_names: Sequence[str], field_of: FieldOf | None = None) -> 
     return FieldMap(tuple(feature_names), tuple(keys), tuple(labels), owner, member)
 
 
+@functools.lru_cache(maxsize=16)
+def _default_field_map(feature_names: tuple[str, ...]) -> FieldMap:
+    fmap = field_map(feature_names)
+    # Shared by every call for these features: nobody may change it in place.
+    fmap.field_of_feature.flags.writeable = False
+    fmap.member.flags.writeable = False
+    return fmap
+
+
+def _field_map_of(contrib: pd.DataFrame, field_of: FieldOf | None) -> FieldMap:
+    names = tuple(c for c in contrib.columns if c != "bias")
+    return _default_field_map(names) if field_of is None else field_map(names, field_of)
+
+
 def _feature_matrix(contrib: pd.DataFrame, features: Sequence[str], what: str) -> np.ndarray:
-    missing = [c for c in (*features, "bias") if c not in contrib.columns]
+    columns = tuple(contrib.columns)
+    if columns[-1:] == ("bias",) and columns[:-1] == tuple(features):
+        # Columns as LightGBM returns them (features, then bias): no column selection needed.
+        return np.asfortranarray(contrib.to_numpy(dtype=np.float64)[:, :-1])
+    missing = [c for c in (*features, "bias") if c not in columns]
     if missing:
         raise ValueError(f"{what} contributions: missing column(s) {missing[:5]}")
     return contrib[list(features)].to_numpy(dtype=np.float64)
@@ -115,7 +134,7 @@ def group_by_field(
     """Per-feature contributions summed into business fields (``bias`` left out); the row sums
     equal the sums of the feature contributions."""
     if fmap is None:
-        fmap = field_map([c for c in contrib.columns if c != "bias"], field_of)
+        fmap = _field_map_of(contrib, field_of)
     grouped = _feature_matrix(contrib, fmap.features, "feature") @ fmap.member
     return pd.DataFrame(grouped, columns=list(fmap.fields), index=contrib.index)
 
@@ -357,43 +376,51 @@ def drivers(
     ``effect_points`` (win chance, probability points), ``deal_size_pct``, ``direction``
     ("positive"/"negative": effect on expected value) and ``text``."""
     if fmap is None:
-        fmap = field_map([c for c in win_contrib.columns if c != "bias"], field_of)
+        fmap = _field_map_of(win_contrib, field_of)
     missing = [c for c in fmap.features if c not in features.columns]
     if missing:
         raise ValueError(f"features: missing column(s) {missing[:5]} that the model explains")
     effects = field_effects(win_contrib, value_contrib, p_win, p_base, fmap)
     pos, pos_ok, neg, neg_ok = top_drivers(effects, top)
-    columns = [features[c].to_numpy() for c in fmap.features]
-    points, pct, rep = effects.win_points, effects.deal_size_pct, effects.representative
-    out: list[list[dict[str, Any]]] = []
+    # Every driver of every account as flat arrays, in output order: row by row, positives
+    # (best first) then negatives.
+    chosen = np.concatenate([pos, neg], axis=1)
+    rows, slots = np.nonzero(np.concatenate([pos_ok, neg_ok], axis=1))
+    fields = chosen[rows, slots]
+    reps = effects.representative[rows, fields]
+    points = effects.win_points[rows, fields].tolist()
+    pcts = effects.deal_size_pct[rows, fields].tolist()
+    negative = (slots >= pos.shape[1]).tolist()
+    # Only the columns some driver quotes are read (one row online, all of them in batch).
+    columns = {j: features[fmap.features[j]].to_numpy() for j in np.unique(reps).tolist()}
+    out: list[list[dict[str, Any]]] = [[] for _ in range(len(features))]
     described: dict[tuple[int, int, Any], str] = {}
-    for i in range(len(features)):
-        items: list[dict[str, Any]] = []
-        for fields, direction in ((pos[i][pos_ok[i]], "positive"), (neg[i][neg_ok[i]], "negative")):
-            for f in fields:
-                j = int(rep[i, f])
-                value = columns[j][i]
-                # Accounts share most values (industries, small counts): describe each once.
-                key = (j, f, None if _is_missing(value) else value)
-                desc = described.get(key)
-                if desc is None:
-                    desc = described[key] = describe_value(fmap.features[j], fmap.labels[f], value)
-                # Text and numbers from the same rounded values, so they never disagree.
-                pts, dpct = round(float(points[i, f]), 1), round(float(pct[i, f]), 1)
-                items.append(
-                    {
-                        "field": fmap.fields[f],
-                        "label": fmap.labels[f],
-                        "feature": fmap.features[j],
-                        "value": _json_value(value),
-                        "value_text": desc,
-                        "effect_points": pts,
-                        "deal_size_pct": dpct,
-                        "direction": direction,
-                        "text": f"{desc} {DASH} " + "; ".join(_effect_phrases(pts, dpct)),
-                    }
-                )
-        out.append(items)
+    effect_texts: dict[tuple[float, float], str] = {}
+    for n, (i, f, j) in enumerate(zip(rows.tolist(), fields.tolist(), reps.tolist(), strict=True)):
+        value = columns[j][i]
+        # Accounts share most values (industries, small counts): describe each once.
+        key = (j, f, None if _is_missing(value) else value)
+        desc = described.get(key)
+        if desc is None:
+            desc = described[key] = describe_value(fmap.features[j], fmap.labels[f], value)
+        # Text and numbers from the same rounded values, so they never disagree.
+        pts, dpct = round(points[n], 1), round(pcts[n], 1)
+        effect = effect_texts.get((pts, dpct))
+        if effect is None:
+            effect = effect_texts[(pts, dpct)] = "; ".join(_effect_phrases(pts, dpct))
+        out[i].append(
+            {
+                "field": fmap.fields[f],
+                "label": fmap.labels[f],
+                "feature": fmap.features[j],
+                "value": _json_value(value),
+                "value_text": desc,
+                "effect_points": pts,
+                "deal_size_pct": dpct,
+                "direction": "negative" if negative[n] else "positive",
+                "text": f"{desc} {DASH} {effect}",
+            }
+        )
     return out
 
 
@@ -619,21 +646,59 @@ def reasons(
     """Everything a rep reads, one row per account (index of ``features``): ``reasons``
     (structured drivers), ``reason_summary`` (one line), ``tier_rule_text``, ``next_tier_hint``,
     ``playbook``."""
+    columns = reason_columns(
+        features,
+        win_contrib,
+        value_contrib,
+        p_win=p_win,
+        p_base=p_base,
+        expected_value=expected_value,
+        icp_fit=icp_fit,
+        icp_missed=icp_missed,
+        evidence=evidence,
+        priority=priority,
+        assignment=assignment,
+        reference_ev=reference_ev,
+        policy=policy,
+        playbook=playbook,
+        top=top,
+        field_of=field_of,
+    )
+    return pd.DataFrame(columns, index=features.index)
+
+
+def reason_columns(
+    features: pd.DataFrame,
+    win_contrib: pd.DataFrame,
+    value_contrib: pd.DataFrame,
+    *,
+    p_win: ArrayLike,
+    p_base: ArrayLike,
+    expected_value: ArrayLike,
+    icp_fit: ArrayLike,
+    icp_missed: Sequence[Sequence[str]] | None,
+    evidence: ArrayLike,
+    priority: ArrayLike,
+    assignment: TierAssignment,
+    reference_ev: ArrayLike,
+    policy: TierPolicy,
+    playbook: Playbook,
+    top: int = 3,
+    field_of: FieldOf | None = None,
+) -> dict[str, list[Any]]:
+    """The columns of :func:`reasons` as plain lists, one value per account."""
     driver_lists = drivers(
         features, win_contrib, value_contrib, p_win, p_base, top=top, field_of=field_of
     )
     rules, hints = tier_texts(
         assignment, priority, expected_value, icp_fit, evidence, icp_missed, reference_ev, policy
     )
-    return pd.DataFrame(
-        {
-            "reasons": driver_lists,
-            "reason_summary": summaries(
-                assignment.tier, p_win, expected_value, driver_lists, list(assignment.rule)
-            ),
-            "tier_rule_text": rules,
-            "next_tier_hint": hints,
-            "playbook": playbooks(assignment.tier, playbook),
-        },
-        index=features.index,
-    )
+    return {
+        "reasons": driver_lists,
+        "reason_summary": summaries(
+            assignment.tier, p_win, expected_value, driver_lists, list(assignment.rule)
+        ),
+        "tier_rule_text": rules,
+        "next_tier_hint": hints,
+        "playbook": playbooks(assignment.tier, playbook),
+    }

@@ -18,7 +18,7 @@ from features.build import evidence_score
 from features.config import IcpConfig
 from features.icp import icp_fit
 from tiering.config import Playbook, TierPolicy
-from tiering.explain import reasons as explain_reasons
+from tiering.explain import reason_columns
 from tiering.policy import ReferenceCutoffs, assign_tiers, priority, tier_with_cutoffs
 
 OUTPUT_COLUMNS = [
@@ -94,7 +94,13 @@ def score(
         return pd.DataFrame(columns=OUTPUT_COLUMNS + (REASON_COLUMNS if reasons else []))
     policy = bundle.policy
     cutoffs = bundle.cutoffs
-    predicted = bundle.predict(features)
+    contributions: tuple[pd.DataFrame, pd.DataFrame] | None = None
+    both = getattr(bundle, "predict_with_contributions", None)
+    if reasons and both is not None:
+        # One encoding of the rows for both models' predictions and contributions.
+        predicted, contributions = both(features)
+    else:
+        predicted = bundle.predict(features)
     ev = predicted["expected_value"].to_numpy(dtype=np.float64)
     fit = icp_fit(features, bundle.icp)
     fit_score = fit["icp_fit"].to_numpy(dtype=np.float64)
@@ -105,52 +111,53 @@ def score(
     else:
         assignment = tier_with_cutoffs(prio, fit_score, evidence, cutoffs, policy)
 
-    out = pd.DataFrame(
-        {
-            "account_id": features["account_id"].to_numpy(dtype=object),
-            "p_win": predicted["p_win"].to_numpy(dtype=np.float64),
-            "deal_value": predicted["deal_value"].to_numpy(dtype=np.float64),
-            "value_p10": predicted["value_p10"].to_numpy(dtype=np.float64),
-            "value_p90": predicted["value_p90"].to_numpy(dtype=np.float64),
-            "expected_value": ev,
-            "icp_fit": fit_score,
-            "evidence": evidence,
-            "priority": prio,
-            "tier": assignment.tier.astype(np.int64),
-            "tier_rule": assignment.rule,
-            "cutoffs_used": assignment.describe_cutoffs(),
-            "model_version": model_version(bundle),
-        },
-        index=features.index,
-    )
-    if not reasons:
-        return out
-
-    win_contrib, value_contrib = bundle.contributions(features)
-    p_base = base_win_probability(bundle, win_contrib["bias"].to_numpy(dtype=np.float64))
-    icp_missed = fit["icp_missed"].tolist()
-    text = explain_reasons(
-        features,
-        win_contrib,
-        value_contrib,
-        p_win=out["p_win"].to_numpy(),
-        p_base=p_base,
-        expected_value=ev,
-        icp_fit=fit_score,
-        icp_missed=icp_missed,
-        evidence=evidence,
-        priority=prio,
-        assignment=assignment,
-        reference_ev=cutoffs.reference_ev,
-        policy=policy,
-        playbook=bundle.playbook,
-        top=top_reasons,
-    )
-    out["reasons"] = text["reasons"].to_numpy()
-    out["reason_summary"] = text["reason_summary"].to_numpy()
-    out["tier_rule_text"] = text["tier_rule_text"].to_numpy()
-    out["icp_met"] = fit["icp_met"].to_numpy()
-    out["icp_missed"] = fit["icp_missed"].to_numpy()
-    out["next_tier_hint"] = text["next_tier_hint"].to_numpy()
-    out["playbook"] = text["playbook"].to_numpy()
-    return out
+    columns: dict[str, Any] = {
+        "account_id": features["account_id"].to_numpy(dtype=object),
+        "p_win": predicted["p_win"].to_numpy(dtype=np.float64),
+        "deal_value": predicted["deal_value"].to_numpy(dtype=np.float64),
+        "value_p10": predicted["value_p10"].to_numpy(dtype=np.float64),
+        "value_p90": predicted["value_p90"].to_numpy(dtype=np.float64),
+        "expected_value": ev,
+        "icp_fit": fit_score,
+        "evidence": evidence,
+        "priority": prio,
+        "tier": assignment.tier.astype(np.int64),
+        "tier_rule": assignment.rule,
+        "cutoffs_used": assignment.describe_cutoffs(),
+        "model_version": model_version(bundle),
+    }
+    if reasons:
+        win_contrib, value_contrib = (
+            contributions if contributions is not None else bundle.contributions(features)
+        )
+        p_base = base_win_probability(bundle, win_contrib["bias"].to_numpy(dtype=np.float64))
+        icp_missed = fit["icp_missed"].tolist()
+        text = reason_columns(
+            features,
+            win_contrib,
+            value_contrib,
+            p_win=columns["p_win"],
+            p_base=p_base,
+            expected_value=ev,
+            icp_fit=fit_score,
+            icp_missed=icp_missed,
+            evidence=evidence,
+            priority=prio,
+            assignment=assignment,
+            reference_ev=cutoffs.reference_ev,
+            policy=policy,
+            playbook=bundle.playbook,
+            top=top_reasons,
+        )
+        columns.update(
+            reasons=text["reasons"],
+            reason_summary=text["reason_summary"],
+            tier_rule_text=text["tier_rule_text"],
+            icp_met=fit["icp_met"].to_numpy(),
+            icp_missed=fit["icp_missed"].to_numpy(),
+            next_tier_hint=text["next_tier_hint"],
+            playbook=text["playbook"],
+        )
+    # One frame built from all columns at once (adding columns one by one costs more than
+    # scoring a single account).
+    return pd.DataFrame(columns, index=features.index)

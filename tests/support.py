@@ -14,7 +14,7 @@ from features.config import (
     IcpCriterion,
     TableSource,
 )
-from tiering.config import Config, MlflowConfig, ScoringConfig, load_config
+from tiering.config import Config, MlflowConfig, ScoringConfig, TrainingConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "demo.toml"
@@ -154,3 +154,36 @@ def train_bundle(config: Config, out: Path, version: str = "test-1") -> Path:
     bundle = fit_and_evaluate(config).bundle
     bundle.metadata["model_version"] = version
     return bundle.save(out)
+
+
+# ------------------------------------------------------------------------- training on a demo
+OUTCOME_LABELS = {"outcome": {"closed won": "won", "closed lost": "lost", "in progress": "open"}}
+FAST_TRAINING = TrainingConfig(
+    n_jobs=1, num_boost_round=300, early_stopping_rounds=30, learning_rate=0.08
+)
+
+
+def training_config(folder: Path, **training: object) -> Config:
+    """A config over a demo export written to ``folder`` (MLflow store inside it too)."""
+    return Config(
+        name="test",
+        data=DataConfig(
+            accounts=TableSource(path=folder / "accounts.csv"),
+            opportunities=TableSource(path=folder / "opportunities.csv", labels=OUTCOME_LABELS),
+            activities=TableSource(path=folder / "activities.csv"),
+            truth_dir=folder / "truth",
+        ),
+        features=FeatureConfig(technographics=TECH),
+        training=FAST_TRAINING.model_copy(update=training),
+        mlflow=MlflowConfig(
+            tracking_uri=f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}",
+            artifact_location=str(folder / "mlruns" / "artifacts"),
+        ),
+    )
+
+
+def write_small_demo(folder: Path, n_accounts: int = 1000, seed: int = 11) -> Path:
+    from features.demo import write_demo
+
+    write_demo(folder, n_accounts=n_accounts, seed=seed, workers=1)
+    return folder

@@ -181,12 +181,12 @@ def test_connecting_to_one_store_does_not_redirect_the_next(
 def test_training_gates_the_challenger_against_the_champion_on_its_own_window(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from test_training import demo_config, write_small_demo
-
     from training.pipeline import train
 
+    from support import training_config, write_small_demo
+
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    config = demo_config(write_small_demo(tmp_path / "demo", n_accounts=800, seed=5))
+    config = training_config(write_small_demo(tmp_path / "demo", n_accounts=800, seed=5))
     first = train(config)
     assert first.promoted and first.version == "1"
 

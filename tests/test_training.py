@@ -11,50 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.config import DataConfig, FeatureConfig, TableSource
-from tiering.config import Config, MlflowConfig, SplitConfig, TrainingConfig, load_config
+from tiering.config import MlflowConfig, SplitConfig, load_config
 from training.evaluate import expected_calibration_error, tier_backtest
 from training.fit import choose_calibrator, conformal_interval
 from training.split import SplitError, time_split
 
+from support import FAST_TRAINING, training_config, write_small_demo
+
 REPO = Path(__file__).resolve().parents[1]
-OUTCOME_LABELS = {"outcome": {"closed won": "won", "closed lost": "lost", "in progress": "open"}}
-FAST_TRAINING = TrainingConfig(
-    n_jobs=1, num_boost_round=300, early_stopping_rounds=30, learning_rate=0.08
-)
-
-
-def demo_config(folder: Path, **training: object) -> Config:
-    """A config over a demo export written to ``folder`` (MLflow store inside it too)."""
-    return Config(
-        name="test",
-        data=DataConfig(
-            accounts=TableSource(path=folder / "accounts.csv"),
-            opportunities=TableSource(path=folder / "opportunities.csv", labels=OUTCOME_LABELS),
-            activities=TableSource(path=folder / "activities.csv"),
-            truth_dir=folder / "truth",
-        ),
-        features=FeatureConfig(
-            technographics=[
-                "tech_cloud",
-                "tech_crm",
-                "tech_marketing_automation",
-                "tech_data_warehouse",
-            ]
-        ),
-        training=FAST_TRAINING.model_copy(update=training),
-        mlflow=MlflowConfig(
-            tracking_uri=f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}",
-            artifact_location=str(folder / "mlruns" / "artifacts"),
-        ),
-    )
-
-
-def write_small_demo(folder: Path, n_accounts: int = 1000, seed: int = 11) -> Path:
-    from features.demo import write_demo
-
-    write_demo(folder, n_accounts=n_accounts, seed=seed, workers=1)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +104,7 @@ def test_same_data_config_and_seed_give_the_same_metrics(demo_dir: Path) -> None
     from features.contract import load_tables
     from training.pipeline import fit_and_evaluate
 
-    config = demo_config(demo_dir)
+    config = training_config(demo_dir)
     tables = load_tables(config.data).tables
     first = fit_and_evaluate(config, tables=tables)
     second = fit_and_evaluate(config, tables=tables)
@@ -158,7 +122,7 @@ def test_training_refuses_to_start_on_a_leaking_feature(demo_dir: Path) -> None:
     from features.leakage import LeakageError
     from training.pipeline import fit_and_evaluate
 
-    config = demo_config(demo_dir)
+    config = training_config(demo_dir)
     tables = load_tables(config.data).tables
     # "customer_since" is only filled once an account has won: a classic post-outcome field.
     won_accounts = set(

@@ -351,9 +351,17 @@ def _slug(value: str) -> str:
 
 
 def _populated(column: pd.Series) -> np.ndarray:
+    """1.0 where the value is known: not missing and, printed, not blank."""
     known = column.notna().to_numpy().copy()
     if not pd.api.types.is_numeric_dtype(column):
-        known &= column.astype(str).str.strip().ne("").to_numpy()
+        values = column.to_numpy(dtype=object)[known]
+        if pd.api.types.infer_dtype(values, skipna=False) in ("string", "empty"):
+            # Text repeats (industries, regions): test each distinct value once.
+            codes, uniques = pd.factorize(values)
+            filled = np.array([bool(u.strip()) for u in uniques] + [False], dtype=bool)[codes]
+        else:
+            filled = np.array([bool(str(v).strip()) for v in values], dtype=bool)
+        known[known] = filled
     return known.astype(float)
 
 

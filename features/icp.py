@@ -13,7 +13,9 @@ than average, and when nothing does, says so: a weak ICP should not be dressed u
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from statistics import NormalDist
 
 import numpy as np
@@ -41,23 +43,74 @@ class IcpError(ValueError):
     """An ICP criterion that cannot be evaluated on the given rows."""
 
 
+@dataclass(frozen=True)
+class IcpPatterns:
+    """ICP fit of many rows with the label lists kept once per distinct pattern of criteria
+    met and known: millions of rows share a handful of patterns, so rows that only need the
+    score (or read the labels without keeping them) never pay for a list per row."""
+
+    score: np.ndarray
+    """0-100 per row."""
+    codes: np.ndarray
+    """Per row, the index of its pattern in ``met`` and ``missed``."""
+    met: list[list[str]]
+    missed: list[list[str]]
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def rows(self, rows: slice) -> IcpPatterns:
+        return dataclasses.replace(self, score=self.score[rows], codes=self.codes[rows])
+
+    def shared_missed(self) -> list[list[str]]:
+        """Missed labels per row, rows of one pattern sharing one list: for readers only."""
+        return list(_as_objects(self.missed)[self.codes])
+
+    def label_lists(self) -> tuple[list[list[str]], list[list[str]]]:
+        """Met and missed labels per row, each row with lists of its own (a caller editing
+        one row's list edits only that row)."""
+        return (
+            list(map(list.copy, _as_objects(self.met)[self.codes])),
+            list(map(list.copy, _as_objects(self.missed)[self.codes])),
+        )
+
+    @staticmethod
+    def concat(parts: list[IcpPatterns]) -> IcpPatterns:
+        met: list[list[str]] = []
+        missed: list[list[str]] = []
+        codes = []
+        for part in parts:
+            codes.append(part.codes + len(met))
+            met.extend(part.met)
+            missed.extend(part.missed)
+        return IcpPatterns(
+            score=np.concatenate([p.score for p in parts]) if parts else np.empty(0),
+            codes=np.concatenate(codes) if codes else np.empty(0, dtype=np.intp),
+            met=met,
+            missed=missed,
+        )
+
+
 def icp_fit(frame: pd.DataFrame, icp: IcpConfig) -> pd.DataFrame:
     """Fit of every row: ``icp_fit`` (0-100), ``icp_met`` and ``icp_missed`` (criterion labels;
     a missed criterion whose value is unknown reads "<label> (unknown)").
 
     With no criteria declared every account fits (100): the ICP then neither helps nor blocks.
     """
+    patterns = icp_patterns(frame, icp)
+    met_lists, missed_lists = patterns.label_lists()
+    return pd.DataFrame(
+        {"icp_fit": patterns.score, "icp_met": met_lists, "icp_missed": missed_lists},
+        index=frame.index,
+    )
+
+
+def icp_patterns(frame: pd.DataFrame, icp: IcpConfig) -> IcpPatterns:
+    """What :func:`icp_fit` says, with the labels per distinct pattern instead of per row."""
     n = len(frame)
     criteria = icp.criteria
     if not criteria:
-        return pd.DataFrame(
-            {
-                "icp_fit": np.full(n, 100.0),
-                "icp_met": [[] for _ in range(n)],
-                "icp_missed": [[] for _ in range(n)],
-            },
-            index=frame.index,
-        )
+        return IcpPatterns(np.full(n, 100.0), np.zeros(n, dtype=np.intp), [[]], [[]])
     absent = sorted({c.column for c in criteria if c.column not in frame})
     if absent:
         raise IcpError(
@@ -76,20 +129,18 @@ def icp_fit(frame: pd.DataFrame, icp: IcpConfig) -> pd.DataFrame:
         missed_must = (~met[:, must]).any(axis=1)
         score = np.where(missed_must, np.minimum(score, icp.cap_if_must_have_missed), score)
 
-    met_lists, missed_lists = _label_lists(criteria, met, known)
-    return pd.DataFrame(
-        {"icp_fit": score, "icp_met": met_lists, "icp_missed": missed_lists}, index=frame.index
-    )
+    codes, met_by, missed_by = _label_patterns(criteria, met, known)
+    return IcpPatterns(score, codes, met_by, missed_by)
 
 
 def _evaluate(values: pd.Series, criterion: IcpCriterion) -> tuple[np.ndarray, np.ndarray]:
     """(met, known) per row; an unknown value does not meet the criterion."""
     op = criterion.op
     if op in ("in", "not_in"):
-        text = _folded(values)
-        known = text.notna().to_numpy()
+        codes, folded = _folded_codes(values)
+        known = codes >= 0
         wanted = {str(v).strip().casefold() for v in criterion.values or []}
-        inside = text.isin(wanted).to_numpy()
+        inside = np.array([u in wanted for u in folded] + [False], dtype=bool)[codes]
         return (inside if op == "in" else ~inside) & known, known
     if op == "is_true":
         flag = _truth(values)
@@ -113,12 +164,30 @@ def _evaluate(values: pd.Series, criterion: IcpCriterion) -> tuple[np.ndarray, n
     return ok & known, known
 
 
-def _folded(values: pd.Series) -> pd.Series:
-    text = values.astype(object).where(values.notna(), None)
-    folded = text.map(
-        lambda v: None if v is None else str(v).strip().casefold(), na_action="ignore"
-    )
-    return folded.where(folded.ne(""), None)
+# Value kinds whose equal values always print alike, so they can be folded once per distinct
+# value (1 == 1.0 == True and 0.0 == -0.0 print differently, so mixes and floats cannot).
+_FOLD_DISTINCT = {"string", "boolean", "integer", "empty"}
+
+
+def _folded_codes(values: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """Each value stripped and case-folded, as (code per row, distinct folded texts): code -1
+    when the value is missing or blank."""
+    present = values.notna().to_numpy()
+    objects = values.to_numpy(dtype=object)[present]
+    if pd.api.types.infer_dtype(objects, skipna=False) in _FOLD_DISTINCT:
+        inner, uniques = pd.factorize(objects)
+        folded = [str(u).strip().casefold() for u in uniques]
+    else:
+        inner, uniques = pd.factorize(
+            np.array([str(v).strip().casefold() for v in objects], dtype=object)
+        )
+        folded = list(uniques)
+    # Blank text says nothing: it counts as missing.
+    blank = np.array([f == "" for f in folded] + [True], dtype=bool)
+    inner = np.where(blank[inner], -1, inner)
+    codes = np.full(len(values), -1, dtype=np.intp)
+    codes[present] = inner
+    return codes, folded
 
 
 def _truth(values: pd.Series) -> np.ndarray:
@@ -126,34 +195,49 @@ def _truth(values: pd.Series) -> np.ndarray:
     if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
         numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
         return np.where(np.isnan(numbers), np.nan, (numbers != 0).astype(float))
-    text = _folded(values)
+    codes, folded = _folded_codes(values)
     mapping = {**dict.fromkeys(_TRUE, 1.0), **dict.fromkeys(_FALSE, 0.0)}
-    return text.map(mapping).to_numpy(dtype=float, na_value=np.nan)
+    return np.array([mapping.get(f, np.nan) for f in folded] + [np.nan], dtype=float)[codes]
 
 
-def _label_lists(
+def _label_patterns(
     criteria: list[IcpCriterion], met: np.ndarray, known: np.ndarray
-) -> tuple[list[list[str]], list[list[str]]]:
-    """Label lists per row, built once per distinct (met, known) pattern: millions of rows
-    share a handful of patterns."""
-    k = len(criteria)
-    bits = np.int64(1) << np.arange(k, dtype=np.int64)
-    pattern = met.astype(np.int64) @ bits + ((known.astype(np.int64) @ bits) << np.int64(k))
-    codes, uniques = pd.factorize(pattern)
+) -> tuple[np.ndarray, list[list[str]], list[list[str]]]:
+    """(pattern code per row, met labels per pattern, missed labels per pattern), one pattern
+    per distinct combination of criteria met and known."""
+    if len(criteria) <= 31:
+        # Both bit masks pack into one int64.
+        k = len(criteria)
+        bits = np.int64(1) << np.arange(k, dtype=np.int64)
+        packed = met.astype(np.int64) @ bits + ((known.astype(np.int64) @ bits) << np.int64(k))
+        codes, uniques = pd.factorize(packed)
+        # Any row of a pattern stands for all of them.
+        first = np.zeros(len(uniques), dtype=np.intp)
+        first[codes] = np.arange(len(codes))
+    else:
+        _, first, codes = np.unique(
+            np.hstack([met, known]), axis=0, return_index=True, return_inverse=True
+        )
+        codes = codes.reshape(-1)
     met_by, missed_by = [], []
-    for value in uniques:
-        met_j = [(int(value) >> j) & 1 == 1 for j in range(k)]
-        known_j = [(int(value) >> (k + j)) & 1 == 1 for j in range(k)]
-        met_by.append([c.label for c, m in zip(criteria, met_j, strict=True) if m])
+    for row in first:
+        met_by.append([c.label for c, m in zip(criteria, met[row], strict=True) if m])
         missed_by.append(
             [
                 c.label if kn else f"{c.label} (unknown)"
-                for c, m, kn in zip(criteria, met_j, known_j, strict=True)
+                for c, m, kn in zip(criteria, met[row], known[row], strict=True)
                 if not m
             ]
         )
-    # Each row gets its own list so that a caller editing one row's list edits only that row.
-    return [list(met_by[c]) for c in codes], [list(missed_by[c]) for c in codes]
+    return codes.astype(np.intp, copy=False), met_by, missed_by
+
+
+def _as_objects(lists: list[list[str]]) -> np.ndarray:
+    """A 1-D object array holding the given lists themselves (not a 2-D array of labels)."""
+    out = np.empty(len(lists), dtype=object)
+    for i, labels in enumerate(lists):
+        out[i] = labels
+    return out
 
 
 # ------------------------------------------------------------------------------ suggestion

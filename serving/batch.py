@@ -37,10 +37,14 @@ from tiering.bundle import Bundle
 from tiering.config import Config
 
 if TYPE_CHECKING:
+    from features.icp import IcpPatterns
     from tiering.policy import TierAssignment
 
 CRM_COLUMNS = ("account_id", "tier", "reason_summary", "p_win", "expected_value", "icp_fit")
 SNAPSHOT_METADATA_KEY = b"account_tiering"
+# Accounts whose reason texts are phrased at once inside a scoring chunk: the texts and the
+# explainer's working data of only this many accounts are alive together.
+REASON_CHUNK_SIZE = 10_000
 # An account id no account list contains: its feature row is "nothing known" as of the date.
 COLD_START_ID = "\x00cold-start"
 
@@ -177,8 +181,8 @@ class TieredPopulation:
 
     scores: pd.DataFrame
     """OUTPUT_COLUMNS of ``tiering.scoring``, one row per account."""
-    icp_met: list[list[str]]
-    icp_missed: list[list[str]]
+    icp: IcpPatterns
+    """ICP fit of every account, labels kept per pattern until a chunk's texts need them."""
     assignment: TierAssignment
 
     @property
@@ -190,17 +194,17 @@ def tier_population(bundle: Bundle, features: pd.DataFrame, chunk_size: int) -> 
     """``tiering.scoring.score(population=True)`` without the texts: the model runs chunk by
     chunk, the tiers are assigned once over every account."""
     from features.build import evidence_score
-    from features.icp import icp_fit
+    from features.icp import IcpPatterns, icp_patterns
     from tiering.policy import assign_tiers, priority
     from tiering.scoring import OUTPUT_COLUMNS, model_version
 
-    parts, met, missed = [], [], []
+    parts, fits = [], []
     for start in range(0, len(features), chunk_size):
         chunk = features.iloc[start : start + chunk_size]
-        fit = icp_fit(chunk, bundle.icp)
+        fit = icp_patterns(chunk, bundle.icp)
         part = bundle.predict(chunk).assign(
             account_id=chunk["account_id"].to_numpy(dtype=object),
-            icp_fit=fit["icp_fit"].to_numpy(dtype=np.float64),
+            icp_fit=fit.score.astype(np.float64, copy=False),
             evidence=evidence_score(chunk).to_numpy(dtype=np.float64),
         )
         part["priority"] = priority(
@@ -210,8 +214,7 @@ def tier_population(bundle: Bundle, features: pd.DataFrame, chunk_size: int) -> 
             bundle.policy.weights,
         )
         parts.append(part)
-        met.extend(fit["icp_met"].tolist())
-        missed.extend(fit["icp_missed"].tolist())
+        fits.append(fit)
     scored = pd.concat(parts)
     assignment = assign_tiers(
         scored["priority"], scored["icp_fit"], scored["evidence"], bundle.policy
@@ -220,7 +223,7 @@ def tier_population(bundle: Bundle, features: pd.DataFrame, chunk_size: int) -> 
     scored["tier_rule"] = assignment.rule
     scored["cutoffs_used"] = assignment.describe_cutoffs()
     scored["model_version"] = model_version(bundle)
-    return TieredPopulation(scored[OUTPUT_COLUMNS], met, missed, assignment)
+    return TieredPopulation(scored[OUTPUT_COLUMNS], IcpPatterns.concat(fits), assignment)
 
 
 def scored_chunks(
@@ -231,34 +234,59 @@ def scored_chunks(
     chunk_size: int,
     reasons: bool = True,
     top_reasons: int = 3,
+    reason_chunk_size: int = REASON_CHUNK_SIZE,
 ) -> Iterator[pd.DataFrame]:
     """Every field of ``tiering.scoring.score`` for one chunk at a time, reasons phrased
-    against the whole list's tiers (ranks and cut-offs of all accounts)."""
+    against the whole list's tiers (ranks and cut-offs of all accounts), ``reason_chunk_size``
+    accounts at a time."""
     for start in range(0, len(features), chunk_size):
         stop = min(start + chunk_size, len(features))
         part = population.scores.iloc[start:stop]
         if not reasons:
             yield part
             continue
-        rows = slice(start, stop)
-        text = _chunk_reasons(
-            bundle,
-            features.iloc[rows],
-            part,
-            population.icp_missed[rows],
-            population.assignment,
-            rows,
-            top_reasons,
-        )
-        yield part.assign(
-            reasons=text["reasons"].to_numpy(),
-            reason_summary=text["reason_summary"].to_numpy(),
-            tier_rule_text=text["tier_rule_text"].to_numpy(),
-            icp_met=pd.Series(population.icp_met[rows], index=part.index, dtype=object),
-            icp_missed=pd.Series(population.icp_missed[rows], index=part.index, dtype=object),
-            next_tier_hint=text["next_tier_hint"].to_numpy(),
-            playbook=text["playbook"].to_numpy(),
-        )
+        pieces = [
+            _phrased(
+                bundle,
+                features,
+                population,
+                slice(sub, min(sub + reason_chunk_size, stop)),
+                top_reasons,
+            )
+            for sub in range(start, stop, reason_chunk_size)
+        ]
+        yield pd.concat(pieces) if len(pieces) > 1 else pieces[0]
+
+
+def _phrased(
+    bundle: Bundle,
+    features: pd.DataFrame,
+    population: TieredPopulation,
+    rows: slice,
+    top: int,
+) -> pd.DataFrame:
+    """The scores of ``rows`` with every text field."""
+    part = population.scores.iloc[rows]
+    fit = population.icp.rows(rows)
+    text = _chunk_reasons(
+        bundle,
+        features.iloc[rows],
+        part,
+        fit.shared_missed(),
+        population.assignment,
+        rows,
+        top,
+    )
+    met, missed = fit.label_lists()
+    return part.assign(
+        reasons=text["reasons"].to_numpy(),
+        reason_summary=text["reason_summary"].to_numpy(),
+        tier_rule_text=text["tier_rule_text"].to_numpy(),
+        icp_met=pd.Series(met, index=part.index, dtype=object),
+        icp_missed=pd.Series(missed, index=part.index, dtype=object),
+        next_tier_hint=text["next_tier_hint"].to_numpy(),
+        playbook=text["playbook"].to_numpy(),
+    )
 
 
 def score_population(
@@ -268,6 +296,7 @@ def score_population(
     chunk_size: int,
     reasons: bool = True,
     top_reasons: int = 3,
+    reason_chunk_size: int = REASON_CHUNK_SIZE,
 ) -> tuple[pd.DataFrame, str]:
     """The whole list scored in memory (every field), and the cut-offs used."""
     population = tier_population(bundle, features, chunk_size)
@@ -278,6 +307,7 @@ def score_population(
         chunk_size=chunk_size,
         reasons=reasons,
         top_reasons=top_reasons,
+        reason_chunk_size=reason_chunk_size,
     )
     return pd.concat(list(chunks)), population.cutoffs_used
 
@@ -293,6 +323,7 @@ def write_scores(
     reasons: bool = True,
     top_reasons: int = 3,
     progress: Callable[[int], None] = lambda done: None,
+    reason_chunk_size: int = REASON_CHUNK_SIZE,
 ) -> tuple[pd.DataFrame, str]:
     """Score the whole list and stream the scores and the CRM rows to disk chunk by chunk, so
     the reason texts of only one chunk are ever in memory. Returns the scores without the
@@ -306,6 +337,7 @@ def write_scores(
             chunk_size=chunk_size,
             reasons=reasons,
             top_reasons=top_reasons,
+            reason_chunk_size=reason_chunk_size,
         )
         for i, chunk in enumerate(chunks):
             writer.write(chunk)

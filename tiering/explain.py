@@ -628,42 +628,12 @@ def reasons(
     features: pd.DataFrame,
     win_contrib: pd.DataFrame,
     value_contrib: pd.DataFrame,
-    *,
-    p_win: ArrayLike,
-    p_base: ArrayLike,
-    expected_value: ArrayLike,
-    icp_fit: ArrayLike,
-    icp_missed: Sequence[Sequence[str]] | None,
-    evidence: ArrayLike,
-    priority: ArrayLike,
-    assignment: TierAssignment,
-    reference_ev: ArrayLike,
-    policy: TierPolicy,
-    playbook: Playbook,
-    top: int = 3,
-    field_of: FieldOf | None = None,
+    **kwargs: Any,
 ) -> pd.DataFrame:
     """Everything a rep reads, one row per account (index of ``features``): ``reasons``
     (structured drivers), ``reason_summary`` (one line), ``tier_rule_text``, ``next_tier_hint``,
-    ``playbook``."""
-    columns = reason_columns(
-        features,
-        win_contrib,
-        value_contrib,
-        p_win=p_win,
-        p_base=p_base,
-        expected_value=expected_value,
-        icp_fit=icp_fit,
-        icp_missed=icp_missed,
-        evidence=evidence,
-        priority=priority,
-        assignment=assignment,
-        reference_ev=reference_ev,
-        policy=policy,
-        playbook=playbook,
-        top=top,
-        field_of=field_of,
-    )
+    ``playbook``. Keyword arguments as for :func:`reason_columns`."""
+    columns = reason_columns(features, win_contrib, value_contrib, **kwargs)
     return pd.DataFrame(columns, index=features.index)
 
 
@@ -686,7 +656,9 @@ def reason_columns(
     top: int = 3,
     field_of: FieldOf | None = None,
 ) -> dict[str, list[Any]]:
-    """The columns of :func:`reasons` as plain lists, one value per account."""
+    """The columns of :func:`reasons` as plain lists, one value per account: ``reasons``
+    (structured drivers), ``reason_summary``, ``tier_rule_text``, ``next_tier_hint``,
+    ``playbook``."""
     driver_lists = drivers(
         features, win_contrib, value_contrib, p_win, p_base, top=top, field_of=field_of
     )

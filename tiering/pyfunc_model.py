@@ -16,18 +16,10 @@ import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-PYFUNC_COLUMNS = [
-    "account_id",
-    "p_win",
-    "deal_value",
-    "value_p10",
-    "value_p90",
-    "expected_value",
-    "icp_fit",
-    "priority",
-    "tier",
-    "model_version",
-]
+from tiering.scoring import OUTPUT_COLUMNS
+
+# The numbers and the tier; the texts (rule, cut-offs, reasons) are the service's to phrase.
+PYFUNC_COLUMNS = [c for c in OUTPUT_COLUMNS if c not in ("evidence", "tier_rule", "cutoffs_used")]
 
 
 class TieringModel(PythonModel):

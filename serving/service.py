@@ -339,10 +339,15 @@ class OnlineScorer:
         from tiering.scoring import base_win_probability, score
 
         features, sources = self.feature_rows([account], path="account")
-        scored = score(
-            self.bundle, features, reasons=True, population=False, top_reasons=self.top_reasons
-        )
         win_contrib, value_contrib = self.bundle.contributions(features)
+        scored = score(
+            self.bundle,
+            features,
+            reasons=True,
+            population=False,
+            top_reasons=self.top_reasons,
+            contributions=(win_contrib, value_contrib),
+        )
         every = drivers(
             features,
             win_contrib,

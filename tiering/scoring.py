@@ -81,6 +81,7 @@ def score(
     reasons: bool = True,
     population: bool = True,
     top_reasons: int = 3,
+    contributions: tuple[pd.DataFrame, pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
     """One row per feature row (same index): the columns in ``OUTPUT_COLUMNS`` and, with
     ``reasons``, those in ``REASON_COLUMNS``.
@@ -94,9 +95,8 @@ def score(
         return pd.DataFrame(columns=OUTPUT_COLUMNS + (REASON_COLUMNS if reasons else []))
     policy = bundle.policy
     cutoffs = bundle.cutoffs
-    contributions: tuple[pd.DataFrame, pd.DataFrame] | None = None
     both = getattr(bundle, "predict_with_contributions", None)
-    if reasons and both is not None:
+    if reasons and contributions is None and both is not None:
         # One encoding of the rows for both models' predictions and contributions.
         predicted, contributions = both(features)
     else:

@@ -50,13 +50,71 @@ class TableSource(StrictModel):
         description="canonical columns whose empty rows are dropped (and reported) instead of refused.",
     )
     date_format: str | None = Field(
-        None, description="strftime format of date columns; None = ISO 8601."
+        None,
+        description="strftime format of date columns (e.g. '%d-%b-%y' for 27-Mar-12, '%m/%d/%y' "
+        "for 03/27/12), or 'excel' for Excel serial day numbers (45123); None = ISO 8601.",
+    )
+    encoding: str = Field(
+        "utf-8",
+        description="Text encoding of a CSV file, e.g. 'latin-1' or 'cp1252' for many Excel exports.",
+    )
+    decimal: str = Field(
+        ".", min_length=1, max_length=1, description="Decimal mark of numbers ('.' or ',')."
+    )
+    thousands: str | None = Field(
+        None,
+        description="Thousands separator of numbers (',', '.', ' ' or \"'\"); None = ',' when the "
+        "decimal mark is '.', else none.",
+    )
+
+    @model_validator(mode="after")
+    def _separators_differ(self) -> TableSource:
+        if self.thousands is not None and self.thousands == self.decimal:
+            raise ValueError(f"decimal and thousands are both {self.decimal!r}")
+        return self
+
+
+class DealsSource(TableSource):
+    """A flat deal-level export: one row per deal with the account's fields on every row.
+
+    The accounts table is derived from it: one account per distinct ``account_key``, its
+    fields taken from the account's latest deal (by ``created_at``; an empty value there falls
+    back to the latest deal that has one), and accounts whose deals disagree are reported.
+    Column names in ``account_key``, ``account_fields`` and ``deal_fields`` may be the file's
+    names or the canonical names ``columns`` maps them to.
+    """
+
+    account_key: list[str] = Field(
+        default_factory=lambda: ["account_id"],
+        min_length=1,
+        description="Column(s) that identify an account; several columns form a composite key "
+        "(values joined with ' | ' into account_id).",
+    )
+    account_fields: list[str] | None = Field(
+        None,
+        description="Columns that describe the account (firmographics, region, owner, ...); "
+        "None = the canonical account columns the file has.",
+    )
+    deal_fields: list[str] | None = Field(
+        None,
+        description="Columns kept on the deals besides the canonical ones (product, source, "
+        "...); None = every column that is neither in the key nor an account field. Columns "
+        "left out are reported as ignored.",
     )
 
 
 class DataConfig(StrictModel):
-    accounts: TableSource
-    opportunities: TableSource
+    accounts: TableSource | None = Field(
+        None, description="One row per account (with 'opportunities'); or use 'deals'."
+    )
+    opportunities: TableSource | None = Field(
+        None, description="One row per deal (with 'accounts'); or use 'deals'."
+    )
+    deals: DealsSource | None = Field(
+        None,
+        description="A flat deal-level export with the account's fields on every row, instead "
+        "of 'accounts' + 'opportunities'.",
+    )
     activities: TableSource | None = None
     post_outcome: list[str] = Field(
         default_factory=list,
@@ -70,6 +128,46 @@ class DataConfig(StrictModel):
         None,
         description="Demo only: the generator's ground truth, read by evaluation and tests, never by features.",
     )
+    closed_after_days: int = Field(
+        90,
+        ge=0,
+        description="Without a closed_at column: a won or lost deal's outcome counts as known this "
+        "many days after its created_at (the typical sales cycle), for deal history features and "
+        "for leaving out deals too recent to have closed.",
+    )
+    default_deal_value: float = Field(
+        1.0,
+        gt=0,
+        description="Without won deals with an amount: every won deal counts as this value, so "
+        "expected revenue = P(win) x default_deal_value and tiers rank by the chance to convert; "
+        "no deal-value model is trained.",
+    )
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> DataConfig:
+        split = self.accounts is not None or self.opportunities is not None
+        if self.deals is not None and split:
+            raise ValueError(
+                "give either [data.deals] (a flat deal export) or [data.accounts] and "
+                "[data.opportunities], not both"
+            )
+        if self.deals is None and (self.accounts is None or self.opportunities is None):
+            missing = "accounts" if self.accounts is None else "opportunities"
+            raise ValueError(
+                f"[data.{missing}] is missing: give [data.accounts] and [data.opportunities], "
+                "or one flat deal export as [data.deals]"
+            )
+        return self
+
+    def sources(self) -> dict[str, TableSource]:
+        """The configured files by table name ('deals' for a flat export)."""
+        named = {
+            "accounts": self.accounts,
+            "opportunities": self.opportunities,
+            "deals": self.deals,
+            "activities": self.activities,
+        }
+        return {name: source for name, source in named.items() if source is not None}
 
 
 IcpOp = Literal["in", "not_in", "between", ">=", "<=", "is_true"]

@@ -10,16 +10,18 @@ nothing is written) before validation has passed.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
-from features.config import DataConfig, TableSource
+from features.config import DataConfig, DealsSource, TableSource
 from features.tables import (
     ACCOUNT_OPTIONAL,
     ACCOUNT_REQUIRED,
@@ -40,7 +42,45 @@ EARLIEST_DATE = pd.Timestamp("1900-01-01")
 LATEST_DATE = pd.Timestamp("2200-01-01")
 TRUE_WORDS = frozenset({"true", "yes", "y", "t"})
 FALSE_WORDS = frozenset({"false", "no", "n", "f"})
-THOUSANDS = re.compile(r"^[+-]?\d{1,3}(,\d{3})+(\.\d+)?$")
+# Currency signs and ISO codes around amounts ("$1,234.00", "EUR 65.300,00") carry no value.
+CURRENCY = re.compile(
+    r"[$€£¥₹¤]|^(?:USD|EUR|GBP|CHF|JPY|CAD|AUD|INR|CNY|BRL|MXN)\s*|"
+    r"\s*(?:USD|EUR|GBP|CHF|JPY|CAD|AUD|INR|CNY|BRL|MXN)$"
+)
+# (decimal, thousands) pairs tried when numbers do not read, to propose the settings that do.
+NUMBER_STYLES: tuple[tuple[str, str | None], ...] = (
+    (".", ","),
+    (",", "."),
+    (",", " "),
+    (".", "'"),
+    (",", None),
+    (".", None),
+)
+EXCEL = "excel"
+# Excel's day 0 (its serial 60 is the non-existent 1900-02-29, so later serials count from here).
+EXCEL_EPOCH = pd.Timestamp("1899-12-30")
+# Formats tried on dates that do not parse, to propose a ``date_format`` that does.
+DATE_FORMATS = (
+    "ISO8601",
+    "%d-%b-%y",
+    "%d-%b-%Y",
+    "%d %b %Y",
+    "%d %b %y",
+    "%b %d, %Y",
+    "%m/%d/%Y",
+    "%d/%m/%Y",
+    "%m/%d/%y",
+    "%d/%m/%y",
+    "%d.%m.%Y",
+    "%d.%m.%y",
+    "%y-%m-%d",
+    "%d-%m-%Y",
+    "%m-%d-%Y",
+    "%Y/%m/%d",
+    "%Y%m%d",
+    EXCEL,
+)
+MAX_FORMAT_PROBE = 2000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,9 +106,13 @@ class CleaningStep:
 
 @dataclass
 class CleaningReport:
-    """Every change made to the export on its way in; nothing is cleaned silently."""
+    """Every change made to the export on its way in; nothing is cleaned silently.
+
+    ``notes`` say what the export lacks and what the models do about it (no amounts, no close
+    dates, no firmographics, ...): the consequences a user reads before training."""
 
     steps: list[CleaningStep] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def add(
         self, step: str, table: str, column: str | None, rows: int, examples: Sequence[str] = ()
@@ -80,6 +124,7 @@ class CleaningReport:
 
     def extend(self, other: CleaningReport) -> None:
         self.steps.extend(other.steps)
+        self.notes.extend(other.notes)
 
     def rows(
         self, step: str | None = None, table: str | None = None, column: str | None = None
@@ -203,6 +248,21 @@ SPECS: dict[str, TableSpec] = {
         categories=("topic",),
     ),
 }
+# A flat deal export is cleaned as one table before its accounts are derived from it.
+SPECS["deals"] = TableSpec(
+    required=("created_at", "outcome"),
+    optional=tuple(
+        dict.fromkeys(("opportunity_id", "account_id") + OPPORTUNITY_OPTIONAL + ACCOUNT_OPTIONAL)
+    ),
+    id_columns=("opportunity_id", "account_id"),
+    dates=SPECS["opportunities"].dates,
+    numbers=SPECS["opportunities"].numbers + SPECS["accounts"].numbers,
+    labels=SPECS["opportunities"].labels + SPECS["accounts"].labels,
+    categories=SPECS["opportunities"].categories + SPECS["accounts"].categories,
+    infer_extra_types=True,
+)
+# Deal ids are generated from the row's content when the export has none.
+GENERATED_IDS = {"opportunities": "opportunity_id", "deals": "opportunity_id"}
 
 
 def _string(required: bool = False, **kwargs: object) -> pa.Column:
@@ -216,7 +276,7 @@ def _date(required: bool = False, nullable: bool = True) -> pa.Column:
 ACCOUNTS_SCHEMA = pa.DataFrameSchema(
     {
         "account_id": pa.Column(str, nullable=False, unique=True),
-        "industry": _string(required=True),
+        "industry": _string(),
         "employees": pa.Column(float, pa.Check.ge(0), nullable=True),
         "annual_revenue": pa.Column(float, pa.Check.ge(0), nullable=True),
         "name": _string(),
@@ -243,16 +303,7 @@ OPPORTUNITIES_SCHEMA = pa.DataFrameSchema(
         "product": _string(),
         "source": _string(),
     },
-    checks=[
-        pa.Check(
-            lambda df: (
-                df["closed_at"].isna() | (df["closed_at"] >= df["created_at"])
-                if {"closed_at", "created_at"} <= set(df.columns)
-                else pd.Series(True, index=df.index)
-            ),
-            name="closed_at >= created_at",
-        )
-    ],
+    # closed_at >= created_at is checked by ``_closed_before_created``: one line per export.
     strict=False,
     name="opportunities",
 )
@@ -289,10 +340,20 @@ def read_export(table: str, source: TableSource) -> tuple[pd.DataFrame | None, l
     if path.stat().st_size == 0:
         return None, [Problem(table, None, f"file is empty: {path}")]
     is_parquet = path.suffix.lower() in PARQUET_SUFFIXES
+    encoding = _python_encoding(source.encoding)
+    if encoding is None:
+        return None, [
+            Problem(
+                table,
+                None,
+                f"unknown encoding {source.encoding!r} (config 'encoding' under [data.{table}]; "
+                "e.g. 'utf-8', 'latin-1', 'cp1252')",
+            )
+        ]
     if not is_parquet:
         # A header without the configured delimiter but with another one: the wrong delimiter
         # (checked before parsing, since the body may then split into ragged rows).
-        with path.open(encoding="utf-8-sig", errors="replace") as handle:
+        with path.open(encoding=encoding, errors="replace") as handle:
             header = handle.readline().rstrip("\r\n")
         if header and source.delimiter not in header:
             others = [d for d in DELIMITER_CANDIDATES if d != source.delimiter and d in header]
@@ -303,11 +364,13 @@ def read_export(table: str, source: TableSource) -> tuple[pd.DataFrame | None, l
             frame = pd.read_parquet(path)
         else:
             frame = pd.read_csv(
-                path, sep=source.delimiter, dtype=str, encoding="utf-8-sig", skipinitialspace=False
+                path, sep=source.delimiter, dtype=str, encoding=encoding, skipinitialspace=False
             )
     except pd.errors.EmptyDataError:
         return None, [Problem(table, None, f"file is empty: {path}")]
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
+    except UnicodeDecodeError as exc:
+        return None, [_encoding_problem(table, source, path, exc)]
+    except (pd.errors.ParserError, OSError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return None, [Problem(table, None, f"cannot be read ({reason}): {path}")]
     if frame.shape[1] == 1 and len(SPECS[table].required) > 1:
@@ -315,6 +378,35 @@ def read_export(table: str, source: TableSource) -> tuple[pd.DataFrame | None, l
     if frame.empty:
         return None, [Problem(table, None, f"file has a header but no rows: {path}")]
     return frame, []
+
+
+def _python_encoding(name: str) -> str | None:
+    """The codec to read with; UTF-8 also drops a byte-order mark. None: no such codec."""
+    import codecs
+
+    try:
+        codec = codecs.lookup(name).name
+    except LookupError:
+        return None
+    return "utf-8-sig" if codec == "utf-8" else name
+
+
+def _encoding_problem(
+    table: str, source: TableSource, path: Path, exc: UnicodeDecodeError
+) -> Problem:
+    sample = path.read_bytes()[: 1 << 20]
+    guess = "cp1252"
+    try:
+        sample.decode(guess)
+    except UnicodeDecodeError:
+        guess = "latin-1"
+    return Problem(
+        table,
+        None,
+        f"cannot be read as {source.encoding} (byte {exc.object[exc.start : exc.start + 1]!r} at "
+        f"position {exc.start:,} is not {source.encoding}); set encoding = {guess!r} (or the "
+        f"file's encoding) under [data.{table}] in the config: {path}",
+    )
 
 
 def _one_column_problem(table: str, source: TableSource, header: str) -> Problem:
@@ -419,9 +511,21 @@ def map_columns(
     return out, problems
 
 
-def clean_table(
-    frame: pd.DataFrame, table: str, source: TableSource
-) -> tuple[pd.DataFrame, CleaningReport, list[Problem]]:
+@dataclass
+class CleanedTable:
+    """One table after mapping and cleaning.
+
+    ``unparsed`` marks, per date or number column, the rows whose value could not be read
+    (aligned with ``frame``): they are reported once as unparseable, never again as empty.
+    """
+
+    frame: pd.DataFrame
+    report: CleaningReport
+    problems: list[Problem]
+    unparsed: pd.DataFrame
+
+
+def clean_table(frame: pd.DataFrame, table: str, source: TableSource) -> CleanedTable:
     """Map one exported table onto its canonical form, counting every change.
 
     Returns the cleaned frame, what was cleaned, and the values that cannot be made valid
@@ -439,7 +543,9 @@ def clean_table(
         ("drop_if_missing", dict.fromkeys(source.drop_if_missing)),
     ):
         for column in entries:
-            if column not in frame.columns:
+            if column not in frame.columns and not (
+                isinstance(source, DealsSource) and column == "account_id"
+            ):
                 problems.append(
                     Problem(table, column, f"config '{key}' names a column the table does not have")
                 )
@@ -463,15 +569,15 @@ def clean_table(
                 _as_text(frame[column]), table, column, fixes, column in label_columns, report
             )
 
+    unparsed = pd.DataFrame(index=frame.index)
     for column in [c for c in spec.numbers if c in frame.columns]:
         before = frame[column]
-        frame[column], bad = _parse_number(before, table, column, report)
+        frame[column], bad = _parse_number(
+            before, table, column, report, source.decimal, source.thousands
+        )
         if bad.any():
-            problems.append(
-                Problem(
-                    table, column, "values are not numbers", int(bad.sum()), _examples(before[bad])
-                )
-            )
+            unparsed[column] = bad
+            problems.append(_number_problem(table, column, before, bad, source))
     for column, factor in source.scale.items():
         if column not in frame.columns:
             continue
@@ -484,38 +590,35 @@ def clean_table(
         before = frame[column]
         frame[column], bad = _parse_date(before, source.date_format)
         if bad.any():
-            expected = f"format {source.date_format!r}" if source.date_format else "ISO 8601"
-            problems.append(
-                Problem(
-                    table,
-                    column,
-                    f"dates cannot be parsed (expected {expected}, years 1900-2199)",
-                    int(bad.sum()),
-                    _examples(before[bad]),
-                )
-            )
+            unparsed[column] = bad
+            problems.append(_date_problem(table, column, before, bad, source.date_format))
     if spec.infer_extra_types:
         for column in [c for c in frame.columns if c not in spec.known]:
-            frame[column] = _infer_type(frame[column], table, column, report)
+            frame[column] = _infer_type(frame[column], table, column, report, source)
     for column in frame.columns:
         if column not in spec.dates and column not in spec.numbers and _is_text(frame[column]):
             frame[column] = _as_text(frame[column])
+    if "amount" in frame.columns and "outcome" in frame.columns:
+        frame["amount"] = _unknown_nonpositive_amounts(frame, table, report)
+    if isinstance(source, DealsSource):
+        frame, key_problems = _derive_account_id(frame, source, report)
+        problems.extend(key_problems)
 
-    duplicated = frame.duplicated()
-    if duplicated.any():
-        example_column = spec.id_columns[0] if spec.id_columns[0] in frame else frame.columns[0]
-        report.add(
-            "dropped exact duplicate rows",
-            table,
-            None,
-            int(duplicated.sum()),
-            _quote(frame.loc[duplicated, example_column]),
-        )
-        frame = frame.loc[~duplicated]
     for column in [c for c in source.drop_if_missing if c in frame.columns]:
         empty = frame[column].isna()
         report.add(f"dropped rows with empty {column}", table, column, int(empty.sum()))
         frame = frame.loc[~empty]
+    frame = _drop_duplicates(frame, table, report)
+    id_column = GENERATED_IDS.get(table)
+    if id_column is not None and id_column not in frame.columns and id_column not in source.columns:
+        frame.insert(0, id_column, _content_ids(frame))
+        report.add(
+            "generated ids from each row's content (the export has none; same row, same id)",
+            table,
+            id_column,
+            len(frame),
+            _quote(frame[id_column]),
+        )
 
     if table == "activities":
         if "count" not in frame.columns:
@@ -541,7 +644,106 @@ def clean_table(
         problems.append(Problem(table, None, "no rows left after cleaning (see drop_if_missing)"))
     ordered = [c for c in spec.known if c in frame.columns]
     frame = frame[ordered + [c for c in frame.columns if c not in ordered]]
-    return frame.reset_index(drop=True), report, problems
+    unparsed = unparsed.reindex(frame.index, fill_value=False).reset_index(drop=True)
+    return CleanedTable(frame.reset_index(drop=True), report, problems, unparsed)
+
+
+def _drop_duplicates(frame: pd.DataFrame, table: str, report: CleaningReport) -> pd.DataFrame:
+    """Exact duplicates judged on the content, deal ids aside: an export whose ids were added
+    row by row (or generated) would otherwise hide copies of the same deal behind new ids."""
+    id_column = GENERATED_IDS.get(table)
+    content = [c for c in frame.columns if c != id_column]
+    duplicated = frame.duplicated(subset=content) if content else frame.duplicated()
+    if not duplicated.any():
+        return frame
+    spec = SPECS[table]
+    example_column = next((c for c in spec.id_columns if c in frame), frame.columns[0])
+    step = (
+        "dropped exact duplicate rows (same content; ids aside)"
+        if id_column is not None
+        else "dropped exact duplicate rows"
+    )
+    report.add(
+        step, table, None, int(duplicated.sum()), _quote(frame.loc[duplicated, example_column])
+    )
+    return frame.loc[~duplicated]
+
+
+def _content_ids(frame: pd.DataFrame) -> pd.Series:
+    """A stable id per row: a hash of its cleaned values, so re-reading the same export (or a
+    later one holding the same deal) gives the same id."""
+    text = frame.astype(str).where(frame.notna(), "")
+    joined = text.apply(lambda row: "\x1f".join(f"{k}={v}" for k, v in row.items()), axis=1)
+    ids = [f"D-{hashlib.sha1(v.encode('utf-8')).hexdigest()[:12]}" for v in joined]
+    return pd.Series(ids, index=frame.index, dtype=pd.StringDtype(na_value=np.nan))
+
+
+def _unknown_nonpositive_amounts(
+    frame: pd.DataFrame, table: str, report: CleaningReport
+) -> pd.Series:
+    """A won deal booked at zero or below says nothing about what the account spends (and has
+    no logarithm); a negative amount on a lost or open deal is a credit note, not a deal. Both
+    become unknown amounts, reported."""
+    amount = frame["amount"]
+    won = frame["outcome"] == "won"
+    zero_won = (won & (amount <= 0)).fillna(False).astype(bool)
+    negative = (~won & (amount < 0)).fillna(False).astype(bool)
+    id_column = "opportunity_id" if "opportunity_id" in frame else "amount"
+    report.add(
+        "won deals with a zero or negative amount: amount set to unknown (left out of the "
+        "deal-value model and its figures)",
+        table,
+        "amount",
+        int(zero_won.sum()),
+        _quote(frame.loc[zero_won, id_column]),
+    )
+    report.add(
+        "negative amounts on lost or open deals: set to unknown",
+        table,
+        "amount",
+        int(negative.sum()),
+        _quote(frame.loc[negative, id_column]),
+    )
+    return amount.where(~(zero_won | negative))
+
+
+def _resolve(name: str, source: TableSource) -> str:
+    """A column named in the config as the file has it or as ``columns`` maps it."""
+    if name in source.columns:
+        return name
+    mapped = {export: canonical for canonical, export in source.columns.items()}
+    return mapped.get(name, name)
+
+
+KEY_SEPARATOR = " | "
+
+
+def _derive_account_id(
+    frame: pd.DataFrame, source: DealsSource, report: CleaningReport
+) -> tuple[pd.DataFrame, list[Problem]]:
+    """account_id from the configured key: one column as it is, several joined."""
+    key = [_resolve(k, source) for k in source.account_key]
+    missing = [k for k in key if k not in frame.columns]
+    if missing:
+        return frame, [
+            Problem(
+                "deals",
+                name,
+                f"account_key column missing (the file has: {_column_list(frame)}; name the "
+                "column(s) that identify an account in account_key under [data.deals])",
+            )
+            for name in missing
+        ]
+    if key == ["account_id"]:
+        return frame, []
+    parts = [_as_text(frame[k]) for k in key]
+    joined = parts[0].fillna("")
+    for part in parts[1:]:
+        joined = joined + KEY_SEPARATOR + part.fillna("")
+    all_empty = pd.concat([p.isna() for p in parts], axis=1).all(axis=1)
+    frame = frame.copy()
+    frame["account_id"] = joined.where(~all_empty, np.nan).astype(pd.StringDtype(na_value=np.nan))
+    return frame, []
 
 
 def _factor(factor: float) -> str:
@@ -638,26 +840,121 @@ def _fix(
     return fixed
 
 
-def _parse_number(
-    values: pd.Series, table: str, column: str, report: CleaningReport
+def _thousands(decimal: str, thousands: str | None) -> str | None:
+    return thousands if thousands is not None else ("," if decimal == "." else None)
+
+
+def _read_numbers(
+    text: pd.Series, decimal: str, thousands: str | None
 ) -> tuple[pd.Series, pd.Series]:
-    """Numbers as float; strings with thousands separators ("1,250,000") are read (reported)."""
+    """Numbers written with the given marks; returns the floats (NaN where unreadable) and
+    the rows that had thousands separators."""
+    sep = _thousands(decimal, thousands)
+    d = re.escape(decimal)
+    plain = text.str.fullmatch(rf"[+-]?(?:\d+(?:{d}\d*)?|{d}\d+)").fillna(False).astype(bool)
+    grouped = pd.Series(False, index=text.index)
+    if sep is not None:
+        t = re.escape(sep)
+        grouped = (
+            text.str.fullmatch(rf"[+-]?\d{{1,3}}(?:{t}\d{{3}})+(?:{d}\d+)?")
+            .fillna(False)
+            .astype(bool)
+        )
+    normal = text.where(~grouped, text.str.replace(sep or "", "", regex=False))
+    normal = normal.where(~(plain | grouped), normal.str.replace(decimal, ".", regex=False))
+    if decimal != ".":
+        # Anything else (1e5, .5) would read with the wrong decimal mark: not a number here.
+        normal = normal.where(plain | grouped, np.nan)
+    numbers = pd.to_numeric(normal, errors="coerce").astype(float)
+    return numbers, grouped & numbers.notna()
+
+
+def _parse_number(
+    values: pd.Series,
+    table: str,
+    column: str,
+    report: CleaningReport,
+    decimal: str = ".",
+    thousands: str | None = None,
+) -> tuple[pd.Series, pd.Series]:
+    """Numbers as float: currency signs and thousands separators are removed (reported), the
+    decimal mark is the configured one."""
     if pd.api.types.is_bool_dtype(values):
         return values.astype(float), pd.Series(False, index=values.index)
     if pd.api.types.is_numeric_dtype(values):
         return values.astype(float), pd.Series(False, index=values.index)
     text = _as_text(values)
-    separated = text.str.fullmatch(THOUSANDS).fillna(False).astype(bool)
+    # Non-breaking and narrow spaces are how many locales group thousands.
+    text = _per_value(text, lambda v: v.str.replace("\u00a0", " ").str.replace("\u202f", " "))
+    bare = _per_value(text, lambda v: v.str.replace(CURRENCY, "", regex=True).str.strip())
+    stripped = text.notna() & (bare != text)
+    report.add(
+        "removed currency signs",
+        table,
+        column,
+        int(stripped.sum()),
+        [repr(v) for v in pd.unique(text[stripped])[:MAX_EXAMPLES]],
+    )
+    numbers, grouped = _read_numbers(bare, decimal, thousands)
     report.add(
         "removed thousands separators",
         table,
         column,
-        int(separated.sum()),
-        [repr(v) for v in pd.unique(text[separated])[:MAX_EXAMPLES]],
+        int(grouped.sum()),
+        [repr(v) for v in pd.unique(text[grouped])[:MAX_EXAMPLES]],
     )
-    plain = text.where(~separated, text.str.replace(",", "", regex=False))
-    numbers = pd.to_numeric(plain, errors="coerce").astype(float)
     return numbers, text.notna() & numbers.isna()
+
+
+def _number_problem(
+    table: str, column: str, before: pd.Series, bad: pd.Series, source: TableSource
+) -> Problem:
+    """Unreadable numbers, with the decimal / thousands settings that would read them."""
+    text = _as_text(before).dropna()
+    bare = _per_value(text, lambda v: v.str.replace(CURRENCY, "", regex=True).str.strip())
+    bare = _per_value(bare, lambda v: v.str.replace("\u00a0", " ").str.replace("\u202f", " "))
+    probe = pd.Series(pd.unique(bare.dropna())[:MAX_FORMAT_PROBE], dtype=object).astype(
+        pd.StringDtype(na_value=np.nan)
+    )
+    current = _thousands(source.decimal, source.thousands)
+    rule = (
+        f"values are not numbers (read with decimal = {source.decimal!r} and thousands = "
+        f"{current!r})"
+    )
+    best, best_count = (
+        None,
+        int(_read_numbers(probe, source.decimal, source.thousands)[0].notna().sum()),
+    )
+    for decimal, thousands in NUMBER_STYLES:
+        count = int(_read_numbers(probe, decimal, thousands)[0].notna().sum())
+        if count > best_count:
+            best, best_count = (decimal, thousands), count
+    if best is not None:
+        setting = f"decimal = {best[0]!r}" + (
+            f" and thousands = {best[1]!r}" if best[1] is not None else ""
+        )
+        share = (
+            "all of them"
+            if best_count == len(probe)
+            else f"{best_count:,} of {len(probe):,} distinct values"
+        )
+        rule += f"; {setting} under [data.{table}] reads {share}"
+    else:
+        rule += f"; set decimal and thousands under [data.{table}] to the export's number format"
+    return Problem(table, column, rule, int(bad.sum()), _examples(before[bad]))
+
+
+def _to_dates(text: pd.Series, date_format: str | None) -> pd.Series:
+    """Text to naive UTC datetime64[ns] (NaT where it does not read or falls outside the span)."""
+    if date_format == EXCEL:
+        serial = pd.to_numeric(text, errors="coerce")
+        serial = serial.where((serial >= 1) & (serial < 2_958_466))
+        parsed = EXCEL_EPOCH + pd.to_timedelta(serial, unit="D")
+    else:
+        fmt = date_format or "ISO8601"
+        parsed = pd.to_datetime(text, format=fmt, errors="coerce", utc=True).dt.tz_localize(None)
+    parsed = parsed.astype("datetime64[ns]")
+    return parsed.where((parsed >= EARLIEST_DATE) & (parsed < LATEST_DATE))
 
 
 def _parse_date(values: pd.Series, date_format: str | None) -> tuple[pd.Series, pd.Series]:
@@ -667,17 +964,64 @@ def _parse_date(values: pd.Series, date_format: str | None) -> tuple[pd.Series, 
         if getattr(values.dt, "tz", None) is not None:
             parsed = values.dt.tz_convert("UTC").dt.tz_localize(None)
         present = values.notna()
-    else:
-        text = _as_text(values)
-        present = text.notna()
-        parsed = pd.to_datetime(text, format=date_format or "ISO8601", errors="coerce", utc=True)
-        parsed = parsed.dt.tz_localize(None)
-    in_span = (parsed >= EARLIEST_DATE) & (parsed < LATEST_DATE)
-    bad = present & ~(parsed.notna() & in_span)
-    return parsed.where(~bad).astype("datetime64[ns]"), bad
+        parsed = parsed.astype("datetime64[ns]")
+        in_span = (parsed >= EARLIEST_DATE) & (parsed < LATEST_DATE)
+        bad = present & ~(parsed.notna() & in_span)
+        return parsed.where(~bad), bad
+    text = _as_text(values)
+    present = text.notna()
+    # Dates repeat: parse each distinct text once.
+    codes, uniques = pd.factorize(text, use_na_sentinel=True)
+    distinct = _to_dates(pd.Series(uniques, dtype=object).astype(str), date_format).to_numpy()
+    out = np.full(len(codes), np.datetime64("NaT"), dtype="datetime64[ns]")
+    out[codes >= 0] = distinct[codes[codes >= 0]]
+    parsed = pd.Series(out, index=values.index)
+    return parsed, present & parsed.isna()
 
 
-def _infer_type(values: pd.Series, table: str, column: str, report: CleaningReport) -> pd.Series:
+def propose_date_formats(values: pd.Series) -> tuple[list[str], int, int]:
+    """The ``date_format`` values that read the most of these dates (several when they tie,
+    e.g. day-first and month-first both read 03/04/12), how many they read, of how many."""
+    text = pd.Series(pd.unique(_as_text(values).dropna()), dtype=object).astype(str)
+    text = text.head(MAX_FORMAT_PROBE)
+    counts = {fmt: int(_to_dates(text, fmt).notna().sum()) for fmt in DATE_FORMATS}
+    best = max(counts.values(), default=0)
+    if best == 0:
+        return [], 0, len(text)
+    return [f for f, c in counts.items() if c == best], best, len(text)
+
+
+def _date_problem(
+    table: str, column: str, before: pd.Series, bad: pd.Series, date_format: str | None
+) -> Problem:
+    current = f"date_format = {date_format!r}" if date_format else "ISO 8601 (date_format unset)"
+    rule = f"dates cannot be parsed with {current}, years 1900-2199"
+    formats, count, total = propose_date_formats(before)
+    current_key = date_format or "ISO8601"
+    current_count = int((~bad & _as_text(before).notna()).sum())
+    if formats and current_key not in formats and count > 0:
+        best = formats[0]
+        shown = "'ISO8601'" if best == "ISO8601" else repr(best)
+        share = "all of them" if count == total else f"{count:,} of {total:,} distinct values"
+        rule += f"; date_format = {shown} under [data.{table}] reads {share}"
+        if len(formats) > 1:
+            others = ", ".join(repr(f) for f in formats[1:3])
+            rule += f" (so does {others}: check whether the export puts the day or the month first)"
+    elif current_count == 0:
+        rule += (
+            f"; set date_format under [data.{table}] to the export's format (strftime codes "
+            "such as '%d-%b-%y', or 'excel' for serial day numbers)"
+        )
+    return Problem(table, column, rule, int(bad.sum()), _examples(before[bad]))
+
+
+def _infer_type(
+    values: pd.Series,
+    table: str,
+    column: str,
+    report: CleaningReport,
+    source: TableSource | None = None,
+) -> pd.Series:
     """An extra column whose every value reads as a number or a yes/no becomes one."""
     if not _is_text(values) or values.isna().all():
         return values
@@ -689,7 +1033,9 @@ def _infer_type(values: pd.Series, table: str, column: str, report: CleaningRepo
             .astype("boolean")
         )
     scratch = CleaningReport()
-    numbers, bad = _parse_number(values, table, column, scratch)
+    decimal = source.decimal if source is not None else "."
+    thousands = source.thousands if source is not None else None
+    numbers, bad = _parse_number(values, table, column, scratch, decimal, thousands)
     if bad.any():
         return values
     report.extend(scratch)
@@ -701,16 +1047,26 @@ def _infer_type(values: pd.Series, table: str, column: str, report: CleaningRepo
 # ---------------------------------------------------------------------------------------------
 
 
-def validate_tables(frames: dict[str, pd.DataFrame | None]) -> list[Problem]:
-    """Every broken rule in every table, and across tables (ids that point nowhere)."""
+def validate_tables(
+    frames: dict[str, pd.DataFrame | None],
+    unparsed: dict[str, pd.DataFrame] | None = None,
+) -> list[Problem]:
+    """Every broken rule in every table, and across tables (ids that point nowhere).
+
+    ``unparsed`` (per table, rows x columns, True where a value could not be read) keeps a
+    value that is already reported as unreadable from being reported again as empty."""
     problems: list[Problem] = []
+    unparsed = unparsed or {}
     for table, frame in frames.items():
         if frame is None:
             continue
+        failed = unparsed.get(table, pd.DataFrame(index=frame.index))
         try:
             SCHEMAS[table].validate(frame.reset_index(drop=True), lazy=True)
         except pa.errors.SchemaErrors as exc:
-            problems.extend(_schema_problems(table, frame, exc.failure_cases))
+            problems.extend(_schema_problems(table, frame, exc.failure_cases, failed))
+        if table == "opportunities":
+            problems.extend(_closed_before_created(frame, failed))
     accounts = frames.get("accounts")
     if accounts is not None and "account_id" in accounts.columns:
         known = set(accounts["account_id"].dropna())
@@ -733,7 +1089,38 @@ def validate_tables(frames: dict[str, pd.DataFrame | None]) -> list[Problem]:
     return problems
 
 
-def _schema_problems(table: str, frame: pd.DataFrame, failures: pd.DataFrame) -> list[Problem]:
+def _closed_before_created(frame: pd.DataFrame, failed: pd.DataFrame) -> list[Problem]:
+    if not {"created_at", "closed_at"} <= set(frame.columns):
+        return []
+    readable = ~failed.any(axis=1).to_numpy() if len(failed.columns) else True
+    early = (frame["closed_at"] < frame["created_at"]).fillna(False).to_numpy(dtype=bool) & readable
+    if not early.any():
+        return []
+    rows = frame.loc[early].head(MAX_EXAMPLES)
+    examples = tuple(
+        f"{row.opportunity_id!r} created {row.created_at:%Y-%m-%d}, closed {row.closed_at:%Y-%m-%d}"
+        if "opportunity_id" in frame
+        else f"created {row.created_at:%Y-%m-%d}, closed {row.closed_at:%Y-%m-%d}"
+        for row in rows.itertuples(index=False)
+    )
+    return [
+        Problem(
+            "opportunities",
+            "closed_at",
+            "deals closed before they were created (closed_at must be on or after created_at; "
+            "correct the dates in the export)",
+            int(early.sum()),
+            examples,
+        )
+    ]
+
+
+def _schema_problems(
+    table: str,
+    frame: pd.DataFrame,
+    failures: pd.DataFrame,
+    failed: pd.DataFrame | None = None,
+) -> list[Problem]:
     problems = []
     frame = frame.reset_index(drop=True)
     for (column_key, check_key), group in failures.groupby(
@@ -753,6 +1140,12 @@ def _schema_problems(table: str, frame: pd.DataFrame, failures: pd.DataFrame) ->
                 Problem(table, None, f"rows break {check}", len(rows), tuple(_quote(examples)))
             )
             continue
+        if check == "not_nullable" and failed is not None and column in failed:
+            # Rows whose value did not parse are reported as such, not as empty as well.
+            rows = group["index"].to_numpy(dtype=np.int64)
+            group = group[~failed[column].to_numpy(dtype=bool)[rows]]
+            if group.empty:
+                continue
         values = group["failure_case"]
         if check == "field_uniqueness":
             n_ids = values.nunique()
@@ -792,44 +1185,262 @@ def _missing_column_rule(column: str, frame: pd.DataFrame) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_tables(data: DataConfig) -> LoadResult:
-    """Read, map, clean and validate the export; one DataContractError lists every problem."""
-    sources: dict[str, TableSource] = {
-        name: source
-        for name, source in (
-            ("accounts", data.accounts),
-            ("opportunities", data.opportunities),
-            ("activities", data.activities),
+def split_deals(
+    frame: pd.DataFrame, source: DealsSource, report: CleaningReport
+) -> tuple[pd.DataFrame, pd.DataFrame, list[Problem]]:
+    """A cleaned flat deal export -> (accounts, opportunities).
+
+    One account per ``account_id`` (built from ``account_key``), its fields from its latest
+    deal by ``created_at`` (an empty value there falls back to the latest deal that has one);
+    accounts whose deals disagree on a field are reported, field by field."""
+    problems: list[Problem] = []
+    key = [_resolve(k, source) for k in source.account_key]
+    if source.account_fields is None:
+        fields = [c for c in ACCOUNT_OPTIONAL if c in frame.columns and c not in key]
+    else:
+        fields = [_resolve(c, source) for c in source.account_fields]
+    for name in [c for c in fields if c not in frame.columns]:
+        problems.append(
+            Problem(
+                "deals",
+                name,
+                f"config 'account_fields' names a column the file does not have (the file has: "
+                f"{_column_list(frame)})",
+            )
         )
-        if source is not None
-    }
+    fields = [c for c in fields if c in frame.columns and c != "account_id"]
+    deal_known = [c for c in OPPORTUNITY_REQUIRED + OPPORTUNITY_OPTIONAL if c in frame.columns]
+    taken = {"account_id", *key, *fields, *deal_known}
+    if source.deal_fields is None:
+        extra = [c for c in frame.columns if c not in taken]
+    else:
+        extra = [_resolve(c, source) for c in source.deal_fields]
+        for name in [c for c in extra if c not in frame.columns]:
+            problems.append(
+                Problem(
+                    "deals",
+                    name,
+                    f"config 'deal_fields' names a column the file does not have (the file has: "
+                    f"{_column_list(frame)})",
+                )
+            )
+        extra = [c for c in extra if c in frame.columns and c not in taken]
+    ignored = [c for c in frame.columns if c not in taken and c not in extra]
+    if ignored:
+        report.add(
+            "ignored columns (neither account key, account field nor deal field)",
+            "deals",
+            None,
+            len(frame),
+            [repr(c) for c in ignored],
+        )
+    if "account_id" not in frame.columns:
+        return frame.iloc[0:0], frame, problems
+
+    opportunities = frame[
+        [c for c in frame.columns if c in deal_known or c in extra or c == "account_id"]
+    ]
+    known = frame[frame["account_id"].notna()]
+    ordered = known.sort_values("created_at", kind="stable", na_position="first")
+    grouped = ordered.groupby("account_id", sort=True)
+    accounts = grouped[fields].last() if fields else pd.DataFrame(index=grouped.size().index)
+    accounts = accounts.reset_index()
+    for name in fields:
+        distinct = grouped[name].nunique()
+        varying = distinct[distinct > 1]
+        report.add(
+            "account field differs between an account's deals: kept its latest deal's value",
+            "accounts",
+            name,
+            len(varying),
+            [repr(str(v)) for v in varying.index[:MAX_EXAMPLES]],
+        )
+    joined = ", ".join(source.account_key)
+    report.add(
+        f"derived accounts from the deals: one per account key ({joined}); account fields "
+        f"({', '.join(fields) or 'none'}) from each account's latest deal",
+        "accounts",
+        "account_id",
+        len(accounts),
+        _quote(accounts["account_id"]),
+    )
+    for column in accounts.columns:
+        if column in SPECS["accounts"].numbers and not pd.api.types.is_float_dtype(
+            accounts[column]
+        ):
+            accounts[column] = pd.to_numeric(accounts[column], errors="coerce").astype(float)
+        elif _is_text(accounts[column]):
+            accounts[column] = _as_text(accounts[column])
+    return accounts, opportunities.reset_index(drop=True), problems
+
+
+def _drop_empty_columns(accounts: pd.DataFrame, report: CleaningReport) -> pd.DataFrame:
+    """An account column with no value at all is a field this export does not have: left out,
+    so that neither the models nor the evidence score count it as missing for every account."""
+    empty = [c for c in accounts.columns if c != "account_id" and accounts[c].isna().all()]
+    for column in empty:
+        report.add(
+            "column has no value in any row: left out (the models, the ICP and the evidence "
+            "score use the fields this export has)",
+            "accounts",
+            column,
+            len(accounts),
+        )
+    return accounts.drop(columns=empty)
+
+
+def export_date(data: DataConfig, today: date | None = None) -> pd.Timestamp:
+    """The date the export was taken: ``data.as_of`` if set, else today."""
+    return pd.Timestamp(data.as_of or today or date.today()).normalize()
+
+
+def future_dates(
+    frames: dict[str, pd.DataFrame | None], data: DataConfig, today: date | None = None
+) -> list[Problem]:
+    """Dates after the export's own date: typos (2031 for 2021) that would otherwise move the
+    default scoring date into the future and change every tier."""
+    limit = export_date(data, today)
+    where = "data.as_of" if data.as_of else "today; data.as_of is not set"
+    problems = []
+    for table, columns in (
+        ("opportunities", ("created_at", "closed_at")),
+        ("activities", ("occurred_at",)),
+    ):
+        frame = frames.get(table)
+        if frame is None:
+            continue
+        for column in [c for c in columns if c in frame.columns]:
+            late = (
+                (frame[column] >= limit + pd.Timedelta(days=1)).fillna(False).to_numpy(dtype=bool)
+            )
+            if not late.any():
+                continue
+            id_column = "opportunity_id" if "opportunity_id" in frame else "account_id"
+            examples = tuple(
+                f"{i!r} {d:%Y-%m-%d}"
+                for i, d in frame.loc[late, [id_column, column]]
+                .head(MAX_EXAMPLES)
+                .itertuples(index=False)
+            )
+            problems.append(
+                Problem(
+                    table,
+                    column,
+                    f"dates after the export's date {limit:%Y-%m-%d} ({where}); correct them in "
+                    "the export, or set data.as_of to the date the export was taken",
+                    int(late.sum()),
+                    examples,
+                )
+            )
+    return problems
+
+
+def derive_closed_at(
+    opportunities: pd.DataFrame, data: DataConfig, report: CleaningReport
+) -> pd.DataFrame:
+    """No close dates in the export: a won or lost deal's outcome counts as known
+    ``closed_after_days`` after its creation (the typical sales cycle). Deal history features
+    and the training split's leave-out of too-recent deals then work as with real dates."""
+    if "closed_at" in opportunities.columns:
+        return opportunities
+    closed = opportunities["outcome"].isin(["won", "lost"])
+    days = pd.Timedelta(days=data.closed_after_days)
+    out = opportunities.copy()
+    out["closed_at"] = out["created_at"].where(closed) + days
+    report.add(
+        f"derived closed_at = created_at + {data.closed_after_days} days (data.closed_after_days) "
+        "for won and lost deals: the export has no close dates",
+        "opportunities",
+        "closed_at",
+        int(closed.sum()),
+    )
+    return out
+
+
+def _notes(tables: Tables, data: DataConfig, derived_closed: bool) -> list[str]:
+    """What the export lacks and what follows from it, said before anyone trains."""
+    notes = []
+    missing = [c for c in ("industry", "employees", "annual_revenue") if c not in tables.accounts]
+    if missing:
+        notes.append(
+            f"no {', '.join(missing)}: the models learn from the fields the export has; ICP "
+            "criteria on these columns cannot be evaluated, and the evidence score leaves them out"
+        )
+    if derived_closed:
+        notes.append(
+            f"no closed_at: a won or lost deal counts as closed {data.closed_after_days} days "
+            "after created_at (data.closed_after_days) for deal history, and deals created within "
+            "that many days of the end of the data are left out of training as not yet closed"
+        )
+    opps = tables.opportunities
+    won_amounts = 0
+    if "amount" in opps:
+        won_amounts = int(((opps["outcome"] == "won") & (opps["amount"] > 0)).sum())
+    if won_amounts == 0:
+        notes.append(
+            f"no amounts on won deals: no deal-value model is trained; expected revenue uses "
+            f"P(win) x {data.default_deal_value:,g} (data.default_deal_value) for every account, so "
+            "tiers rank by the chance to convert and ICP fit"
+        )
+    if tables.activities is None:
+        notes.append(
+            "no activities: no engagement features; the evidence score uses firmographics and "
+            "deal history"
+        )
+    return notes
+
+
+def load_tables(data: DataConfig, today: date | None = None) -> LoadResult:
+    """Read, map, clean and validate the export; one DataContractError lists every problem.
+
+    ``today`` stands in for the clock when ``data.as_of`` is unset (dates after it are refused).
+    """
     report = CleaningReport()
     problems: list[Problem] = []
     frames: dict[str, pd.DataFrame | None] = {}
-    for table, source in sources.items():
+    unparsed: dict[str, pd.DataFrame] = {}
+    for table, source in data.sources().items():
         raw, read_problems = read_export(table, source)
         problems.extend(read_problems)
         if raw is None:
-            frames[table] = None
+            if table == "deals":
+                frames["accounts"] = frames["opportunities"] = None
+            else:
+                frames[table] = None
             continue
-        cleaned, table_report, clean_problems = clean_table(raw, table, source)
-        report.extend(table_report)
-        problems.extend(clean_problems)
-        frames[table] = cleaned
+        cleaned = clean_table(raw, table, source)
+        report.extend(cleaned.report)
+        problems.extend(cleaned.problems)
+        if table == "deals":
+            assert isinstance(source, DealsSource)
+            accounts, opportunities, split_problems = split_deals(cleaned.frame, source, report)
+            problems.extend(split_problems)
+            frames["accounts"], frames["opportunities"] = accounts, opportunities
+            unparsed["opportunities"] = cleaned.unparsed
+        else:
+            frames[table] = cleaned.frame
+            unparsed[table] = cleaned.unparsed
     if frames.get("accounts") is None and frames.get("opportunities") is not None:
         # Without accounts every account_id would look orphaned: one problem is enough.
         frames = {**frames, "accounts": None}
     reported = {(p.table, p.column) for p in problems if p.rule.startswith("required column")}
     problems.extend(
         p
-        for p in validate_tables(frames)
+        for p in validate_tables(frames, unparsed)
         if not (p.rule.startswith("required column") and (p.table, p.column) in reported)
     )
+    problems.extend(future_dates(frames, data, today))
     if problems:
         raise DataContractError(problems)
+    final_opportunities = frames["opportunities"]
+    final_accounts = frames["accounts"]
+    # Both are None only with problems, which raised above.
+    assert final_opportunities is not None and final_accounts is not None
+    derived_closed = "closed_at" not in final_opportunities.columns
     tables = Tables(
-        accounts=frames["accounts"],  # type: ignore[arg-type]  # None only with problems
-        opportunities=frames["opportunities"],  # type: ignore[arg-type]
+        accounts=_drop_empty_columns(final_accounts, report),
+        opportunities=derive_closed_at(final_opportunities, data, report),
         activities=frames.get("activities"),
     )
+    report.notes.extend(_notes(tables, data, derived_closed))
     return LoadResult(tables=tables, report=report)

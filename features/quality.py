@@ -4,7 +4,7 @@ it); ``render_quality`` prints it with rich for ``tiering validate``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -27,7 +27,8 @@ class QualityReport:
     date_ranges: table, column, first, last, missing. missingness: table, column, missing, share.
     cleaning: the CleaningReport as a frame. orphans: name -> count (accounts without deals, ...)
     with a few example ids in ``orphan_examples``. deals_per_account: mean, median, p90, max over
-    accounts with at least one deal."""
+    accounts with at least one deal. consequences: what the export lacks and what the models do
+    about it (the loader's notes)."""
 
     rows: dict[str, int]
     deals: dict[str, float]
@@ -37,6 +38,7 @@ class QualityReport:
     orphans: dict[str, int]
     orphan_examples: dict[str, list[str]]
     deals_per_account: dict[str, float]
+    consequences: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly (dates as ISO strings)."""
@@ -52,6 +54,7 @@ class QualityReport:
             "orphans": self.orphans,
             "orphan_examples": self.orphan_examples,
             "deals_per_account": self.deals_per_account,
+            "consequences": list(self.consequences),
         }
 
 
@@ -120,6 +123,7 @@ def quality_report(tables: Tables, cleaning: CleaningReport | None = None) -> Qu
             "p90": float(per_account.quantile(0.9)) if len(per_account) else 0.0,
             "max": float(per_account.max()) if len(per_account) else 0.0,
         },
+        consequences=list(cleaning.notes) if cleaning is not None else [],
     )
 
 
@@ -199,6 +203,8 @@ def render_quality(report: QualityReport, console: Console) -> None:
         examples = report.orphan_examples.get(name) or []
         shown = f" (e.g. {escape(', '.join(examples))})" if count and examples else ""
         console.print(f"Orphans: {count:,} {name}{shown}")
+    for note in report.consequences:
+        console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
 
 
 def _day(value: Any) -> str:

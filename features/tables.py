@@ -13,8 +13,20 @@ import pandas as pd
 OUTCOMES = ("won", "lost", "open")
 
 # Columns a table must have; the others are recognised when present.
-ACCOUNT_REQUIRED = ("account_id", "industry", "employees", "annual_revenue")
-ACCOUNT_OPTIONAL = ("name", "country", "region", "founded_year", "territory", "owner")
+# Only the account id, a deal's creation date and its outcome are indispensable: firmographics,
+# close dates and amounts improve the models when present (DESIGN.md, "Optional columns").
+ACCOUNT_REQUIRED = ("account_id",)
+ACCOUNT_OPTIONAL = (
+    "industry",
+    "employees",
+    "annual_revenue",
+    "name",
+    "country",
+    "region",
+    "founded_year",
+    "territory",
+    "owner",
+)
 OPPORTUNITY_REQUIRED = ("opportunity_id", "account_id", "created_at", "outcome")
 OPPORTUNITY_OPTIONAL = ("closed_at", "amount", "product", "source")
 ACTIVITY_REQUIRED = ("account_id", "occurred_at", "type")

@@ -68,8 +68,8 @@ def test_valid_export_prints_the_quality_report(app: typer.Typer, tmp_path: Path
 Mutation = Callable[[dict[str, pd.DataFrame], dict[str, Path]], None]
 
 
-def _drop_industry(frames: dict[str, pd.DataFrame], paths: dict[str, Path]) -> None:
-    frames["accounts"].drop(columns="industry").to_csv(paths["accounts"], index=False)
+def _drop_account_id(frames: dict[str, pd.DataFrame], paths: dict[str, Path]) -> None:
+    frames["accounts"].drop(columns="account_id").to_csv(paths["accounts"], index=False)
 
 
 def _orphan_account(frames: dict[str, pd.DataFrame], paths: dict[str, Path]) -> None:
@@ -84,10 +84,10 @@ def _bad_date(frames: dict[str, pd.DataFrame], paths: dict[str, Path]) -> None:
     frame.to_csv(paths["opportunities"], index=False)
 
 
-def _negative_amount(frames: dict[str, pd.DataFrame], paths: dict[str, Path]) -> None:
-    frame = frames["opportunities"]
-    frame.loc[0, "amount"] = "-1200"
-    frame.to_csv(paths["opportunities"], index=False)
+def _negative_employees(frames: dict[str, pd.DataFrame], paths: dict[str, Path]) -> None:
+    frame = frames["accounts"]
+    frame.loc[0, "employees"] = "-1200"
+    frame.to_csv(paths["accounts"], index=False)
 
 
 def _duplicate_ids(frames: dict[str, pd.DataFrame], paths: dict[str, Path]) -> None:
@@ -113,10 +113,13 @@ def _wrong_delimiter(frames: dict[str, pd.DataFrame], paths: dict[str, Path]) ->
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
-        (_drop_industry, ["accounts.industry: required column missing"]),
+        (_drop_account_id, ["accounts.account_id: required column missing"]),
         (_orphan_account, ["opportunities.account_id: 1 values not in accounts (e.g. 'A-991')"]),
         (_bad_date, ["opportunities.created_at: 1 dates cannot be parsed", "'31/02/2023'"]),
-        (_negative_amount, ["opportunities.amount: 1 values below 0 (must be >= 0)", "-1200"]),
+        (
+            _negative_employees,
+            ["accounts.employees: 1 values below 0 (must be >= 0)", "-1200"],
+        ),
         (
             _duplicate_ids,
             ["accounts.account_id: 2 rows share 1 id (ids must be unique) (e.g. 'A-2')"],
@@ -135,7 +138,7 @@ def _wrong_delimiter(frames: dict[str, pd.DataFrame], paths: dict[str, Path]) ->
         "missing-column",
         "orphan-account",
         "bad-date",
-        "negative-amount",
+        "negative-employees",
         "duplicate-ids",
         "unknown-outcome",
         "empty-file",
@@ -169,7 +172,7 @@ def test_all_problems_are_reported_in_one_run(app: typer.Typer, tmp_path: Path) 
     paths = write_export(
         tmp_path,
         accounts=accounts_frame().assign(account_id=["A-1", "A-2", "A-3", "A-3"]),
-        opportunities=opportunities_frame().assign(amount=["-1", "0", "120000", "0", "", ""]),
+        opportunities=opportunities_frame().assign(amount=["tbd", "0", "120000", "0", "", ""]),
     )
     code, output = run(app, "validate", "--config", str(write_config(tmp_path, paths)))
     assert code == 2

@@ -217,12 +217,7 @@ def resolve_paths(config: Config, base: Path) -> Config:
     data = config.data
     sources = {
         name: src.model_copy(update={"path": resolve(src.path)})
-        for name, src in (
-            ("accounts", data.accounts),
-            ("opportunities", data.opportunities),
-            ("activities", data.activities),
-        )
-        if src is not None
+        for name, src in data.sources().items()
     }
     if data.truth_dir is not None:
         sources["truth_dir"] = resolve(data.truth_dir)  # type: ignore[assignment]  # a Path, not a source

@@ -35,9 +35,12 @@ def demo(
     if out.suffix != ".parquet":
         raise fail(f"--out must be a .parquet file, not {out.name}")
     settings = read_config(config)
-    data_dir = settings.data.accounts.path.parent
+    accounts_source = settings.data.accounts
+    if accounts_source is None:
+        raise fail(f"{config}: the demo writes [data.accounts] and [data.opportunities] files")
+    data_dir = accounts_source.path.parent
     _rule("1/4 Demo CRM")
-    if fresh or not settings.data.accounts.path.exists():
+    if fresh or not accounts_source.path.exists():
         data_cmd.demo_data(accounts=accounts, seed=seed, out=data_dir)
     else:
         console.print(f"using the demo data in {data_dir} (--fresh regenerates it)")

@@ -122,6 +122,11 @@ class Cutoffs(BaseModel):
     )
     tier2_min_priority: float | None = None
     description: str
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Tiers the ICP and evidence gates left more than 10 % below their policy "
+        "size on the reference list, with the count and the cause.",
+    )
 
 
 class AccountScore(BaseModel):

@@ -373,6 +373,7 @@ class OnlineScorer:
             tier1_min_priority=ref.tier1_priority,
             tier2_min_priority=ref.tier2_priority,
             description=description,
+            warnings=list(ref.warnings),
         )
 
     def model_info(self) -> ModelInfo:

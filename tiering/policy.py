@@ -62,6 +62,8 @@ RULE_ICP_GATE = "icp_gate"
 RULE_EVIDENCE_GATE = "evidence_gate"
 RULE_ICP_AND_EVIDENCE_GATE = "icp_and_evidence_gate"
 RULES = (RULE_PRIORITY, RULE_ICP_GATE, RULE_EVIDENCE_GATE, RULE_ICP_AND_EVIDENCE_GATE)
+SHORTFALL_TOLERANCE = 0.10
+"""A tier the gates leave more than this share below its policy size is warned about."""
 """Per-account rule codes: the tier follows from priority against the cut-offs, or a gate held
 the account below the tier its priority reaches."""
 
@@ -195,6 +197,8 @@ class TierAssignment:
     target_sizes: tuple[int, int, int] | None = None
     rank: NDArray[np.int64] | None = None
     as_of: str | None = None
+    warnings: tuple[str, ...] = ()
+    """Tiers the gates left more than 10 % below their policy size, with count and cause."""
 
     @property
     def sizes(self) -> tuple[int, int, int]:
@@ -269,6 +273,62 @@ def _rules(
     return rule
 
 
+def tier_shortfalls(
+    tier: ArrayLike,
+    priority: ArrayLike,
+    icp_fit: ArrayLike,
+    evidence: ArrayLike,
+    policy: TierPolicy,
+) -> list[str]:
+    """One warning per tier that the ICP and evidence gates leave more than
+    :data:`SHORTFALL_TOLERANCE` below its policy size (quantile and capacity: the sizes the
+    policy asks for; threshold: the accounts whose priority reaches the tier), with the count
+    and which gate held the accounts back. A silent empty Tier 1 is the failure this prevents."""
+    prio, fit, evid = _inputs(priority, icp_fit, evidence)
+    tiers = np.asarray(tier).reshape(-1)
+    n = prio.size
+    targets = target_sizes(n, policy)
+    if targets is None:
+        reach = _tiers_from_cutoffs(
+            prio, np.ones(n, dtype=np.int8), policy.tier1_min_priority, policy.tier2_min_priority
+        )
+        targets = (int((reach == 1).sum()), int((reach == 2).sum()), int((reach == 3).sum()))
+    ceiling = tier_ceiling(fit, evid, policy)
+    warnings = []
+    for level, target in ((1, targets[0]), (2, targets[1])):
+        actual = int((tiers == level).sum())
+        short = target - actual
+        if target <= 0 or short <= SHORTFALL_TOLERANCE * target:
+            continue
+        if level == 1:
+            causes = [
+                (
+                    int((fit < policy.min_icp_fit_tier1).sum()),
+                    f"an ICP fit below {policy.min_icp_fit_tier1:g} (tiers.min_icp_fit_tier1)",
+                ),
+                (
+                    int((evid < policy.min_evidence_tier1).sum()),
+                    f"evidence below {policy.min_evidence_tier1:g} (tiers.min_evidence_tier1)",
+                ),
+            ]
+        else:
+            causes = [
+                (
+                    int((evid < policy.min_evidence_tier1 / 2).sum()),
+                    "evidence below "
+                    f"{policy.min_evidence_tier1 / 2:g} (half of tiers.min_evidence_tier1)",
+                ),
+            ]
+        eligible = int((ceiling <= level).sum())
+        held = "; ".join(f"{count:,} have {what}" for count, what in causes if count)
+        warnings.append(
+            f"Tier {level} holds {actual:,} accounts, {short:,} ({short / target:.0%}) below its "
+            f"policy size of {target:,}: only {eligible:,} of {n:,} accounts pass the Tier {level} "
+            f"gates ({held or 'no gate failed'}); the accounts held back go to a lower tier"
+        )
+    return warnings
+
+
 def _inputs(
     prio: ArrayLike, icp_fit: ArrayLike, evidence: ArrayLike
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
@@ -318,6 +378,7 @@ def assign_tiers(
         n_population=n,
         target_sizes=sizes,
         rank=rank,
+        warnings=tuple(tier_shortfalls(tier, prio, fit, evid, policy)),
     )
 
 
@@ -340,6 +401,8 @@ class ReferenceCutoffs:
     method: str = "quantile"
     tier_sizes: tuple[int, int, int] = (0, 0, 0)
     weights: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    """Tiers the gates left more than 10 % below their policy size on the reference population."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -351,6 +414,7 @@ class ReferenceCutoffs:
             "method": self.method,
             "tier_sizes": list(self.tier_sizes),
             "weights": dict(self.weights),
+            "warnings": list(self.warnings),
         }
 
     @classmethod
@@ -376,6 +440,7 @@ class ReferenceCutoffs:
             method=str(data.get("method", "quantile")),
             tier_sizes=(sizes[0], sizes[1], sizes[2]),
             weights={str(k): float(v) for k, v in data.get("weights", {}).items()},
+            warnings=[str(w) for w in data.get("warnings", [])],
         )
 
 
@@ -421,6 +486,7 @@ def reference_cutoffs(
         n_accounts=int(prio.size),
         tier_sizes=batch.sizes,
         weights=policy.weights.model_dump(),
+        warnings=list(batch.warnings),
     )
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from tiering.config import TIER_NAMES, Config
@@ -55,6 +56,7 @@ def score(
     scores, the CRM write-back CSV and the account snapshot (all atomically)."""
     from serving.batch import score_accounts
     from serving.model_loader import ModelNotFoundError
+    from tiering.policy import tier_shortfalls
 
     cfg = read_config(config)
     with known_errors():
@@ -80,6 +82,14 @@ def score(
                 raise fail(str(exc)) from None
     console.print(tier_summary(result.scores, title=f"Tiers as of {result.as_of.date()}"))
     console.print(f"cut-offs: {result.cutoffs_used}")
+    for warning in tier_shortfalls(
+        result.scores["tier"],
+        result.scores["priority"],
+        result.scores["icp_fit"],
+        result.scores["evidence"],
+        loaded.bundle.policy,
+    ):
+        console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     console.print(f"scores:   {result.output}\nCRM:      {result.crm}\nsnapshot: {result.snapshot}")
 
 

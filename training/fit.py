@@ -231,6 +231,16 @@ def fit_value_model(
     return ValueFit(objective, booster)
 
 
+def constant_value_model(x: pd.DataFrame, value: float, config: TrainingConfig) -> ValueFit:
+    """The value "model" when the export has too few won deals with an amount: every account's
+    deal is worth ``value`` (``data.default_deal_value``), so expected revenue is P(win) x value
+    and its explanations carry no value reasons. A one-leaf booster keeps the bundle's shape."""
+    params = lgb_params(config, "regression")
+    data = lgb.Dataset(x, label=np.full(len(x), np.log(value)), categorical_feature="auto")
+    booster = lgb.train(params, data, num_boost_round=1)
+    return ValueFit("log_l2", booster_from_text(booster.model_to_string()), 1.0)
+
+
 def value_errors(amount: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     amount = np.asarray(amount, dtype=float)
     predicted = np.asarray(predicted, dtype=float)
@@ -352,12 +362,14 @@ class SegmentMedianValue:
     """Median won deal size by segment (overall median where a segment has < min_deals)."""
 
     min_deals: int = 5
+    default: float = 1.0
+    """What every segment is worth when there is no won deal with an amount at all."""
     medians_: dict[str, float] = field(default_factory=dict)
     overall_: float = float("nan")
 
     def fit(self, frame: pd.DataFrame, amount: np.ndarray) -> SegmentMedianValue:
         amount = np.asarray(amount, dtype=float)
-        self.overall_ = float(np.median(amount))
+        self.overall_ = float(np.median(amount)) if len(amount) else self.default
         grouped = pd.DataFrame(
             {"segment": segment_key(frame).to_numpy(), "amount": amount}
         ).groupby("segment")["amount"]
@@ -440,6 +452,8 @@ class FittedModels:
     segment_win_rate: SegmentWinRate
     logistic: LogisticBaseline
     segment_value: SegmentMedianValue
+    notes: list[str] = field(default_factory=list)
+    """What the fit had to do without (e.g. no deal-value model for want of amounts)."""
 
     def predict_win(self, x: pd.DataFrame) -> np.ndarray:
         return self.calibrator.transform(raw_probability(self.win_model, x))
@@ -457,9 +471,14 @@ def fit_models(
     feature_names: list[str],
     categorical: list[str],
     config: TrainingConfig,
+    default_deal_value: float = 1.0,
 ) -> FittedModels:
     """Fit everything on a time split's train and calibration slices (frames of features plus
-    ``won`` and ``amount``)."""
+    ``won`` and ``amount``).
+
+    Too few won deals with an amount (fewer than 2 in train or none in calibration): no
+    deal-value model is fitted; every won deal counts as ``default_deal_value`` and ``notes``
+    says so."""
     categories = freeze_categories(train, [c for c in categorical if c in feature_names])
     x_train = encode(train, feature_names, categories)
     x_cal = encode(calibration, feature_names, categories)
@@ -474,15 +493,36 @@ def fit_models(
     won_train, won_cal = won_with_amount(train), won_with_amount(calibration)
     amount_train = train["amount"].to_numpy(dtype=float)[won_train]
     amount_cal = calibration["amount"].to_numpy(dtype=float)[won_cal]
-    value, comparison = choose_value_model(
-        list(config.value_objectives),
-        x_train[won_train],
-        amount_train,
-        x_cal[won_cal],
-        amount_cal,
-        config,
-    )
-    interval = conformal_interval(amount_cal, value.predict(x_cal[won_cal]))
+    notes: list[str] = []
+    if len(amount_train) < 2 or len(amount_cal) < 1:
+        value = constant_value_model(x_train, default_deal_value, config)
+        comparison = pd.DataFrame(
+            [
+                {
+                    "objective": "none (default_deal_value)",
+                    "mae": np.nan,
+                    "mean_abs_log_error": np.nan,
+                    "trees": 0,
+                    "chosen": True,
+                }
+            ]
+        )
+        interval = ValueInterval(low=0.0, high=0.0, level=INTERVAL_LEVEL, n_calibration=0)
+        notes.append(
+            f"no deal-value model: won deals with an amount are {len(amount_train)} in train and "
+            f"{len(amount_cal)} in the calibration slice (at least 2 and 1 needed); expected "
+            f"revenue = P(win) x {default_deal_value:,g} (data.default_deal_value)"
+        )
+    else:
+        value, comparison = choose_value_model(
+            list(config.value_objectives),
+            x_train[won_train],
+            amount_train,
+            x_cal[won_cal],
+            amount_cal,
+            config,
+        )
+        interval = conformal_interval(amount_cal, value.predict(x_cal[won_cal]))
 
     numeric = [c for c in feature_names if c not in categories]
     return FittedModels(
@@ -496,5 +536,8 @@ def fit_models(
         value_interval=interval,
         segment_win_rate=SegmentWinRate().fit(train, y_train),
         logistic=LogisticBaseline(numeric, list(categories)).fit(train, y_train),
-        segment_value=SegmentMedianValue().fit(train[won_train], amount_train),
+        segment_value=SegmentMedianValue(default=default_deal_value).fit(
+            train[won_train], amount_train
+        ),
+        notes=notes,
     )

@@ -218,7 +218,14 @@ def fit_and_evaluate(
     mature_before = maturity_cutoff(tables.opportunities, tables.end_of_data())
     immature = int((dataset["as_of"] >= mature_before).sum())
     split = time_split(dataset[dataset["as_of"] < mature_before], config.training.split)
-    models = fit_models(split.train, split.calibration, names, categorical, config.training)
+    models = fit_models(
+        split.train,
+        split.calibration,
+        names,
+        categorical,
+        config.training,
+        default_deal_value=config.data.default_deal_value,
+    )
 
     metadata: dict[str, Any] = {
         "project": config.name,
@@ -576,6 +583,10 @@ def train(config: Config, *, progress: Progress | None = None) -> TrainResult:
                         False,
                         [f"champion v{champion} could not be re-evaluated on this window: {exc}"],
                     )
+            # Not reasons to refuse the model, but nobody should promote it without reading them.
+            decision.reasons.extend(
+                f"warning: {w}" for w in outcome.models.notes + outcome.bundle.cutoffs.warnings
+            )
             registry.record_gate(client, name, version, decision)
             mlflow.set_tags(
                 {"gate": "passed" if decision.passed else "failed", "model_version": version}

@@ -132,7 +132,12 @@ def maturity_cutoff(
     many wins are still open: their win rate is biased low (right-censoring). Deals created
     after ``end`` minus the ``quantile`` of the time to close (of the slower outcome) are
     left out of training and evaluation.
+
+    The loader derives ``closed_at`` when an export has none (``data.closed_after_days``);
+    tables built without it have no cycle to measure, so nothing is left out.
     """
+    if "closed_at" not in opportunities.columns:
+        return pd.Timestamp(end)
     closed = opportunities[
         opportunities["outcome"].isin(["won", "lost"]) & opportunities["closed_at"].notna()
     ]

@@ -277,8 +277,8 @@ ACCOUNTS_SCHEMA = pa.DataFrameSchema(
     {
         "account_id": pa.Column(str, nullable=False, unique=True),
         "industry": _string(),
-        "employees": pa.Column(float, pa.Check.ge(0), nullable=True),
-        "annual_revenue": pa.Column(float, pa.Check.ge(0), nullable=True),
+        "employees": pa.Column(float, pa.Check.ge(0), nullable=True, required=False),
+        "annual_revenue": pa.Column(float, pa.Check.ge(0), nullable=True, required=False),
         "name": _string(),
         "country": _string(),
         "region": _string(),
@@ -1196,7 +1196,7 @@ def split_deals(
     problems: list[Problem] = []
     key = [_resolve(k, source) for k in source.account_key]
     if source.account_fields is None:
-        fields = [c for c in ACCOUNT_OPTIONAL if c in frame.columns and c not in key]
+        fields = [c for c in ACCOUNT_OPTIONAL if c in frame.columns]
     else:
         fields = [_resolve(c, source) for c in source.account_fields]
     for name in [c for c in fields if c not in frame.columns]:
@@ -1384,8 +1384,8 @@ def _notes(tables: Tables, data: DataConfig, derived_closed: bool) -> list[str]:
         )
     if tables.activities is None:
         notes.append(
-            "no activities: no engagement features; the evidence score uses firmographics and "
-            "deal history"
+            "no activities: no engagement features; the evidence score uses the account fields, "
+            "deal history and open deals"
         )
     return notes
 

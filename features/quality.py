@@ -12,8 +12,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from features.contract import CleaningReport
-from features.tables import Tables
+from features.config import IcpConfig
+from features.contract import CleaningReport, Problem
+from features.tables import Tables, maturity_cutoff
+
+MIN_TRAINING_MONTHS = 3
+"""The time split cuts train / calibration / test on month starts: three months at least."""
 
 DATE_COLUMNS = {
     "opportunities": ("created_at", "closed_at"),
@@ -209,3 +213,50 @@ def render_quality(report: QualityReport, console: Console) -> None:
 
 def _day(value: Any) -> str:
     return "" if pd.isna(value) else pd.Timestamp(value).strftime("%Y-%m-%d")
+
+
+def training_problems(tables: Tables, icp: IcpConfig) -> list[Problem]:
+    """What ``train`` would refuse later, found before it runs: ICP criteria on columns the
+    export lacks, only one outcome among closed deals, too few months of closed deals old
+    enough to have closed (the time split needs three)."""
+    problems = []
+    accounts = tables.accounts
+    for criterion in icp.criteria:
+        if criterion.column not in accounts.columns:
+            problems.append(
+                Problem(
+                    "icp",
+                    criterion.column,
+                    f"criterion {criterion.label!r} uses a column the accounts do not have; map "
+                    "the column under 'columns' or remove the criterion from [[icp.criteria]]",
+                )
+            )
+    opps = tables.opportunities
+    outcomes = set(opps["outcome"].dropna())
+    for outcome in ("won", "lost"):
+        if outcome not in outcomes:
+            problems.append(
+                Problem(
+                    "opportunities",
+                    "outcome",
+                    f"no {outcome} deals: the win model learns from won and lost deals (check "
+                    "labels.outcome in the config)",
+                )
+            )
+    closed = opps[opps["outcome"].isin(["won", "lost"])]
+    if len(closed) and not problems:
+        mature_before = maturity_cutoff(opps, tables.end_of_data())
+        created = closed.loc[closed["created_at"] < mature_before, "created_at"]
+        months = created.dt.to_period("M").nunique()
+        if months < MIN_TRAINING_MONTHS:
+            problems.append(
+                Problem(
+                    "opportunities",
+                    "created_at",
+                    f"closed deals created before {mature_before:%Y-%m-%d} (older than the time "
+                    f"deals take to close) span {months} month{'s' if months != 1 else ''}; the "
+                    f"time split needs at least {MIN_TRAINING_MONTHS}",
+                    len(created),
+                )
+            )
+    return problems

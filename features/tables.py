@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 OUTCOMES = ("won", "lost", "open")
@@ -69,3 +70,29 @@ class Tables:
         if self.activities is not None and len(self.activities):
             dates.append(self.activities["occurred_at"].max())
         return pd.Timestamp(max(d for d in dates if pd.notna(d))).normalize()
+
+
+def maturity_cutoff(
+    opportunities: pd.DataFrame, end: pd.Timestamp, quantile: float = 0.95
+) -> pd.Timestamp:
+    """Creation date after which closed deals are not yet a fair sample of outcomes.
+
+    Only closed deals are labelled, and wins usually take longer to close than losses, so
+    among deals created shortly before the end of the data the quick losses are closed and
+    many wins are still open: their win rate is biased low (right-censoring). Deals created
+    after ``end`` minus the ``quantile`` of the time to close (of the slower outcome) are
+    left out of training and evaluation.
+
+    The loader derives ``closed_at`` when an export has none (``data.closed_after_days``);
+    tables built without it have no cycle to measure, so nothing is left out.
+    """
+    if "closed_at" not in opportunities.columns:
+        return pd.Timestamp(end)
+    closed = opportunities[
+        opportunities["outcome"].isin(["won", "lost"]) & opportunities["closed_at"].notna()
+    ]
+    if closed.empty:
+        return pd.Timestamp(end)
+    cycle = (closed["closed_at"] - closed["created_at"]).dt.days.clip(lower=0)
+    slowest = max(float(np.quantile(c, quantile)) for _, c in cycle.groupby(closed["outcome"]))
+    return (pd.Timestamp(end) - pd.Timedelta(days=int(np.ceil(slowest)))).normalize()

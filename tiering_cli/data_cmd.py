@@ -17,15 +17,19 @@ def validate(config: Path = CONFIG_OPTION) -> None:
     """Map, clean and validate the export named in the config; print the data-quality report.
 
     Exits with code 2 and a list of every broken rule (table, column, rule, examples) when the
-    data breaks the contract.
+    data breaks the contract, or when training would refuse it later (ICP criteria on columns
+    the export lacks, only one outcome, fewer than three months of closed deals).
     """
-    from features.contract import load_tables
-    from features.quality import quality_report, render_quality
+    from features.contract import DataContractError, load_tables
+    from features.quality import quality_report, render_quality, training_problems
 
     settings = read_config(config)
     with known_errors():
         result = load_tables(settings.data)
-    render_quality(quality_report(result.tables, result.report), console)
+        render_quality(quality_report(result.tables, result.report), console)
+        problems = training_problems(result.tables, settings.icp)
+        if problems:
+            raise DataContractError(problems)
     console.print(f"[green]valid:[/] the data meets the contract ({config})")
 
 

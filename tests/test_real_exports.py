@@ -554,3 +554,71 @@ closed_at = "Closed"
     )
     assert code == 2
     assert "the time split needs at least 3" in output
+
+
+# ------------------------------------------------------------------ gates that empty a tier
+
+
+def test_a_field_the_export_never_fills_is_left_out_of_evidence(tmp_path: Path) -> None:
+    from features.build import build_features, evidence_score, scoring_requests
+    from features.config import FeatureConfig
+
+    frame = flat_deals().assign(Region="")
+    config = flat_config(write_flat(tmp_path, frame))
+    deals = config.deals
+    assert deals is not None
+    config = config.model_copy(
+        update={
+            "deals": deals.model_copy(update={"columns": {**deals.columns, "region": "Region"}})
+        }
+    )
+    result = load_tables(config)
+    assert "region" not in result.tables.accounts
+    assert result.report.rows("column has no value in any row", "accounts", "region") == 6
+    features = build_features(
+        result.tables,
+        scoring_requests(result.tables.accounts, result.tables.end_of_data()),
+        FeatureConfig(),
+    )
+    # Industry and employees known, history and no open deal: nothing counted as missing.
+    assert evidence_score(features).min() == pytest.approx((0.4 + 0.3) / 1.0)
+
+
+def test_a_gate_that_leaves_tier_1_short_is_warned_about_with_count_and_cause() -> None:
+    from tiering.config import TierPolicy
+    from tiering.policy import ReferenceCutoffs, assign_tiers, reference_cutoffs
+
+    n = 100
+    priority = np.linspace(1.0, 0.0, n)
+    fit = np.full(n, 80.0)
+    evidence = np.full(n, 0.4)  # below the Tier 1 gate (0.5), above half of it
+    evidence[:5] = 0.9
+    policy = TierPolicy()
+    assignment = assign_tiers(priority, fit, evidence, policy)
+    assert assignment.sizes == (5, 60, 35)
+    assert list(assignment.warnings) == [
+        "Tier 1 holds 5 accounts, 15 (75%) below its policy size of 20: only 5 of 100 accounts "
+        "pass the Tier 1 gates (95 have evidence below 0.5 (tiers.min_evidence_tier1)); the "
+        "accounts held back go to a lower tier"
+    ]
+    frozen = reference_cutoffs(priority, fit, evidence, policy, as_of="2017-12-31")
+    assert frozen.warnings == list(assignment.warnings)
+    assert ReferenceCutoffs.from_dict(frozen.to_dict()).warnings == frozen.warnings
+    # Within 10 % of the policy size: no warning.
+    evidence[:19] = 0.9
+    assert assign_tiers(priority, fit, evidence, policy).warnings == ()
+
+
+def test_a_threshold_policy_warns_when_gates_hold_back_most_of_a_tier() -> None:
+    from tiering.config import TierPolicy
+    from tiering.policy import tier_shortfalls
+
+    policy = TierPolicy(method="threshold", tier1_min_priority=0.8, tier2_min_priority=0.3)
+    priority = np.array([0.9, 0.85, 0.82, 0.5, 0.4])
+    tiers = np.array([2, 2, 2, 2, 2])
+    warnings = tier_shortfalls(tiers, priority, [30, 30, 30, 30, 30], [0.9] * 5, policy)
+    assert warnings == [
+        "Tier 1 holds 0 accounts, 3 (100%) below its policy size of 3: only 0 of 5 accounts pass "
+        "the Tier 1 gates (5 have an ICP fit below 60 (tiers.min_icp_fit_tier1)); the accounts "
+        "held back go to a lower tier"
+    ]

@@ -1150,6 +1150,12 @@ def _schema_problems(
         if check == "field_uniqueness":
             n_ids = values.nunique()
             rule = f"rows share {n_ids:,} id{'s' if n_ids != 1 else ''} (ids must be unique)"
+            if table == "accounts" and len(group) > len(frame) / 2:
+                # Most rows repeat an id: a deal-level report, not an accounts table.
+                rule += (
+                    "; a flat deal export with the account on every row goes under "
+                    "[data.deals] with its account_key, and the accounts are derived from it"
+                )
         elif check == "not_nullable":
             rule = "rows are empty (a value is required)"
         elif check == "greater_than_or_equal_to(0)":
@@ -1199,15 +1205,7 @@ def split_deals(
         fields = [c for c in ACCOUNT_OPTIONAL if c in frame.columns]
     else:
         fields = [_resolve(c, source) for c in source.account_fields]
-    for name in [c for c in fields if c not in frame.columns]:
-        problems.append(
-            Problem(
-                "deals",
-                name,
-                f"config 'account_fields' names a column the file does not have (the file has: "
-                f"{_column_list(frame)})",
-            )
-        )
+    problems.extend(_absent(fields, "account_fields", frame))
     fields = [c for c in fields if c in frame.columns and c != "account_id"]
     deal_known = [c for c in OPPORTUNITY_REQUIRED + OPPORTUNITY_OPTIONAL if c in frame.columns]
     taken = {"account_id", *key, *fields, *deal_known}
@@ -1215,15 +1213,7 @@ def split_deals(
         extra = [c for c in frame.columns if c not in taken]
     else:
         extra = [_resolve(c, source) for c in source.deal_fields]
-        for name in [c for c in extra if c not in frame.columns]:
-            problems.append(
-                Problem(
-                    "deals",
-                    name,
-                    f"config 'deal_fields' names a column the file does not have (the file has: "
-                    f"{_column_list(frame)})",
-                )
-            )
+        problems.extend(_absent(extra, "deal_fields", frame))
         extra = [c for c in extra if c in frame.columns and c not in taken]
     ignored = [c for c in frame.columns if c not in taken and c not in extra]
     if ignored:
@@ -1272,6 +1262,19 @@ def split_deals(
         elif _is_text(accounts[column]):
             accounts[column] = _as_text(accounts[column])
     return accounts, opportunities.reset_index(drop=True), problems
+
+
+def _absent(names: list[str], key: str, frame: pd.DataFrame) -> list[Problem]:
+    return [
+        Problem(
+            "deals",
+            name,
+            f"config '{key}' names a column the file does not have (the file has: "
+            f"{_column_list(frame)})",
+        )
+        for name in names
+        if name not in frame.columns
+    ]
 
 
 def _drop_empty_columns(accounts: pd.DataFrame, report: CleaningReport) -> pd.DataFrame:

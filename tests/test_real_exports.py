@@ -622,3 +622,24 @@ def test_a_threshold_policy_warns_when_gates_hold_back_most_of_a_tier() -> None:
         "the Tier 1 gates (5 have an ICP fit below 60 (tiers.min_icp_fit_tier1)); the accounts "
         "held back go to a lower tier"
     ]
+
+
+def test_a_flat_export_given_as_the_accounts_table_points_to_data_deals(tmp_path: Path) -> None:
+    from support import opportunities_frame
+
+    flat = flat_deals().rename(columns={"Company": "account_id"})
+    accounts = write_flat(tmp_path, flat, name="accounts.csv")
+    opportunities = write_flat(
+        tmp_path,
+        opportunities_frame().assign(account_id="Company 0"),
+        name="opportunities.csv",
+    )
+    config = DataConfig.model_validate(
+        {"accounts": {"path": str(accounts)}, "opportunities": {"path": str(opportunities)}}
+    )
+    problems = problems_of(config)
+    assert problems[0] == (
+        "accounts.account_id: 48 rows share 6 ids (ids must be unique); a flat deal export with "
+        "the account on every row goes under [data.deals] with its account_key, and the accounts "
+        "are derived from it (e.g. 'Company 0', 'Company 1', 'Company 2')"
+    )

@@ -1339,20 +1339,22 @@ def future_dates(
 
 
 def derive_closed_at(
-    opportunities: pd.DataFrame, data: DataConfig, report: CleaningReport
+    opportunities: pd.DataFrame, data: DataConfig, report: CleaningReport, end: pd.Timestamp
 ) -> pd.DataFrame:
     """No close dates in the export: a won or lost deal's outcome counts as known
-    ``closed_after_days`` after its creation (the typical sales cycle). Deal history features
+    ``closed_after_days`` after its creation (the typical sales cycle), or at the end of the
+    data (``end``) if that comes first: the export already knows the outcome, and a derived
+    date must not move the end of the data (the default scoring date). Deal history features
     and the training split's leave-out of too-recent deals then work as with real dates."""
     if "closed_at" in opportunities.columns:
         return opportunities
     closed = opportunities["outcome"].isin(["won", "lost"])
     days = pd.Timedelta(days=data.closed_after_days)
     out = opportunities.copy()
-    out["closed_at"] = out["created_at"].where(closed) + days
+    out["closed_at"] = (out["created_at"].where(closed) + days).clip(upper=end)
     report.add(
-        f"derived closed_at = created_at + {data.closed_after_days} days (data.closed_after_days) "
-        "for won and lost deals: the export has no close dates",
+        f"derived closed_at = created_at + {data.closed_after_days} days (data.closed_after_days), "
+        "at the latest the end of the data, for won and lost deals: the export has no close dates",
         "opportunities",
         "closed_at",
         int(closed.sum()),
@@ -1442,8 +1444,14 @@ def load_tables(data: DataConfig, today: date | None = None) -> LoadResult:
     derived_closed = "closed_at" not in final_opportunities.columns
     tables = Tables(
         accounts=_drop_empty_columns(final_accounts, report),
-        opportunities=derive_closed_at(final_opportunities, data, report),
+        opportunities=final_opportunities,
         activities=frames.get("activities"),
+    )
+    end = pd.Timestamp(data.as_of) if data.as_of else tables.end_of_data()
+    tables = Tables(
+        accounts=tables.accounts,
+        opportunities=derive_closed_at(final_opportunities, data, report, end),
+        activities=tables.activities,
     )
     report.notes.extend(_notes(tables, data, derived_closed))
     return LoadResult(tables=tables, report=report)

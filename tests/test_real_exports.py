@@ -244,8 +244,23 @@ def test_no_closed_at_derives_close_dates_by_the_documented_rule(tmp_path: Path)
     result = load_tables(config)
     opps = result.tables.opportunities
     closed = opps["outcome"].isin(["won", "lost"])
-    assert ((opps.loc[closed, "closed_at"] - opps.loc[closed, "created_at"]).dt.days == 60).all()
+    last_created = opps["created_at"].max()
+    expected = (opps["created_at"] + pd.Timedelta(days=60)).clip(upper=last_created)
+    assert (opps.loc[closed, "closed_at"] == expected[closed]).all()
+    assert (
+        opps.loc[closed, "closed_at"] < opps.loc[closed, "created_at"] + pd.Timedelta(61, "D")
+    ).all()
     assert result.report.rows("derived closed_at = created_at + 60 days") == int(closed.sum())
+    # The derived dates do not move the end of the data (the default scoring date).
+    assert result.tables.end_of_data() == last_created
+    # Deal history sees the outcomes: accounts have won and lost deals behind them.
+    from features.build import build_features, scoring_requests
+    from features.config import FeatureConfig
+
+    history = build_features(
+        result.tables, scoring_requests(result.tables.accounts, last_created), FeatureConfig()
+    )
+    assert (history["prior_won"] > 0).all() and (history["prior_lost"] > 0).all()
     notes = quality_report(result.tables, result.report).consequences
     assert any(
         n.startswith("no closed_at: a won or lost deal counts as closed 60 days") for n in notes

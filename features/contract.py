@@ -672,8 +672,13 @@ def _drop_duplicates(frame: pd.DataFrame, table: str, report: CleaningReport) ->
 def _content_ids(frame: pd.DataFrame) -> pd.Series:
     """A stable id per row: a hash of its cleaned values, so re-reading the same export (or a
     later one holding the same deal) gives the same id."""
-    text = frame.astype(str).where(frame.notna(), "")
-    joined = text.apply(lambda row: "\x1f".join(f"{k}={v}" for k, v in row.items()), axis=1)
+    columns = [
+        (f"{name}=" + frame[name].astype(str).where(frame[name].notna(), "")).astype(str)
+        for name in frame.columns
+    ]
+    joined = (
+        columns[0].str.cat(columns[1:], sep="\x1f") if columns else pd.Series("", index=frame.index)
+    )
     ids = [f"D-{hashlib.sha1(v.encode('utf-8')).hexdigest()[:12]}" for v in joined]
     return pd.Series(ids, index=frame.index, dtype=pd.StringDtype(na_value=np.nan))
 

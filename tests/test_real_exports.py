@@ -658,3 +658,22 @@ def test_a_flat_export_given_as_the_accounts_table_points_to_data_deals(tmp_path
         "the account on every row goes under [data.deals] with its account_key, and the accounts "
         "are derived from it (e.g. 'Company 0', 'Company 1', 'Company 2')"
     )
+
+
+def test_an_opportunities_table_without_ids_gets_generated_ones(tmp_path: Path) -> None:
+    from support import accounts_frame, opportunities_frame, write_export
+
+    paths = write_export(
+        tmp_path, opportunities=opportunities_frame().drop(columns="opportunity_id")
+    )
+    config = DataConfig.model_validate(
+        {
+            "accounts": {"path": str(paths["accounts"])},
+            "opportunities": {"path": str(paths["opportunities"])},
+        }
+    )
+    result = load_tables(config)
+    ids = result.tables.opportunities["opportunity_id"]
+    assert len(ids) == 6 and ids.is_unique
+    assert result.report.rows("generated ids", "opportunities", "opportunity_id") == 6
+    assert len(result.tables.accounts) == len(accounts_frame())

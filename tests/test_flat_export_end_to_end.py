@@ -5,12 +5,10 @@ firmographics, no close dates, no amounts) whose ICP gate leaves Tier 1 short.""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
 from tiering_cli.main import app
@@ -18,7 +16,6 @@ from tiering_cli.main import app
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "maven_flat" / "deals.csv"
 WIDE = {"COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"}
-API_KEY = "flat-key-0123456789"
 
 
 def deployment_sections(root: Path) -> str:
@@ -149,24 +146,18 @@ values = ["United States"]
     # No amounts: expected revenue is P(win) x the documented default (1).
     assert (scores["expected_value"] - scores["p_win"]).abs().max() < 1e-6
 
-    # The service's /model says it too, from the cut-offs frozen in the bundle.
-    from serving.service import TieringService
+    # The service's /model answer says it too, from the cut-offs frozen in the bundle. (The
+    # HTTP layer is test_service's: a second BentoML app in one process would register its
+    # metrics twice.)
+    from serving.service import OnlineScorer
+    from serving.settings import ServingSettings
     from tiering.config import load_config
 
     from support import train_bundle
 
     bundle_dir = train_bundle(load_config(config), tmp_path / "bundle")
-    env = {
-        "TIERING_BUNDLE_DIR": str(bundle_dir),
-        "TIERING_SNAPSHOT": str(tmp_path / "out" / "snapshot.parquet"),
-        "TIERING_API_KEY": API_KEY,
-        "TIERING_AUTH_DISABLED": "false",
-    }
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        mp.delenv("TIERING_CONFIG", raising=False)
-        with TestClient(TieringService.to_asgi()) as client:
-            body = client.get("/model", headers={"X-API-Key": API_KEY}).json()
-    assert [w for w in body["cutoffs"]["warnings"] if w.startswith(short.removeprefix("warning: "))]
-    assert os.environ.get("TIERING_BUNDLE_DIR") != str(bundle_dir)
+    settings = ServingSettings(
+        bundle_dir=bundle_dir, snapshot=tmp_path / "out" / "snapshot.parquet", auth_disabled=True
+    )
+    info = OnlineScorer.from_settings(settings).model_info().model_dump(mode="json")
+    assert [w for w in info["cutoffs"]["warnings"] if w.startswith(short.removeprefix("warning: "))]

@@ -676,9 +676,9 @@ def _content_ids(frame: pd.DataFrame) -> pd.Series:
         (f"{name}=" + frame[name].astype(str).where(frame[name].notna(), "")).astype(str)
         for name in frame.columns
     ]
-    joined = (
-        columns[0].str.cat(columns[1:], sep="\x1f") if columns else pd.Series("", index=frame.index)
-    )
+    joined = columns[0] if columns else pd.Series("", index=frame.index)
+    if len(columns) > 1:
+        joined = joined.str.cat(pd.concat(columns[1:], axis=1), sep="\x1f")
     ids = [f"D-{hashlib.sha1(v.encode('utf-8')).hexdigest()[:12]}" for v in joined]
     return pd.Series(ids, index=frame.index, dtype=pd.StringDtype(na_value=np.nan))
 
@@ -1356,7 +1356,8 @@ def derive_closed_at(
     closed = opportunities["outcome"].isin(["won", "lost"])
     days = pd.Timedelta(days=data.closed_after_days)
     out = opportunities.copy()
-    out["closed_at"] = (out["created_at"].where(closed) + days).clip(upper=end)
+    derived = out["created_at"].where(closed) + days
+    out["closed_at"] = derived.where(derived.isna() | (derived <= end), end)
     report.add(
         f"derived closed_at = created_at + {data.closed_after_days} days (data.closed_after_days), "
         "at the latest the end of the data, for won and lost deals: the export has no close dates",

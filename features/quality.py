@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from features.config import IcpConfig
+from features.config import FeatureConfig, IcpConfig, LeakageConfig
 from features.contract import CleaningReport, Problem
 from features.tables import Tables, maturity_cutoff
 
@@ -215,10 +215,17 @@ def _day(value: Any) -> str:
     return "" if pd.isna(value) else pd.Timestamp(value).strftime("%Y-%m-%d")
 
 
-def training_problems(tables: Tables, icp: IcpConfig) -> list[Problem]:
+def training_problems(
+    tables: Tables,
+    icp: IcpConfig,
+    features: FeatureConfig | None = None,
+    leakage: LeakageConfig | None = None,
+    post_outcome: list[str] | None = None,
+) -> list[Problem]:
     """What ``train`` would refuse later, found before it runs: ICP criteria on columns the
     export lacks, only one outcome among closed deals, too few months of closed deals old
-    enough to have closed (the time split needs three)."""
+    enough to have closed (the time split needs three), and (given ``features`` and
+    ``leakage``) the leakage audit of the features training would build."""
     problems = []
     accounts = tables.accounts
     for criterion in icp.criteria:
@@ -259,4 +266,27 @@ def training_problems(tables: Tables, icp: IcpConfig) -> list[Problem]:
                     len(created),
                 )
             )
+    if not problems and features is not None and leakage is not None:
+        problems.extend(_leakage_problems(tables, features, leakage, post_outcome or []))
     return problems
+
+
+def _leakage_problems(
+    tables: Tables, features: FeatureConfig, leakage: LeakageConfig, post_outcome: list[str]
+) -> list[Problem]:
+    """The audit training runs before fitting, on the same point-in-time features."""
+    from features.build import build_features, training_requests
+    from features.leakage import audit
+
+    requests = training_requests(tables.opportunities)
+    frame = build_features(tables, requests, features)
+    report = audit(frame, requests["won"].to_numpy(), None, leakage, post_outcome)
+    return [
+        Problem(
+            "features",
+            None,
+            f"leakage audit would refuse training: {problem} (remove the feature, or allow it "
+            "under [leakage.allow] with the reason it is known before a deal is created)",
+        )
+        for problem in report.problems
+    ]

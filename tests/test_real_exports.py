@@ -529,6 +529,8 @@ def test_validate_prints_derivations_and_consequences_without_a_traceback(
     code, output = validate_output(
         tmp_path,
         """
+[data]
+closed_after_days = 30
 [data.deals]
 path = "deals.csv"
 date_format = "%d-%b-%y"
@@ -546,7 +548,7 @@ created_at = "Created"
     assert "derived accounts from the deals: one per account key (Company, Office)" in output
     assert "generated ids from each row's content" in output
     assert (
-        "note: no closed_at: a won or lost deal counts as closed 90 days after created_at" in output
+        "note: no closed_at: a won or lost deal counts as closed 30 days after created_at" in output
     )
     assert "note: no amounts on won deals: no deal-value model is trained" in output
 
@@ -677,3 +679,26 @@ def test_an_opportunities_table_without_ids_gets_generated_ones(tmp_path: Path) 
     assert len(ids) == 6 and ids.is_unique
     assert result.report.rows("generated ids", "opportunities", "opportunity_id") == 6
     assert len(result.tables.accounts) == len(accounts_frame())
+
+
+def test_validate_runs_the_leakage_audit_training_would_run(tmp_path: Path) -> None:
+    frame = flat_deals().assign(Result=lambda f: f["Stage"].str.upper())
+    write_flat(tmp_path, frame)
+    code, output = validate_output(
+        tmp_path,
+        """
+[data.deals]
+path = "deals.csv"
+date_format = "%d-%b-%y"
+account_key = ["Company"]
+[data.deals.columns]
+outcome = "Stage"
+created_at = "Created"
+closed_at = "Closed"
+[features]
+deal_fields = ["Result"]
+""",
+    )
+    assert code == 2, output
+    assert "features: leakage audit would refuse training: Result: " in output
+    assert "allow it under [leakage.allow]" in output

@@ -18,7 +18,8 @@ def validate(config: Path = CONFIG_OPTION) -> None:
 
     Exits with code 2 and a list of every broken rule (table, column, rule, examples) when the
     data breaks the contract, or when training would refuse it later (ICP criteria on columns
-    the export lacks, only one outcome, fewer than three months of closed deals).
+    the export lacks, only one outcome, fewer than three months of closed deals, a feature the
+    leakage audit refuses).
     """
     from features.contract import DataContractError, load_tables
     from features.quality import quality_report, render_quality, training_problems
@@ -27,7 +28,13 @@ def validate(config: Path = CONFIG_OPTION) -> None:
     with known_errors():
         result = load_tables(settings.data)
         render_quality(quality_report(result.tables, result.report), console)
-        problems = training_problems(result.tables, settings.icp)
+        problems = training_problems(
+            result.tables,
+            settings.icp,
+            settings.features,
+            settings.leakage,
+            settings.data.post_outcome,
+        )
         if problems:
             raise DataContractError(problems)
     console.print(f"[green]valid:[/] the data meets the contract ({config})")

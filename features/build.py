@@ -69,9 +69,14 @@ HISTORY_FEATURES = (
     "prior_lost",
     "prior_win_rate",
     "revenue_won",
+    "revenue_won_365d",
     "days_since_last_won",
     "open_deals",
 )
+# Carried beside the features for the output, never a model input: the amounts on deals still
+# open at as_of. In an export, a deal's amount is often filled or corrected when it is won, so
+# the amount of a deal that was open at a past date would tell the model its outcome.
+CONTEXT_COLUMNS = ("open_amount",)
 
 _DAY_NS = np.int64(86_400 * 10**9)
 
@@ -104,6 +109,7 @@ _HISTORY_FIELDS = {
     "prior_lost": ("history", "Past deals with us"),
     "prior_win_rate": ("history", "Past deals with us"),
     "revenue_won": ("history", "Past deals with us"),
+    "revenue_won_365d": ("history", "Past deals with us"),
     "days_since_last_won": ("history", "Past deals with us"),
     "open_deals": ("pipeline", "Open deals"),
 }
@@ -201,7 +207,7 @@ def build_features(tables: Tables, requests: pd.DataFrame, config: FeatureConfig
 def feature_columns(frame: pd.DataFrame) -> list[str]:
     """The model inputs: every column but the request's ``account_id`` and ``as_of``
     (and the training labels, should they ride along)."""
-    skip = {*ID_COLUMNS, "opportunity_id", "won"}
+    skip = {*ID_COLUMNS, *CONTEXT_COLUMNS, "opportunity_id", "won"}
     return [c for c in frame.columns if c not in skip]
 
 
@@ -595,12 +601,23 @@ def _history_features(
     n_won = won_cum[pos] - won_cum[start]
     rev_cum = closed_tl.cumulative(np.where(won[decided], amount[decided], 0.0))
     revenue = rev_cum[pos] - rev_cum[start]
+    year_ago = closed_tl.before(req_codes, as_of - np.int64(365) * _DAY_NS)
+    revenue_365d = rev_cum[pos] - rev_cum[year_ago]
 
     won_tl = _Timeline(acc[decided & won], known_at[decided & won])
     days_since_won = won_tl.days_since_last(req_codes, as_of)
 
     created_tl = _Timeline(acc[has_created], created[has_created])
     n_created = (created_tl.before(req_codes, as_of) - created_tl.start(req_codes)).astype(float)
+    # Amounts on deals created before as_of minus those decided before it: what is open.
+    amount_created = created_tl.cumulative(amount[has_created])
+    created_pos = created_tl.before(req_codes, as_of)
+    closed_amount = closed_tl.cumulative(amount[decided])
+    open_amount = (
+        amount_created[created_pos]
+        - amount_created[created_tl.start(req_codes)]
+        - (closed_amount[pos] - closed_amount[start])
+    )
 
     # Global rate from deals decided before each as_of only: one key for everybody.
     everyone = np.zeros(int(decided.sum()), dtype=np.int64)
@@ -616,6 +633,8 @@ def _history_features(
         "prior_lost": n_closed - n_won,
         "prior_win_rate": prior_rate,
         "revenue_won": revenue,
+        "revenue_won_365d": revenue_365d,
         "days_since_last_won": days_since_won,
         "open_deals": n_created - n_closed,
+        "open_amount": np.maximum(open_amount, 0.0),
     }

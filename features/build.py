@@ -238,7 +238,11 @@ def feature_field(feature_name: str) -> tuple[str, str]:
     if activity is not None:
         return activity, _ACTIVITY_LABELS.get(activity, _humanise(activity))
     if feature_name.startswith("tech_"):
-        return feature_name, "Uses " + feature_name.removeprefix("tech_").replace("_", " ")
+        tool = feature_name.removeprefix("tech_").replace("_", " ").strip()
+        # "tech_uses_sap" reads "Uses sap", not "Uses uses sap".
+        if tool.casefold().startswith(("uses ", "has ")):
+            return feature_name, tool.capitalize()
+        return feature_name, "Uses " + tool
     return feature_name, _humanise(feature_name)
 
 

@@ -22,10 +22,19 @@ Deal size in percent
     The value model's raw score is a log, so a field's contribution ``c`` multiplies the deal
     value by ``exp(c)``: "+18 % deal size" means ``exp(c) - 1 = 0.18``, all else equal.
 
-Which fields are reasons
+Which fields are reasons, and what they say
     Fields are ranked by their effect on the log of expected value (win part scaled like the
     points, with the secant of ``log p``, plus the value part): the top ``k`` positive and top
-    ``k`` negative, skipping fields whose effect is immaterial (< 0.5 points and < 1 % deal size).
+    ``k`` negative. A positive driver needs a material positive part (>= 0.5 points or >= 1 %
+    deal size) and a negative one a material negative part, and a driver's text shows only the
+    parts that go its way: a field can raise expected value while it lowers one part a little,
+    and "Up: ... -2 pts" reads as a contradiction. The numbers in the structured driver keep
+    both parts as the models say them, so the points still add up to ``p_win - p_base``.
+
+    The value quoted is the account's own value of the field's feature that moved the field
+    most *in the driver's direction*: a positive "Web visits" driver carried by the 90-day
+    window and the recency is not phrased with the 30-day count that pulled the other way.
+    Drivers from past deals that rest on one or two deals say so.
 
 The heavy part (grouping, scaling, top-k) is vectorised over accounts; only the final string
 formatting loops, and only over the accounts that need text.
@@ -182,19 +191,25 @@ def field_effects(
 
     win_fields = win @ fmap.member
     value_fields = value @ fmap.member
+    ev_log = win_fields * logp_per_logit[:, None] + value_fields
     combined = win * logp_per_logit[:, None] + value
+    # The feature quoted is the one that pushed most in the field's own direction, so that the
+    # value a rep reads is the one behind the effect (a field with no effect: the largest one).
+    direction = np.sign(ev_log)
     representative = np.empty(win_fields.shape, dtype=np.int32)
     for f in range(len(fmap.fields)):
         cols = np.flatnonzero(fmap.field_of_feature == f)
         if cols.size == 1:
             representative[:, f] = cols[0]
         else:
-            representative[:, f] = cols[np.argmax(np.abs(combined[:, cols]), axis=1)]
+            way = direction[:, f, None]
+            pushed = np.where(way == 0, np.abs(combined[:, cols]), combined[:, cols] * way)
+            representative[:, f] = cols[np.argmax(pushed, axis=1)]
     return FieldEffects(
         fmap=fmap,
         win_points=win_fields * points_per_logit[:, None],
         deal_size_pct=np.expm1(value_fields) * 100,
-        ev_log=win_fields * logp_per_logit[:, None] + value_fields,
+        ev_log=ev_log,
         representative=representative,
     )
 
@@ -215,13 +230,14 @@ def _top_k(score: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 def top_drivers(
     effects: FieldEffects, k: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(positive fields, valid, negative fields, valid): up to ``k`` material fields each way."""
-    material = (np.abs(effects.win_points) >= MIN_POINTS) | (
-        np.abs(effects.deal_size_pct) >= MIN_DEAL_SIZE_PCT
-    )
+    """(positive fields, valid, negative fields, valid): up to ``k`` fields each way, each with
+    a material part that goes its way (the part its text shows)."""
+    points, pct = effects.win_points, effects.deal_size_pct
+    raises = (points >= MIN_POINTS) | (pct >= MIN_DEAL_SIZE_PCT)
+    lowers = (points <= -MIN_POINTS) | (pct <= -MIN_DEAL_SIZE_PCT)
     ev = effects.ev_log
-    pos, pos_ok = _top_k(np.where(material & (ev > 0), ev, -np.inf), k)
-    neg, neg_ok = _top_k(np.where(material & (ev < 0), -ev, -np.inf), k)
+    pos, pos_ok = _top_k(np.where(raises & (ev > 0), ev, -np.inf), k)
+    neg, neg_ok = _top_k(np.where(lowers & (ev < 0), -ev, -np.inf), k)
     return pos, pos_ok, neg, neg_ok
 
 
@@ -273,7 +289,7 @@ def describe_value(feature: str, label: str, value: Any) -> str:
         value = float(value)
     missing = _is_missing(value)
     if isinstance(value, str) or (not missing and not isinstance(value, (int, float, np.number))):
-        return f"{label} {value}"
+        return label_with(label, str(value))
     special = _describe_history(feature, value, missing)
     if special is not None:
         return special
@@ -307,6 +323,28 @@ def describe_value(feature: str, label: str, value: Any) -> str:
     return f"{label}: {_fmt_number(v)}"
 
 
+_WORD = re.compile(r"\w+")
+
+
+def label_with(label: str, value: str) -> str:
+    """A field's label and a text value said once: 'Industry software', but 'Sector 2' (not
+    'Sector Sector 2') and 'EMEA region' (not 'Region EMEA region'). Words are compared without
+    case or punctuation."""
+    value = value.strip()
+    said = [w.casefold() for w in _WORD.findall(label)]
+    words = [w.casefold() for w in _WORD.findall(value)]
+    n = len(said)
+    if n and any(words[i : i + n] == said for i in range(len(words) - n + 1)):
+        return value[:1].upper() + value[1:]  # the value already names the field
+    # The label's last words open the value: say them once, as the value spells them.
+    parts = label.split()
+    for k in range(min(len(parts), len(words)), 0, -1):
+        tail = [w.casefold() for w in _WORD.findall(" ".join(parts[-k:]))]
+        if tail and tail == words[: len(tail)]:
+            return " ".join([*parts[:-k], value])
+    return f"{label} {value}"
+
+
 def _is_missing(value: Any) -> bool:
     return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
@@ -328,22 +366,27 @@ def _describe_history(feature: str, value: Any, missing: bool) -> str | None:
     return None
 
 
-def _effect_phrases(points: float, pct: float) -> list[str]:
+def _shown(value: float, threshold: float, positive: bool) -> bool:
+    """Whether a part is shown on a driver: material, and going the driver's way."""
+    return value >= threshold if positive else value <= -threshold
+
+
+def _effect_phrases(points: float, pct: float, positive: bool) -> list[str]:
     phrases = []
-    if abs(points) >= MIN_POINTS:
+    if _shown(points, MIN_POINTS, positive):
         more = "win more often" if points > 0 else "win less often"
         phrases.append(f"accounts like this {more}: {fmt_signed(points, ' pts')}")
-    if abs(pct) >= MIN_DEAL_SIZE_PCT:
+    if _shown(pct, MIN_DEAL_SIZE_PCT, positive):
         larger = "larger" if pct > 0 else "smaller"
         phrases.append(f"deals here are {larger}: {fmt_signed(pct, ' % deal size')}")
     return phrases
 
 
-def _effect_short(points: float, pct: float) -> str:
+def _effect_short(points: float, pct: float, positive: bool) -> str:
     parts = []
-    if abs(points) >= MIN_POINTS:
+    if _shown(points, MIN_POINTS, positive):
         parts.append(fmt_signed(points, " pts"))
-    if abs(pct) >= MIN_DEAL_SIZE_PCT:
+    if _shown(pct, MIN_DEAL_SIZE_PCT, positive):
         parts.append(fmt_signed(pct, " % deal size"))
     return ", ".join(parts)
 
@@ -374,7 +417,8 @@ def drivers(
     """Per account: the top positive then top negative drivers, each a dict with ``field``,
     ``label``, ``feature``, ``value`` (the account's own value), ``value_text``,
     ``effect_points`` (win chance, probability points), ``deal_size_pct``, ``direction``
-    ("positive"/"negative": effect on expected value) and ``text``."""
+    ("positive"/"negative": effect on expected value) and ``text``, which shows only the parts
+    that go the driver's way."""
     if fmap is None:
         fmap = _field_map_of(win_contrib, field_of)
     missing = [c for c in fmap.features if c not in features.columns]
@@ -391,23 +435,30 @@ def drivers(
     points = effects.win_points[rows, fields].tolist()
     pcts = effects.deal_size_pct[rows, fields].tolist()
     negative = (slots >= pos.shape[1]).tolist()
+    few_deals = _few_deals(features, rows, reps, fmap).tolist()
     # Only the columns some driver quotes are read (one row online, all of them in batch).
     columns = {j: features[fmap.features[j]].to_numpy() for j in np.unique(reps).tolist()}
     out: list[list[dict[str, Any]]] = [[] for _ in range(len(features))]
-    described: dict[tuple[int, int, Any], str] = {}
-    effect_texts: dict[tuple[float, float], str] = {}
+    described: dict[tuple[int, int, Any, tuple[int, int] | None], str] = {}
+    effect_texts: dict[tuple[float, float, bool], str] = {}
     for n, (i, f, j) in enumerate(zip(rows.tolist(), fields.tolist(), reps.tolist(), strict=True)):
         value = columns[j][i]
+        deals = few_deals[n]
+        history = None if deals[1] == 0 else (deals[0], deals[1])
         # Accounts share most values (industries, small counts): describe each once.
-        key = (j, f, None if _is_missing(value) else value)
+        key = (j, f, None if _is_missing(value) else value, history)
         desc = described.get(key)
         if desc is None:
-            desc = described[key] = describe_value(fmap.features[j], fmap.labels[f], value)
+            desc = describe_value(fmap.features[j], fmap.labels[f], value)
+            if history is not None:
+                desc += f" ({_few_deals_note(*history)})"
+            described[key] = desc
         # Text and numbers from the same rounded values, so they never disagree.
-        pts, dpct = round(points[n], 1), round(pcts[n], 1)
-        effect = effect_texts.get((pts, dpct))
+        pts, dpct, up = round(points[n], 1), round(pcts[n], 1), not negative[n]
+        effect = effect_texts.get((pts, dpct, up))
         if effect is None:
-            effect = effect_texts[(pts, dpct)] = "; ".join(_effect_phrases(pts, dpct))
+            effect = "; ".join(_effect_phrases(pts, dpct, up))
+            effect_texts[(pts, dpct, up)] = effect
         out[i].append(
             {
                 "field": fmap.fields[f],
@@ -422,6 +473,38 @@ def drivers(
             }
         )
     return out
+
+
+PAST_DEAL_FEATURES = frozenset(
+    {"prior_won", "prior_lost", "prior_win_rate", "revenue_won", "days_since_last_won"}
+)
+"""Features whose figure rests on the account's closed deals (open deals are not evidence)."""
+WEAK_EVIDENCE_DEALS = 2
+"""A driver quoting past deals says so when the account has at most this many."""
+
+
+def _few_deals(
+    features: pd.DataFrame, rows: np.ndarray, reps: np.ndarray, fmap: FieldMap
+) -> np.ndarray:
+    """Per driver, (deals won, closed deals) when it quotes a past-deal figure that rests on
+    1 to ``WEAK_EVIDENCE_DEALS`` closed deals, else (0, 0); shape (drivers, 2), int."""
+    out = np.zeros((len(rows), 2), dtype=np.int64)
+    if not {"prior_won", "prior_lost"} <= set(features.columns) or len(rows) == 0:
+        return out
+    quotes = np.array([name in PAST_DEAL_FEATURES for name in fmap.features], dtype=bool)[reps]
+    won = features["prior_won"].to_numpy(dtype=float, na_value=np.nan)[rows]
+    lost = features["prior_lost"].to_numpy(dtype=float, na_value=np.nan)[rows]
+    closed = np.nan_to_num(won) + np.nan_to_num(lost)
+    weak = quotes & (closed >= 1) & (closed <= WEAK_EVIDENCE_DEALS)
+    out[weak, 0] = np.nan_to_num(won[weak]).astype(np.int64)
+    out[weak, 1] = closed[weak].astype(np.int64)
+    return out
+
+
+def _few_deals_note(won: int, closed: int) -> str:
+    """E.g. 'won 1 of 1 past deals: a single deal, weak evidence'."""
+    many = "a single deal" if closed == 1 else f"only {closed} deals"
+    return f"won {won} of {closed} past deals: {many}, weak evidence"
 
 
 # ------------------------------------------------------------------------ tier sentences
@@ -599,8 +682,10 @@ def summaries(
         ):
             chosen = [d for d in items if d["direction"] == direction][:count]
             if chosen:
+                up = direction == "positive"
                 text += f". {label}: " + "; ".join(
-                    f"{d['value_text']} ({_effect_short(d['effect_points'], d['deal_size_pct'])})"
+                    f"{d['value_text']} "
+                    f"({_effect_short(d['effect_points'], d['deal_size_pct'], up)})"
                     for d in chosen
                 )
         if rule[i] != RULE_PRIORITY:

@@ -19,14 +19,18 @@ from features.config import IcpConfig, IcpCriterion
 from tiering.config import Playbook, TierPolicy
 from tiering.explain import (
     MINUS,
+    chance_headlines,
     drivers,
     field_effects,
     field_map,
+    fmt_chance,
     fmt_money,
     group_by_field,
     label_with,
+    reason_columns,
     reasons,
     summaries,
+    value_headlines,
 )
 from tiering.policy import ReferenceCutoffs, assign_tiers, priority, reference_cutoffs
 
@@ -398,6 +402,55 @@ def test_a_figure_that_rests_on_one_or_two_past_deals_says_so(
     # Drivers that do not quote past deals never carry the note.
     [other] = one_account_drivers({**history, "employees": 900.0}, win={"employees": 0.9})
     assert "weak evidence" not in other["text"]
+
+
+def test_headlines_say_the_chance_to_buy_and_the_revenue_if_it_buys() -> None:
+    assert chance_headlines([0.34, 0.002], 0.09, "6 months") == [
+        "likely to buy in the next 6 months: 34 % (a typical account: 9 %)",
+        "likely to buy in the next 6 months: <1 % (a typical account: 9 %)",
+    ]
+    assert value_headlines([120_000, 5_000, np.nan], [410_000, 5_010, np.nan]) == [
+        "if it buys: $120k-$410k",
+        "if it buys: about $5.0k",
+        "if it buys: unknown",
+    ]
+    with pytest.raises(ValueError, match="horizon"):
+        chance_headlines([0.3], 0.1, " ")
+
+
+def test_reasons_open_with_the_headlines_when_a_horizon_is_given(bundle: TinyBundle) -> None:
+    features = make_features(60, seed=11)
+    inputs = reason_inputs(bundle, features)
+    today = reason_columns(features, **inputs)
+    assert "headline" not in today
+    assert all(
+        line.startswith("Tier ") and " win chance " in line for line in today["reason_summary"]
+    )
+
+    low, high = inputs["expected_value"] * 2, inputs["expected_value"] * 7
+    with pytest.raises(ValueError, match="value_low and value_high"):
+        reason_columns(features, **inputs, horizon="6 months")
+    text = reason_columns(features, **inputs, horizon="6 months", value_low=low, value_high=high)
+    assert list(text)[0] == "headline"
+    for i, (chance, value) in enumerate(text["headline"]):
+        p, p0 = inputs["p_win"][i], inputs["p_base"][i]
+        assert chance == (
+            f"likely to buy in the next 6 months: {fmt_chance(p)} "
+            f"(a typical account: {fmt_chance(p0)})"
+        )
+        assert value == f"if it buys: {fmt_money(low[i])}-{fmt_money(high[i])}"
+        tier = int(inputs["assignment"].tier[i])
+        assert text["reason_summary"][i].startswith(f"Tier {tier} \u2014 {chance}; {value}; ")
+        assert text["tier_rule_text"][i].startswith("Expected revenue ")
+        # The drivers speak of buying, and their points still add up from the typical account.
+        for d in text["reasons"][i]:
+            assert "win more often" not in d["text"] and "deal size" not in d["text"]
+    drivers_text = " ".join(d["text"] for items in text["reasons"] for d in items)
+    assert "buy more often" in drivers_text
+    # The same drivers as without the horizon, phrased for the account.
+    assert [[d["feature"] for d in items] for items in text["reasons"]] == [
+        [d["feature"] for d in items] for items in today["reasons"]
+    ]
 
 
 def test_reasons_from_a_real_model_match_their_numbers(bundle: TinyBundle) -> None:

@@ -23,7 +23,8 @@ What "before" means, exactly:
 The features, in column order:
 
 - account columns under their canonical names: ``FeatureConfig.categorical`` (plain strings),
-  ``numeric``, ``technographics`` (1.0 / 0.0) and ``extra``, those present in the data;
+  ``numeric``, ``technographics`` (1.0 / 0.0 / NaN, read by ``features.values.yes_no`` as the
+  ICP reads them) and ``extra``, those present in the data;
 - per activity type present in the data (known types first): ``<type>_<d>d`` summed ``count``
   over each window of ``FeatureConfig.windows_days``; ``days_since_<type>`` (NaN if never);
   ``<type>_trend`` = log((count in the last T days + 1) / (per-T count in the 2T days
@@ -58,6 +59,7 @@ import pandas as pd
 
 from features.config import FeatureConfig
 from features.tables import ACTIVITY_TYPES, POST_OUTCOME_FIELDS, Tables
+from features.values import yes_no
 
 ID_COLUMNS = ("account_id", "as_of")
 INTENT_TYPE = "intent_surge"
@@ -242,7 +244,11 @@ def feature_field(feature_name: str) -> tuple[str, str]:
     if activity is not None:
         return activity, _ACTIVITY_LABELS.get(activity, _humanise(activity))
     if feature_name.startswith("tech_"):
-        return feature_name, "Uses " + feature_name.removeprefix("tech_").replace("_", " ")
+        tool = feature_name.removeprefix("tech_").replace("_", " ").strip()
+        # "tech_uses_sap" reads "Uses sap", not "Uses uses sap".
+        if tool.casefold().startswith(("uses ", "has ")):
+            return feature_name, tool.capitalize()
+        return feature_name, "Uses " + tool
     return feature_name, _humanise(feature_name)
 
 
@@ -399,7 +405,7 @@ def _account_features(
         if col in config.categorical:
             values = _as_category(accounts[col])
         elif col in config.technographics:
-            values = _as_bool_float(accounts[col]).to_numpy(dtype=float)
+            values = yes_no(accounts[col])
         else:
             values = _as_feature(accounts[col])
         feature = values[take] if len(accounts) else np.full(len(take), np.nan)
@@ -408,22 +414,6 @@ def _account_features(
             feature[unknown] = np.nan
         out[col] = feature
     return out
-
-
-def _as_bool_float(values: pd.Series) -> pd.Series:
-    if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
-        return pd.to_numeric(values, errors="coerce").astype(float)
-    truthy = {
-        "true": 1.0,
-        "yes": 1.0,
-        "y": 1.0,
-        "1": 1.0,
-        "false": 0.0,
-        "no": 0.0,
-        "n": 0.0,
-        "0": 0.0,
-    }
-    return values.astype(str).str.strip().str.lower().map(truthy).astype(float)
 
 
 def _dedupe(names: Sequence[str]) -> list[str]:

@@ -19,8 +19,8 @@ from tiering.config import Config
 
 from support import serving_config, small_training, train_bundle
 
-TRUE = {"true", "yes", "y", "1", "t"}
-FALSE = {"false", "no", "n", "0", "f"}
+TRUE = {"true", "yes", "y", "1", "t", "on"}
+FALSE = {"false", "no", "n", "0", "f", "off"}
 
 
 # ------------------------------------------------------------------------ slow references
@@ -49,10 +49,14 @@ def _number(value: object) -> float:
         return math.nan
 
 
-def _truth(value: object, numeric_column: bool) -> float:
-    if numeric_column:
-        number = _number(value)
-        return math.nan if math.isnan(number) else float(number != 0)
+def _truth(value: object) -> float:
+    """Yes/no as features.values documents it: booleans, the numbers 1 and 0, the words."""
+    if _missing(value):
+        return math.nan
+    if isinstance(value, (bool, np.bool_)):
+        return float(value)
+    if isinstance(value, (int, float, np.number)):
+        return 1.0 if value == 1 else 0.0 if value == 0 else math.nan
     text = _fold(value)
     if text in TRUE:
         return 1.0
@@ -76,10 +80,7 @@ def reference_fit(frame: pd.DataFrame, icp: IcpConfig) -> list[tuple[float, list
                 inside = text in wanted
                 ok = known and (inside if c.op == "in" else not inside)
             elif c.op == "is_true":
-                numeric = pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(
-                    column
-                )
-                flag = _truth(value, numeric)
+                flag = _truth(value)
                 known = not math.isnan(flag)
                 ok = flag == 1.0
             else:
@@ -115,7 +116,7 @@ def reference_evidence_known(value: object) -> bool:
 # ----------------------------------------------------------------------------- ICP fit
 
 TEXTS = ["Software", " software ", "SOFTWARE", "retail", "Retail ", "", "  ", "fintech", "ß"]
-FLAGS = ["yes", "No", " TRUE ", "f", "1", "0", "maybe", "", "Y"]
+FLAGS = ["yes", "No", " TRUE ", "f", "1", "0", "maybe", "", "Y", " on", "OFF", "2"]
 
 
 def random_accounts(rng: np.random.Generator, n: int) -> pd.DataFrame:

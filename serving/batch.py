@@ -275,6 +275,7 @@ def _phrased(
     )
     met, missed = fit.label_lists()
     return part.assign(
+        headline=text["headline"].to_numpy(),
         reasons=text["reasons"].to_numpy(),
         reason_summary=text["reason_summary"].to_numpy(),
         tier_rule_text=text["tier_rule_text"].to_numpy(),

@@ -97,6 +97,11 @@ class Driver(BaseModel):
 
 
 class Reasons(BaseModel):
+    headline: list[str] = Field(
+        default_factory=list,
+        description="The chance to buy within the horizon beside a typical account's, and the "
+        "revenue range if it buys, in a rep's words.",
+    )
     summary: str = Field(description="One line for the CRM.")
     positives: list[Driver]
     negatives: list[Driver]

@@ -405,6 +405,7 @@ def _account_score(row: Mapping[Any, Any], source: str, with_reasons: bool) -> A
     if with_reasons:
         items = [Driver.model_validate(d) for d in row["reasons"]]
         reasons = Reasons(
+            headline=list(row["headline"]),
             summary=row["reason_summary"],
             positives=[d for d in items if d.direction == "positive"],
             negatives=[d for d in items if d.direction == "negative"],

@@ -103,6 +103,7 @@ class TinyBundle:
     playbook: Playbook = field(default_factory=Playbook)
     calibrator: SigmoidCalibrator = field(default_factory=SigmoidCalibrator)
     metadata: dict[str, Any] = field(default_factory=lambda: {"model_version": "tiny-1"})
+    horizon_days: int = 182
 
     def predict(self, features: pd.DataFrame) -> pd.DataFrame:
         x = encode(features)
@@ -111,11 +112,13 @@ class TinyBundle:
         value = np.exp(self.value_model.predict(x, raw_score=True))
         return pd.DataFrame(
             {
-                "p_win": p,
-                "deal_value": value,
-                "value_p10": value * 0.5,
-                "value_p90": value * 2.0,
-                "expected_value": p * value,
+                "p_convert": p,
+                "revenue_if_converts": value,
+                "revenue_p10": value * 0.5,
+                "revenue_p90": value * 2.0,
+                "expected_revenue": p * value,
+                "p_win_deal": np.nan,
+                "open_pipeline": np.nan,
             },
             index=features.index,
         )
@@ -180,7 +183,7 @@ def bundle(models: tuple[lgb.Booster, lgb.Booster]) -> TinyBundle:
     reference = make_features(1500, seed=3)
     policy = TierPolicy(min_icp_fit_tier1=60, min_evidence_tier1=0.5)
     tiny = TinyBundle(models[0], models[1], ICP, policy, cutoffs=None)  # type: ignore[arg-type]
-    ev = tiny.predict(reference)["expected_value"].to_numpy()
+    ev = tiny.predict(reference)["expected_revenue"].to_numpy()
     fit = icp_fit(reference, ICP)["icp_fit"].to_numpy()
     evidence = evidence_score(reference).to_numpy()
     tiny.cutoffs = reference_cutoffs(ev, fit, evidence, policy, as_of="2025-06-30")
@@ -216,7 +219,7 @@ def test_grouping_by_field_preserves_each_rows_sum(bundle: TinyBundle) -> None:
 def test_win_points_add_up_to_the_calibrated_probability_gap(bundle: TinyBundle) -> None:
     features = make_features(300, seed=6)
     win, value = bundle.contributions(features)
-    p = bundle.predict(features)["p_win"].to_numpy()
+    p = bundle.predict(features)["p_convert"].to_numpy()
     bias = win["bias"].to_numpy()
     p_base = bundle.calibrator.transform(1 / (1 + np.exp(-bias)))
     effects = field_effects(win, value, p, p_base, field_map(FEATURES, feature_field))
@@ -456,7 +459,7 @@ def test_reasons_open_with_the_headlines_when_a_horizon_is_given(bundle: TinyBun
 def test_reasons_from_a_real_model_match_their_numbers(bundle: TinyBundle) -> None:
     features = make_features(200, seed=7)
     win, value = bundle.contributions(features)
-    p = bundle.predict(features)["p_win"].to_numpy()
+    p = bundle.predict(features)["p_convert"].to_numpy()
     p_base = bundle.calibrator.transform(1 / (1 + np.exp(-win["bias"].to_numpy())))
     lists = drivers(features, win, value, p, p_base, top=2, field_of=feature_field)
     assert sum(len(items) for items in lists) > 200
@@ -485,7 +488,7 @@ def reason_inputs(bundle: TinyBundle, features: pd.DataFrame) -> dict[str, Any]:
     from features.icp import icp_fit
 
     predicted = bundle.predict(features)
-    ev = predicted["expected_value"].to_numpy()
+    ev = predicted["expected_revenue"].to_numpy()
     fit = icp_fit(features, ICP)
     evidence = evidence_score(features).to_numpy()
     prio = priority(ev, fit["icp_fit"], bundle.cutoffs.reference_ev, bundle.policy.weights)
@@ -493,7 +496,7 @@ def reason_inputs(bundle: TinyBundle, features: pd.DataFrame) -> dict[str, Any]:
     return {
         "win_contrib": win,
         "value_contrib": value,
-        "p_win": predicted["p_win"].to_numpy(),
+        "p_win": predicted["p_convert"].to_numpy(),
         "p_base": bundle.calibrator.transform(1 / (1 + np.exp(-win["bias"].to_numpy()))),
         "expected_value": ev,
         "icp_fit": fit["icp_fit"],
@@ -556,7 +559,12 @@ def test_score_batch_and_online_agree_on_the_reference_population(bundle: TinyBu
     first = online.iloc[0]
     assert isinstance(first["reasons"], list) and first["reasons"]
     assert "of the reference list (2025-06-30)" in first["tier_rule_text"]
-    np.testing.assert_allclose(batch["expected_value"], batch["p_win"] * batch["deal_value"])
+    np.testing.assert_allclose(
+        batch["expected_revenue"], batch["p_convert"] * batch["revenue_if_converts"]
+    )
+    # Online answers open with the headlines: the chance to buy within 6 months, the range.
+    assert first["headline"][0].startswith("likely to buy in the next 6 months: ")
+    assert first["headline"][1].startswith("if it buys: $")
 
 
 def test_score_with_reasons_keeps_the_rows_and_their_order(bundle: TinyBundle) -> None:

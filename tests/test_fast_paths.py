@@ -17,7 +17,7 @@ from serving.batch import read_snapshot, score_accounts, score_population, write
 from tiering.bundle import Bundle
 from tiering.config import Config
 
-from support import serving_config, small_training, train_bundle
+from support import TrainedBundle
 
 TRUE = {"true", "yes", "y", "1", "t", "on"}
 FALSE = {"false", "no", "n", "0", "f", "off"}
@@ -237,10 +237,12 @@ def test_evidence_score_matches_the_row_by_row_rule(seed: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def scored(tmp_path_factory: pytest.TempPathFactory) -> tuple[Bundle, pd.DataFrame]:
+def scored(
+    trained_bundle: TrainedBundle, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Bundle, pd.DataFrame]:
     root = tmp_path_factory.mktemp("fast-paths")
-    config: Config = small_training(serving_config(root))
-    bundle = Bundle.load(train_bundle(config, root / "bundle"))
+    config: Config = trained_bundle.config_writing_to(root)
+    bundle = Bundle.load(trained_bundle.bundle_dir)
     score_accounts(config, bundle, out=root / "tiers.parquet")
     features = read_snapshot(config.scoring.snapshot).features
     return bundle, features

@@ -43,6 +43,7 @@ OUTPUT_COLUMNS = [
 ]
 RANK_COLUMNS = [*PREDICTION_COLUMNS, "icp_fit", "evidence", "priority"]
 REASON_COLUMNS = [
+    "headline",
     "reasons",
     "reason_summary",
     "tier_rule_text",
@@ -157,7 +158,19 @@ def phrase(
         policy=bundle.policy,
         playbook=bundle.playbook,
         top=top,
+        horizon=horizon_label(bundle.horizon_days),
+        value_low=ranked["revenue_p10"].to_numpy(dtype=np.float64),
+        value_high=ranked["revenue_p90"].to_numpy(dtype=np.float64),
     )
+
+
+def horizon_label(days: int) -> str:
+    """The horizon in a rep's words: "6 months" for 182 days, "2 months" for 61, "4 weeks"."""
+    if days < 56:
+        weeks = round(days / 7)
+        return f"{weeks} week{'s' if weeks != 1 else ''}"
+    months = round(days / 30.4375)
+    return f"{months} month{'s' if months != 1 else ''}"
 
 
 def score(
@@ -209,6 +222,7 @@ def score(
             contributions=contributions,
         )
         columns.update(
+            headline=text["headline"],
             reasons=text["reasons"],
             reason_summary=text["reason_summary"],
             tier_rule_text=text["tier_rule_text"],

@@ -65,6 +65,7 @@ def show_top_accounts(scores_path: Path, top: int) -> None:
             f"${row['expected_revenue']:,.0f}; ICP fit {row['icp_fit']:.0f}",
             f"[bold]Why this tier:[/] {row['tier_rule_text']}",
         ]
+        lines[:0] = [str(h) for h in row["headline"]]
         lines += [f"  • {reason['text']}" for reason in json.loads(str(row["reasons"]))]
         met, missed = list(row["icp_met"]), list(row["icp_missed"])
         if met:

@@ -76,7 +76,7 @@ def _summary_table(summary: pd.DataFrame) -> Table:
     return table
 
 
-def _capture_table(capture: pd.DataFrame) -> Table:
+def capture_table(capture: pd.DataFrame) -> Table:
     table = Table(
         title="Share of the test window's won revenue booked by the top accounts, by ranking"
     )
@@ -146,7 +146,7 @@ def train(config: Path = CONFIG_OPTION) -> None:
 
     console.print(_split_table(result.split))
     console.print(_summary_table(result.metrics))
-    console.print(_capture_table(result.capture))
+    console.print(capture_table(result.capture))
     for note in result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
     verdict = "[green]promoted to champion[/]" if result.promoted else "[yellow]stays challenger[/]"

@@ -59,7 +59,7 @@ def score(
     cfg = read_config(config)
     with known_errors():
         try:
-            loaded = _load_model(cfg, model)
+            loaded = resolve_model(cfg, model)
         except ModelNotFoundError as exc:
             raise fail(str(exc)) from None
         console.print(f"model [bold]{loaded.version}[/] from {loaded.source}")
@@ -111,7 +111,7 @@ def tier_summary(scores: pd.DataFrame, title: str = "Tiers") -> Table:
     return table
 
 
-def _load_model(cfg: Config, model: str) -> LoadedModel:
+def resolve_model(cfg: Config, model: str) -> LoadedModel:
     from serving.model_loader import champion_uri, load_model, tracking_uri_for
 
     if Path(model).is_dir():

@@ -30,6 +30,7 @@ BUDGET_S = float(os.environ.get("BENCH_TRAIN_BUDGET_S", "300"))
 
 def prepare(folder: Path) -> dict[str, Any]:
     """Demo CRM -> deal features split in time; written as Parquet for the measuring processes."""
+    from demo import write_demo
     from features.build import (
         build_features,
         categorical_columns,
@@ -37,7 +38,6 @@ def prepare(folder: Path) -> dict[str, Any]:
         training_requests,
     )
     from features.contract import load_tables
-    from features.demo import write_demo
     from tiering.config import load_config
     from training.split import maturity_cutoff, time_split
 

@@ -12,9 +12,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from features import demo
+from demo import DemoData, Format, generate, generator, read_truth, write_demo
 from features.contract import LoadResult, load_tables
-from features.demo import DemoData, Format, generate, read_truth, write_demo
 from features.icp import icp_fit
 from tiering.config import Config, load_config
 
@@ -72,7 +71,7 @@ def test_chunks_and_worker_processes_do_not_change_the_output(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Small chunks so that 400 accounts span three of them, as a million accounts span forty.
-    monkeypatch.setattr(demo, "CHUNK_ACCOUNTS", 150)
+    monkeypatch.setattr(generator, "CHUNK_ACCOUNTS", 150)
     write_demo(tmp_path / "serial", n_accounts=400, seed=3, workers=1)
     write_demo(tmp_path / "parallel", n_accounts=400, seed=3, workers=2)
     assert _files(tmp_path / "serial") == _files(tmp_path / "parallel")
@@ -215,7 +214,7 @@ def test_dirt_appears_at_the_configured_rate(data: DemoData) -> None:
     assert {"Closed Won", "Closed Lost"} & set(opps["outcome"])
     assert opps["amount"].str.contains(",", na=False).any()
     assert accounts["annual_revenue"].str.contains(",", na=False).any()
-    assert abs((~acts["type"].isin(demo.ACTIVITY_TYPES)).mean() - rate) < 0.01
+    assert abs((~acts["type"].isin(generator.ACTIVITY_TYPES)).mean() - rate) < 0.01
     for table in (accounts, opps, acts):
         assert 0 < table.duplicated().sum() < rate * len(table)
 
@@ -257,7 +256,7 @@ def test_data_contract_accepts_the_demo_with_its_config(loaded: tuple[Config, Lo
     assert tables.opportunities["opportunity_id"].is_unique
     assert set(tables.opportunities["outcome"]) == {"won", "lost", "open"}
     assert tables.activities is not None
-    assert set(tables.activities["type"]) == set(demo.ACTIVITY_TYPES)
+    assert set(tables.activities["type"]) == set(generator.ACTIVITY_TYPES)
     assert tables.opportunities["amount"].dtype == float
     assert config.data.truth_dir is not None
     truth = read_truth(config.data.truth_dir)

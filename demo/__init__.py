@@ -1,0 +1,11 @@
+"""The demo CRM: a seeded synthetic export (accounts, opportunities, activities) and the
+generator's ground truth beside it.
+
+A data source, not a layer of the product: only the CLI (`tiering demo-data`), the tests, the
+benchmarks and training's truth report import it; nothing under ``features``, ``tiering`` or
+``serving`` does.
+"""
+
+from demo.generator import DemoData, Format, TruthAsOf, generate, read_truth, write_demo
+
+__all__ = ["DemoData", "Format", "TruthAsOf", "generate", "read_truth", "write_demo"]

@@ -6,6 +6,16 @@ benchmarks and training's truth report import it; nothing under ``features``, ``
 ``serving`` does.
 """
 
-from demo.generator import DemoData, Format, TruthAsOf, generate, read_truth, write_demo
+from demo.generator import DemoData, Format, TruthAsOf, generate, write_demo
+from demo.truth import Truth, TruthError, read_truth
 
-__all__ = ["DemoData", "Format", "TruthAsOf", "generate", "read_truth", "write_demo"]
+__all__ = [
+    "DemoData",
+    "Format",
+    "Truth",
+    "TruthAsOf",
+    "TruthError",
+    "generate",
+    "read_truth",
+    "write_demo",
+]

@@ -310,24 +310,6 @@ def write_demo(
     return paths
 
 
-def read_truth(truth_dir: str | Path) -> dict[str, pd.DataFrame]:
-    """The generator's truth (CSV or Parquet) with dates parsed: ``opportunities``, ``accounts``."""
-    truth_dir = Path(truth_dir)
-    out = {}
-    for key, stem in (("opportunities", "opportunities_truth"), ("accounts", "accounts_truth")):
-        parquet, csv = truth_dir / f"{stem}.parquet", truth_dir / f"{stem}.csv"
-        if parquet.exists():
-            frame = pd.read_parquet(parquet)
-        elif csv.exists():
-            frame = pd.read_csv(csv, dtype={"opportunity_id": str, "account_id": str})
-        else:
-            raise FileNotFoundError(f"no demo truth {stem}.csv or .parquet in {truth_dir}")
-        if "as_of" in frame:
-            frame["as_of"] = pd.to_datetime(frame["as_of"])
-        out[key] = frame
-    return out
-
-
 def true_logit(
     firmographic: np.ndarray,
     icp_industry: np.ndarray,

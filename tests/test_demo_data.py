@@ -91,13 +91,13 @@ def test_truth_files_exist_and_align_with_the_data(tmp_path: Path) -> None:
     opportunities = pd.read_csv(paths["opportunities"], dtype=str)
     accounts = pd.read_csv(paths["accounts"], dtype=str)
 
-    opp_truth = truth["opportunities"]
+    opp_truth = truth.opportunities
     assert list(opp_truth.columns) == ["opportunity_id", "true_p_win", "true_expected_amount"]
     assert set(opp_truth["opportunity_id"]) == set(opportunities["opportunity_id"])
     assert opp_truth["true_p_win"].between(0, 1, inclusive="neither").all()
     assert (opp_truth["true_expected_amount"] > 0).all()
 
-    acc_truth = truth["accounts"]
+    acc_truth = truth.accounts
     assert list(acc_truth.columns) == [
         "account_id",
         "as_of",
@@ -261,16 +261,14 @@ def test_data_contract_accepts_the_demo_with_its_config(loaded: tuple[Config, Lo
     assert tables.opportunities["amount"].dtype == float
     assert config.data.truth_dir is not None
     truth = read_truth(config.data.truth_dir)
-    assert set(truth["opportunities"]["opportunity_id"]) == set(
-        tables.opportunities["opportunity_id"]
-    )
+    assert set(truth.opportunities["opportunity_id"]) == set(tables.opportunities["opportunity_id"])
 
 
 def test_demo_icp_agrees_with_the_true_win_probability(loaded: tuple[Config, LoadResult]) -> None:
     config, result = loaded
     fit = icp_fit(result.tables.accounts, config.icp)["icp_fit"].to_numpy()
     assert config.data.truth_dir is not None
-    truth = read_truth(config.data.truth_dir)["accounts"]
+    truth = read_truth(config.data.truth_dir).accounts
     at_end = truth[truth["as_of"] == truth["as_of"].max()].set_index("account_id")
     p_win = at_end.loc[result.tables.accounts["account_id"], "true_p_win"].to_numpy()
     assert pd.Series(fit).corr(pd.Series(p_win), method="spearman") > 0.4

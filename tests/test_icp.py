@@ -256,7 +256,7 @@ def test_demo_icp_fit_rises_with_the_true_win_probability(tmp_path: Path):
     config = demo_data_config(tmp_path, n_accounts=1000, seed=7)
     data = config.data
     tables = load_tables(data).tables
-    truth = read_truth(tmp_path / "truth")["accounts"]
+    truth = read_truth(tmp_path / "truth").accounts
     latest = truth[truth["as_of"] == truth["as_of"].max()]
     fit = icp_fit(tables.accounts, config.icp)
     joined = latest.merge(

@@ -32,6 +32,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from demo.truth import TruthError, read_truth
 from features.build import build_features, evidence_score, scoring_requests
 from features.config import FeatureConfig
 from features.tables import Tables
@@ -39,10 +40,6 @@ from tiering.bundle import P_CLIP, Bundle
 from tiering.config import TierPolicy
 
 ECE_BINS = 10
-
-
-class TruthError(ValueError):
-    """The demo ground truth is missing or does not line up with the data."""
 
 
 # --------------------------------------------------------------------------- classification
@@ -258,21 +255,6 @@ def evaluate_window(
 
 
 # --------------------------------------------------------------------------- ground truth
-def load_truth(truth_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(opportunities_truth, accounts_truth) written by the demo generator."""
-    paths = {
-        name: Path(truth_dir) / f"{name}.csv" for name in ("opportunities_truth", "accounts_truth")
-    }
-    for path in paths.values():
-        if not path.is_file():
-            raise TruthError(f"demo ground truth not found: {path}")
-    opps = pd.read_csv(paths["opportunities_truth"], dtype={"opportunity_id": str})
-    accounts = pd.read_csv(
-        paths["accounts_truth"], dtype={"account_id": str}, parse_dates=["as_of"]
-    )
-    return opps, accounts
-
-
 def truth_metrics(
     truth_dir: Path,
     test_deals: pd.DataFrame,
@@ -291,7 +273,8 @@ def truth_metrics(
     """
     from tiering.policy import assign_tiers, priority
 
-    opps, accounts = load_truth(truth_dir)
+    truth = read_truth(truth_dir)
+    opps, accounts = truth.opportunities, truth.accounts
     p_true = (
         test_deals["opportunity_id"].astype(str).map(opps.set_index("opportunity_id")["true_p_win"])
     )

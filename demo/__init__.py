@@ -7,15 +7,17 @@ benchmarks and training's truth report import it; nothing under ``features``, ``
 """
 
 from demo.generator import DemoData, Format, TruthAsOf, generate, write_demo
-from demo.truth import Truth, TruthError, read_truth
+from demo.truth import HORIZON_DAYS, Truth, TruthError, horizon_truth, read_truth
 
 __all__ = [
+    "HORIZON_DAYS",
     "DemoData",
     "Format",
     "Truth",
     "TruthAsOf",
     "TruthError",
     "generate",
+    "horizon_truth",
     "read_truth",
     "write_demo",
 ]

@@ -164,10 +164,11 @@ def horizon_truth(
     Revenue = (a) + (b), each a won deal's expected amount times its chance to be won and
     booked (closed) inside the window:
 
-    (a) Deals open at ``t`` (created before ``t``, not closed before ``t``): true_p_win x
-        P(close day in the window | not closed before ``t``) under the generator's close-cycle
-        law, whose median is longer for wins: P(won and close in window) / P(still open). The
-        deal's recorded close day is not used: it tells the outcome (wins close later).
+    (a) Deals open at ``t`` (created ``a`` days before ``t``, not closed before ``t``):
+        P(won and closed in the window | still open) under the generator's close-cycle law,
+        p (F_won(a + H - 1) - F_won(a - 1)) / (p (1 - F_won(a - 1)) + (1 - p) (1 - F_lost(a - 1)))
+        with p its true_p_win; wins take longer, so a deal still open is likelier a win. The
+        deal's recorded close day is not used: it tells the outcome.
     (b) Deals not yet created: the account creates deals as a Poisson process of rate
         ``true_deal_rate`` per day, so won deals booked in the window are Poisson with mean
         rate x p_new x sum over the window's days u of F_won(H - 1 - u), where F_won is the

@@ -52,6 +52,10 @@ def test_missing_truth_names_the_folder_and_the_files(tmp_path: Path) -> None:
 
 def test_truth_written_by_an_older_generator_is_named(tmp_path: Path) -> None:
     paths = write_demo(tmp_path, n_accounts=50, seed=2, workers=1)
+    # before process_truth existed: the deal-level truth still reads, for training's report
+    paths["process_truth"].unlink()
+    older = read_truth(tmp_path / "truth")
+    assert older.process is None and len(older.accounts) == 37 * 50
     frame = pd.read_csv(paths["accounts_truth"]).drop(columns="true_deal_value")
     frame.to_csv(paths["accounts_truth"], index=False)
     with pytest.raises(

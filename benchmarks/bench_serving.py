@@ -72,7 +72,7 @@ API_KEY = "bench-key"
 
 
 def _config(root: Path) -> Any:
-    from features.demo import write_demo
+    from demo import write_demo
     from tiering.config import load_config
 
     base = load_config(ROOT / "configs" / "demo.toml")

@@ -30,13 +30,13 @@ BUDGET_S = float(os.environ.get("BENCH_TRAIN_BUDGET_S", "300"))
 
 def prepare(folder: Path) -> dict[str, Any]:
     """Demo CRM -> account snapshots split in time; written as Parquet for the measuring processes."""
+    from demo import write_demo
     from features.build import (
         build_features,
         categorical_columns,
         feature_columns,
     )
     from features.contract import load_tables
-    from features.demo import write_demo
     from tiering.config import load_config
     from training.snapshots import (
         horizon_labels,

@@ -28,7 +28,7 @@ TECH = ["tech_cloud", "tech_crm", "tech_marketing_automation", "tech_data_wareho
 # ----------------------------------------------------------------------- the repo's demo config
 def demo_data_config(folder: Path, n_accounts: int = 1000, seed: int = 7) -> Config:
     """configs/demo.toml over a demo export freshly written to ``folder``."""
-    from features.demo import write_demo
+    from demo import write_demo
 
     write_demo(folder, n_accounts=n_accounts, seed=seed, workers=1)
     config = load_config(DEMO_CONFIG)
@@ -112,7 +112,7 @@ def write_export(
 # ------------------------------------------------------------------ a deployment for serving
 def serving_config(root: Path) -> Config:
     """A small clean demo with a three-criterion ICP, its MLflow store and snapshot in ``root``."""
-    from features.demo import write_demo
+    from demo import write_demo
 
     paths = write_demo(root / "data", n_accounts=300, seed=5, dirt_rate=0.0)
     return Config(
@@ -186,7 +186,7 @@ def training_config(folder: Path, **training: object) -> Config:
 
 
 def write_small_demo(folder: Path, n_accounts: int = 1000, seed: int = 11) -> Path:
-    from features.demo import write_demo
+    from demo import write_demo
 
     write_demo(folder, n_accounts=n_accounts, seed=seed, workers=1)
     return folder

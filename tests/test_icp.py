@@ -301,13 +301,13 @@ def test_icp_suggest_command_names_a_missing_config_without_a_traceback(tmp_path
 def test_demo_icp_fit_rises_with_the_true_win_probability(tmp_path: Path):
     from scipy.stats import spearmanr
 
+    from demo import read_truth
     from features.contract import load_tables
-    from features.demo import read_truth
 
     config = demo_data_config(tmp_path, n_accounts=1000, seed=7)
     data = config.data
     tables = load_tables(data).tables
-    truth = read_truth(tmp_path / "truth")["accounts"]
+    truth = read_truth(tmp_path / "truth").accounts
     latest = truth[truth["as_of"] == truth["as_of"].max()]
     fit = icp_fit(tables.accounts, config.icp)
     joined = latest.merge(

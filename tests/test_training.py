@@ -112,7 +112,9 @@ def test_same_data_config_and_seed_give_the_same_metrics(demo_dir: Path) -> None
     assert first.metrics == second.metrics
     for name, model in first.bundle.models.items():
         assert model.booster is not None, name
-        assert model.booster.model_to_string() == second.bundle.models[name].booster.model_to_string()  # type: ignore[union-attr]
+        assert (
+            model.booster.model_to_string() == second.bundle.models[name].booster.model_to_string()
+        )  # type: ignore[union-attr]
     # and it learned something real on the demo, beside the naive rankings and the truth
     m = first.metrics
     assert m["test_auc"] > m["segment_test_auc"]

@@ -24,9 +24,9 @@ REASON_OPTION = typer.Option(
 @contextmanager
 def _training_errors() -> Iterator[None]:
     """The refusals of training and the registry end the command with their message."""
+    from demo.truth import TruthError
     from features.leakage import LeakageError
     from tiering.bundle import BundleError
-    from training.evaluate import TruthError
     from training.fit import TrainingDataError
     from training.registry import RegistryError
     from training.split import SplitError

@@ -36,10 +36,6 @@ from tiering.bundle import P_CLIP, Bundle
 ECE_BINS = 10
 
 
-class TruthError(ValueError):
-    """The demo ground truth is missing or does not line up with the data."""
-
-
 # --------------------------------------------------------------------------- classification
 def _equal_mass_bins(p: np.ndarray, n_bins: int) -> np.ndarray:
     """Bin index per row, cut at the quantiles of p so each bin holds ~1/n_bins of the rows;

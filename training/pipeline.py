@@ -214,18 +214,19 @@ def _summary(metrics: dict[str, float]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _truth(config: Config, tables: Tables, dates: pd.DatetimeIndex) -> pd.DataFrame | None:
-    """The demo generator's expected revenue in H at ``dates`` (None without a truth folder)."""
+def _truth(
+    config: Config, tables: Tables, dates: pd.DatetimeIndex
+) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """The demo generator's truth, read only to report model / truth: expected revenue in H
+    per account at ``dates``, and each deal's true P(win). (None, None) without a truth folder.
+    """
     if config.data.truth_dir is None:
-        return None
+        return None, None
     from demo.truth import horizon_truth, read_truth
 
-    return horizon_truth(
-        read_truth(Path(config.data.truth_dir)),
-        tables.opportunities,
-        list(dates),
-        config.training.horizon_days,
-    )
+    truth = read_truth(Path(config.data.truth_dir))
+    accounts = horizon_truth(truth, tables.opportunities, list(dates), config.training.horizon_days)
+    return accounts, truth.opportunities
 
 
 def _deal_rows(tables: Tables, config: Config) -> pd.DataFrame:
@@ -328,7 +329,7 @@ def fit_and_evaluate(
     )
 
     _step(progress, 4)
-    truth = _truth(config, tables, split.test_dates)
+    truth, deal_truth = _truth(config, tables, split.test_dates)
     evaluation = evaluate_window(bundle, split.test, models.segment_conversion, truth=truth)
     metrics = dict(evaluation.metrics)
     y = split.test["converted"].to_numpy(dtype=int)
@@ -357,8 +358,16 @@ def fit_and_evaluate(
         if models.deal_logistic is not None and models.deal_segment is not None:
             deal_predictions["logistic"] = models.deal_logistic.predict_proba(deals_test)
             deal_predictions["segment"] = models.deal_segment.predict_proba(deals_test)
+        if deal_truth is not None:
+            true_p = (
+                deals_test["opportunity_id"]
+                .astype(str)
+                .map(deal_truth.set_index(deal_truth["opportunity_id"].astype(str))["true_p_win"])
+            )
+            if true_p.notna().all():
+                deal_predictions["truth"] = true_p.to_numpy(dtype=float)
         for name, p in deal_predictions.items():
-            prefix = "deal_test" if name == "model" else f"deal_{name}_test"
+            prefix = {"model": "deal_test", "truth": "truth_deal"}.get(name, f"deal_{name}_test")
             metrics.update(
                 {
                     f"{prefix}_{k}": v

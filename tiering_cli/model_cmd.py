@@ -77,9 +77,7 @@ def _summary_table(summary: pd.DataFrame) -> Table:
 
 
 def capture_table(capture: pd.DataFrame) -> Table:
-    table = Table(
-        title="Share of the test window's won revenue booked by the top accounts, by ranking"
-    )
+    table = Table(title="Share of the window's won revenue booked by the top accounts, by ranking")
     columns = [c for c in capture.columns if c != "ranking"]
     table.add_column("ranking")
     for col in columns:

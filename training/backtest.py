@@ -19,6 +19,7 @@ from tiering.config import Config
 from training.evaluate import WindowEvaluation, evaluate_window
 from training.fit import SegmentWinRate
 from training.snapshots import horizon_labels, labelled_dates, snapshot_requests
+from training.truth import demo_truth
 
 
 class BacktestError(ValueError):
@@ -65,7 +66,8 @@ def backtest(config: Config, bundle: Bundle, as_of: str | pd.Timestamp, tables: 
     segments = pd.concat([features] * len(past), ignore_index=True)
     won = horizon_labels(tables.opportunities, past_requests, horizon)["converted"].to_numpy()
     segment = SegmentWinRate().fit(segments, won)
-    evaluation = evaluate_window(bundle, test, segment)
+    truth, _ = demo_truth(config, tables, pd.DatetimeIndex([when]))
+    evaluation = evaluate_window(bundle, test, segment, truth=truth)
     return Backtest(
         as_of=when,
         horizon_days=horizon,

@@ -46,6 +46,7 @@ from training.snapshots import (
     split_snapshots,
 )
 from training.split import maturity_cutoff
+from training.truth import demo_truth
 
 Progress = Callable[[str, int, int], None]
 """progress(step description, steps done, steps in all): called as each step starts."""
@@ -214,21 +215,6 @@ def _summary(metrics: dict[str, float]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _truth(
-    config: Config, tables: Tables, dates: pd.DatetimeIndex
-) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
-    """The demo generator's truth, read only to report model / truth: expected revenue in H
-    per account at ``dates``, and each deal's true P(win). (None, None) without a truth folder.
-    """
-    if config.data.truth_dir is None:
-        return None, None
-    from demo.truth import horizon_truth, read_truth
-
-    truth = read_truth(Path(config.data.truth_dir))
-    accounts = horizon_truth(truth, tables.opportunities, list(dates), config.training.horizon_days)
-    return accounts, truth.opportunities
-
-
 def _deal_rows(tables: Tables, config: Config) -> pd.DataFrame:
     """Every closed deal as of its creation with its features, ``won`` and ``amount``; the
     newest deals, whose outcomes are still right-censored, left out."""
@@ -329,7 +315,7 @@ def fit_and_evaluate(
     )
 
     _step(progress, 4)
-    truth, deal_truth = _truth(config, tables, split.test_dates)
+    truth, deal_truth = demo_truth(config, tables, split.test_dates)
     evaluation = evaluate_window(bundle, split.test, models.segment_conversion, truth=truth)
     metrics = dict(evaluation.metrics)
     y = split.test["converted"].to_numpy(dtype=int)

@@ -32,6 +32,7 @@ from sklearn.metrics import (
 )
 
 from tiering.bundle import P_CLIP, Bundle
+from tiering.policy import tier_ceiling
 
 ECE_BINS = 10
 
@@ -259,6 +260,8 @@ def _rankings(
 
 
 MODEL_RANKING = "model: priority (orders the tiers)"
+TIER1_POLICY = "Tier 1 (policy gates)"
+"""Capture column: Tier 1's seats filled by a ranking among the accounts the gates admit."""
 
 
 def evaluate_window(
@@ -292,11 +295,17 @@ def evaluate_window(
             )
         n = len(rows)
         n_tier1 = int((scored["tier"] == 1).sum())
+        # Tier 1 under the policy: the same seats, filled by each ranking among the accounts
+        # the ICP and evidence gates let into Tier 1, so the comparison measures the ranking.
+        eligible = (
+            tier_ceiling(scored["icp_fit"].to_numpy(), scored["evidence"].to_numpy(), bundle.policy)
+            == 1
+        )
         for name, values in rankings.items():
             row: dict[str, Any] = {"as_of": pd.Timestamp(when), "ranking": name}
             for share in TOP_SHARES:
                 row[f"top {share:.0%}"] = capture_at(values, revenue, round(share * n))
-            row["Tier 1 size"] = capture_at(values, revenue, n_tier1)
+            row[TIER1_POLICY] = capture_at(np.where(eligible, values, np.nan), revenue, n_tier1)
             captures.append(row)
         tiers = scored["tier"].to_numpy()
         total = revenue.sum()
@@ -386,6 +395,9 @@ def evaluate_window(
         for column in shares:
             metrics[f"capture_{_slug(column)}__{slug}"] = float(record[column])
     notes = []
+    # The model's Tier 1 capture on the same footing as the baselines' (mean over the dates).
+    model_row = capture[capture["ranking"] == MODEL_RANKING]
+    metrics["tier1_revenue_share"] = float(model_row[TIER1_POLICY].iloc[0])
     if capture["ranking"].str.startswith("naive:").any():
         name, best = best_baseline(capture)
         metrics["best_baseline_tier1_capture"] = best
@@ -401,7 +413,7 @@ def evaluate_window(
     )
 
 
-def best_baseline(capture: pd.DataFrame, column: str = "Tier 1 size") -> tuple[str, float]:
+def best_baseline(capture: pd.DataFrame, column: str = TIER1_POLICY) -> tuple[str, float]:
     """(name, capture) of the best naive ranking in a ``WindowEvaluation.capture`` table."""
     naive = capture[capture["ranking"].str.startswith("naive:")]
     values = naive[column].to_numpy(dtype=float)

@@ -39,7 +39,7 @@ def _rows(path: Path) -> int:
 
 
 def measure(n_accounts: int, fmt: str, truth_as_of: str) -> dict[str, float | int]:
-    from features.demo import write_demo
+    from demo import write_demo
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()

@@ -72,7 +72,7 @@ API_KEY = "bench-key"
 
 
 def _config(root: Path) -> Any:
-    from features.demo import write_demo
+    from demo import write_demo
     from tiering.config import load_config
 
     base = load_config(ROOT / "configs" / "demo.toml")
@@ -134,8 +134,8 @@ def batch_rows(bundle: Any, features: pd.DataFrame, chunk_size: int) -> list[lis
         kind = {"pred_contrib": True} if reasons else {"raw_score": True}
 
         def raw(matrix: Any = matrix, kind: dict[str, bool] = kind) -> None:
-            bundle.win_model.predict(matrix, **kind)
-            bundle.value_model.predict(matrix, **kind)
+            for booster in bundle.boosters():
+                booster.predict(matrix, **kind)
 
         def ours(sample: pd.DataFrame = sample, reasons: bool = reasons) -> None:
             score_population(bundle, sample, chunk_size=chunk_size, reasons=reasons)
@@ -391,7 +391,7 @@ def main() -> None:
         if "batch" in PARTS:
             print_table(
                 f"Batch scoring throughput against raw LightGBM on the same rows "
-                f"({bundle.win_model.num_trees()} + {bundle.value_model.num_trees()} trees, "
+                f"({' + '.join(str(b.num_trees()) for b in bundle.boosters())} trees, "
                 "medians, side by side)",
                 ["path", "accounts", "accounts/s", "ratio to raw LightGBM", "target"],
                 batch_rows(bundle, rows, config.scoring.chunk_size),

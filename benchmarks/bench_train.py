@@ -1,8 +1,8 @@
-"""Training time on the demo's deals and on 10x and 100x as many, and the share of it that
+"""Training time on the demo's account snapshots and on 10x and 100x as many, and the share of it that
 LightGBM's own ``lgb.train`` takes (the rest: encoding, calibration cross-validation, the value
-model's comparison, the baselines).
+model's comparison, the deal-win model is left out here, the baselines).
 
-The bigger sizes resample the demo's deal feature matrix (train and calibration slices
+The bigger sizes resample the demo's snapshot feature matrix (train and calibration slices
 separately, with replacement), so the models face the same signal at 10x / 100x the rows. Each
 size runs in a fresh process (its own peak memory) under a time budget; a size that exceeds it
 is reported as such instead of stalling the run. Medians of 3 runs at 1x, single runs above.
@@ -29,17 +29,21 @@ BUDGET_S = float(os.environ.get("BENCH_TRAIN_BUDGET_S", "300"))
 
 
 def prepare(folder: Path) -> dict[str, Any]:
-    """Demo CRM -> deal features split in time; written as Parquet for the measuring processes."""
+    """Demo CRM -> account snapshots split in time; written as Parquet for the measuring processes."""
+    from demo import write_demo
     from features.build import (
         build_features,
         categorical_columns,
         feature_columns,
-        training_requests,
     )
     from features.contract import load_tables
-    from features.demo import write_demo
     from tiering.config import load_config
-    from training.split import maturity_cutoff, time_split
+    from training.snapshots import (
+        horizon_labels,
+        labelled_dates,
+        snapshot_requests,
+        split_snapshots,
+    )
 
     config = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.toml")
     demo = folder / "demo"
@@ -49,12 +53,15 @@ def prepare(folder: Path) -> dict[str, Any]:
         for t in ("accounts", "opportunities", "activities")
     }
     tables = load_tables(config.data.model_copy(update=sources)).tables
-    requests = training_requests(tables.opportunities)
+    horizon = config.training.horizon_days
+    dates = labelled_dates(
+        tables.opportunities, tables.end_of_data(), horizon, config.training.snapshot_warmup_days
+    )
+    requests = snapshot_requests(tables.accounts["account_id"].astype(str), dates)
     features = build_features(tables, requests, config.features)
     names, categorical = feature_columns(features), categorical_columns(features, config.features)
-    data = features.assign(won=requests["won"].to_numpy(), amount=requests["amount"].to_numpy())
-    data = data[data["as_of"] < maturity_cutoff(tables.opportunities, tables.end_of_data())]
-    split = time_split(data, config.training.split)
+    data = features.join(horizon_labels(tables.opportunities, requests, horizon))
+    split = split_snapshots(data, dates, config.training.split, horizon)
     split.train.to_parquet(folder / "train.parquet")
     split.calibration.to_parquet(folder / "calibration.parquet")
     meta = {
@@ -104,7 +111,9 @@ def measure(folder: Path, size: int, repeat: int) -> dict[str, Any]:
             total = time.perf_counter() - start
             totals.append(total)
             shares.append(lgb_seconds / total)
-            trees = models.win_model.current_iteration()
+            trees = (
+                models.conversion.booster.current_iteration() if models.conversion.booster else 0
+            )
     finally:
         lgb.train = original
     order = sorted(range(repeat), key=lambda i: totals[i])

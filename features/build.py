@@ -23,7 +23,8 @@ What "before" means, exactly:
 The features, in column order:
 
 - account columns under their canonical names: ``FeatureConfig.categorical`` (plain strings),
-  ``numeric``, ``technographics`` (1.0 / 0.0) and ``extra``, those present in the data;
+  ``numeric``, ``technographics`` (1.0 / 0.0 / NaN, read by ``features.values.yes_no`` as the
+  ICP reads them) and ``extra``, those present in the data;
 - per activity type present in the data (known types first): ``<type>_<d>d`` summed ``count``
   over each window of ``FeatureConfig.windows_days``; ``days_since_<type>`` (NaN if never);
   ``<type>_trend`` = log((count in the last T days + 1) / (per-T count in the 2T days
@@ -58,6 +59,7 @@ import pandas as pd
 
 from features.config import FeatureConfig
 from features.tables import ACTIVITY_TYPES, POST_OUTCOME_FIELDS, Tables
+from features.values import yes_no
 
 ID_COLUMNS = ("account_id", "as_of")
 INTENT_TYPE = "intent_surge"
@@ -69,9 +71,14 @@ HISTORY_FEATURES = (
     "prior_lost",
     "prior_win_rate",
     "revenue_won",
+    "revenue_won_365d",
     "days_since_last_won",
     "open_deals",
 )
+# Carried beside the features for the output, never a model input: the amounts on deals still
+# open at as_of. In an export, a deal's amount is often filled or corrected when it is won, so
+# the amount of a deal that was open at a past date would tell the model its outcome.
+CONTEXT_COLUMNS = ("open_amount",)
 
 _DAY_NS = np.int64(86_400 * 10**9)
 
@@ -104,6 +111,7 @@ _HISTORY_FIELDS = {
     "prior_lost": ("history", "Past deals with us"),
     "prior_win_rate": ("history", "Past deals with us"),
     "revenue_won": ("history", "Past deals with us"),
+    "revenue_won_365d": ("history", "Past deals with us"),
     "days_since_last_won": ("history", "Past deals with us"),
     "open_deals": ("pipeline", "Open deals"),
 }
@@ -201,7 +209,7 @@ def build_features(tables: Tables, requests: pd.DataFrame, config: FeatureConfig
 def feature_columns(frame: pd.DataFrame) -> list[str]:
     """The model inputs: every column but the request's ``account_id`` and ``as_of``
     (and the training labels, should they ride along)."""
-    skip = {*ID_COLUMNS, "opportunity_id", "won"}
+    skip = {*ID_COLUMNS, *CONTEXT_COLUMNS, "opportunity_id", "won"}
     return [c for c in frame.columns if c not in skip]
 
 
@@ -236,7 +244,11 @@ def feature_field(feature_name: str) -> tuple[str, str]:
     if activity is not None:
         return activity, _ACTIVITY_LABELS.get(activity, _humanise(activity))
     if feature_name.startswith("tech_"):
-        return feature_name, "Uses " + feature_name.removeprefix("tech_").replace("_", " ")
+        tool = feature_name.removeprefix("tech_").replace("_", " ").strip()
+        # "tech_uses_sap" reads "Uses sap", not "Uses uses sap".
+        if tool.casefold().startswith(("uses ", "has ")):
+            return feature_name, tool.capitalize()
+        return feature_name, "Uses " + tool
     return feature_name, _humanise(feature_name)
 
 
@@ -393,7 +405,7 @@ def _account_features(
         if col in config.categorical:
             values = _as_category(accounts[col])
         elif col in config.technographics:
-            values = _as_bool_float(accounts[col]).to_numpy(dtype=float)
+            values = yes_no(accounts[col])
         else:
             values = _as_feature(accounts[col])
         feature = values[take] if len(accounts) else np.full(len(take), np.nan)
@@ -402,22 +414,6 @@ def _account_features(
             feature[unknown] = np.nan
         out[col] = feature
     return out
-
-
-def _as_bool_float(values: pd.Series) -> pd.Series:
-    if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
-        return pd.to_numeric(values, errors="coerce").astype(float)
-    truthy = {
-        "true": 1.0,
-        "yes": 1.0,
-        "y": 1.0,
-        "1": 1.0,
-        "false": 0.0,
-        "no": 0.0,
-        "n": 0.0,
-        "0": 0.0,
-    }
-    return values.astype(str).str.strip().str.lower().map(truthy).astype(float)
 
 
 def _dedupe(names: Sequence[str]) -> list[str]:
@@ -595,12 +591,23 @@ def _history_features(
     n_won = won_cum[pos] - won_cum[start]
     rev_cum = closed_tl.cumulative(np.where(won[decided], amount[decided], 0.0))
     revenue = rev_cum[pos] - rev_cum[start]
+    year_ago = closed_tl.before(req_codes, as_of - np.int64(365) * _DAY_NS)
+    revenue_365d = rev_cum[pos] - rev_cum[year_ago]
 
     won_tl = _Timeline(acc[decided & won], known_at[decided & won])
     days_since_won = won_tl.days_since_last(req_codes, as_of)
 
     created_tl = _Timeline(acc[has_created], created[has_created])
     n_created = (created_tl.before(req_codes, as_of) - created_tl.start(req_codes)).astype(float)
+    # Amounts on deals created before as_of minus those decided before it: what is open.
+    amount_created = created_tl.cumulative(amount[has_created])
+    created_pos = created_tl.before(req_codes, as_of)
+    closed_amount = closed_tl.cumulative(amount[decided])
+    open_amount = (
+        amount_created[created_pos]
+        - amount_created[created_tl.start(req_codes)]
+        - (closed_amount[pos] - closed_amount[start])
+    )
 
     # Global rate from deals decided before each as_of only: one key for everybody.
     everyone = np.zeros(int(decided.sum()), dtype=np.int64)
@@ -616,6 +623,8 @@ def _history_features(
         "prior_lost": n_closed - n_won,
         "prior_win_rate": prior_rate,
         "revenue_won": revenue,
+        "revenue_won_365d": revenue_365d,
         "days_since_last_won": days_since_won,
         "open_deals": n_created - n_closed,
+        "open_amount": np.maximum(open_amount, 0.0),
     }

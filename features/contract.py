@@ -32,6 +32,7 @@ from features.tables import (
     OUTCOMES,
     Tables,
 )
+from features.values import NO_WORDS, YES_WORDS
 
 MAX_EXAMPLES = 3
 TABLE_NAMES = ("accounts", "opportunities", "activities")
@@ -40,8 +41,10 @@ DELIMITER_CANDIDATES = (",", ";", "\t", "|")
 # Dates outside this span are typos (0201 for 2021) or sentinels (9999-12-31), not history.
 EARLIEST_DATE = pd.Timestamp("1900-01-01")
 LATEST_DATE = pd.Timestamp("2200-01-01")
-TRUE_WORDS = frozenset({"true", "yes", "y", "t"})
-FALSE_WORDS = frozenset({"false", "no", "n", "f"})
+# The yes/no words the model and the ICP read; digits stay numbers (a 0/1 column is a count
+# as often as a flag, and the model and the ICP read 1/0 numbers as yes/no anyway).
+TRUE_WORDS = frozenset(w for w in YES_WORDS if not w.isdigit())
+FALSE_WORDS = frozenset(w for w in NO_WORDS if not w.isdigit())
 # Currency signs and ISO codes around amounts ("$1,234.00", "EUR 65.300,00") carry no value.
 CURRENCY = re.compile(
     r"[$€£¥₹¤]|^(?:USD|EUR|GBP|CHF|JPY|CAD|AUD|INR|CNY|BRL|MXN)\s*|"

@@ -23,6 +23,7 @@ import pandas as pd
 
 from features.config import IcpConfig, IcpCriterion
 from features.tables import Tables
+from features.values import yes_no
 
 # Employee bands for the suggestion (upper bounds exclusive); labels read as a rep says them.
 SIZE_BANDS = (
@@ -35,8 +36,6 @@ SIZE_BANDS = (
 MIN_DEALS = 30
 MIN_ACCOUNTS = 5
 _Z95 = NormalDist().inv_cdf(0.975)
-_TRUE = {"true", "yes", "y", "1", "t"}
-_FALSE = {"false", "no", "n", "0", "f"}
 
 
 class IcpError(ValueError):
@@ -143,7 +142,7 @@ def _evaluate(values: pd.Series, criterion: IcpCriterion) -> tuple[np.ndarray, n
         inside = np.array([u in wanted for u in folded] + [False], dtype=bool)[codes]
         return (inside if op == "in" else ~inside) & known, known
     if op == "is_true":
-        flag = _truth(values)
+        flag = yes_no(values)
         known = ~np.isnan(flag)
         return (flag == 1.0) & known, known
     numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
@@ -188,16 +187,6 @@ def _folded_codes(values: pd.Series) -> tuple[np.ndarray, list[str]]:
     codes = np.full(len(values), -1, dtype=np.intp)
     codes[present] = inner
     return codes, folded
-
-
-def _truth(values: pd.Series) -> np.ndarray:
-    """1.0 / 0.0 / NaN (unknown) from booleans, numbers or yes/no text."""
-    if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
-        numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-        return np.where(np.isnan(numbers), np.nan, (numbers != 0).astype(float))
-    codes, folded = _folded_codes(values)
-    mapping = {**dict.fromkeys(_TRUE, 1.0), **dict.fromkeys(_FALSE, 0.0)}
-    return np.array([mapping.get(f, np.nan) for f in folded] + [np.nan], dtype=float)[codes]
 
 
 def _label_patterns(

@@ -11,7 +11,7 @@ the previous outputs untouched and no partial file.
 
 - the scores (``--out``; Parquet, or CSV by extension) with every field;
 - a CRM write-back CSV next to it (``<stem>_crm.csv``): account_id, tier, reason_summary,
-  p_win, expected_value, icp_fit;
+  p_convert, expected_revenue, open_pipeline, icp_fit;
 - the account snapshot (feature rows as of the scoring date) that the HTTP service reads to
   score an account by its id. Its Parquet metadata carries the scoring date, the model
   version and the feature row of an account nobody knows anything about (the cold-start row
@@ -40,7 +40,15 @@ if TYPE_CHECKING:
     from features.icp import IcpPatterns
     from tiering.policy import TierAssignment
 
-CRM_COLUMNS = ("account_id", "tier", "reason_summary", "p_win", "expected_value", "icp_fit")
+CRM_COLUMNS = (
+    "account_id",
+    "tier",
+    "reason_summary",
+    "p_convert",
+    "expected_revenue",
+    "open_pipeline",
+    "icp_fit",
+)
 SNAPSHOT_METADATA_KEY = b"account_tiering"
 # Accounts whose reason texts are phrased at once inside a scoring chunk: the texts and the
 # explainer's working data of only this many accounts are alive together.
@@ -193,32 +201,20 @@ class TieredPopulation:
 def tier_population(bundle: Bundle, features: pd.DataFrame, chunk_size: int) -> TieredPopulation:
     """``tiering.scoring.score(population=True)`` without the texts: the model runs chunk by
     chunk, the tiers are assigned once over every account."""
-    from features.build import evidence_score
     from features.icp import IcpPatterns, icp_patterns
-    from tiering.policy import assign_tiers, priority
-    from tiering.scoring import OUTPUT_COLUMNS, model_version
+    from tiering.scoring import OUTPUT_COLUMNS, model_version, rank, tier
 
     parts, fits = [], []
     for start in range(0, len(features), chunk_size):
         chunk = features.iloc[start : start + chunk_size]
         fit = icp_patterns(chunk, bundle.icp)
-        part = bundle.predict(chunk).assign(
-            account_id=chunk["account_id"].to_numpy(dtype=object),
-            icp_fit=fit.score.astype(np.float64, copy=False),
-            evidence=evidence_score(chunk).to_numpy(dtype=np.float64),
-        )
-        part["priority"] = priority(
-            part["expected_value"],
-            part["icp_fit"],
-            bundle.cutoffs.reference_ev,
-            bundle.policy.weights,
-        )
+        icp = pd.DataFrame({"icp_fit": fit.score.astype(np.float64, copy=False)}, index=chunk.index)
+        part = rank(bundle, chunk, fit=icp)
+        part.insert(0, "account_id", chunk["account_id"].to_numpy(dtype=object))
         parts.append(part)
         fits.append(fit)
     scored = pd.concat(parts)
-    assignment = assign_tiers(
-        scored["priority"], scored["icp_fit"], scored["evidence"], bundle.policy
-    )
+    assignment = tier(scored, bundle, population=True)
     scored["tier"] = assignment.tier.astype(np.int64)
     scored["tier_rule"] = assignment.rule
     scored["cutoffs_used"] = assignment.describe_cutoffs()
@@ -279,6 +275,7 @@ def _phrased(
     )
     met, missed = fit.label_lists()
     return part.assign(
+        headline=text["headline"].to_numpy(),
         reasons=text["reasons"].to_numpy(),
         reason_summary=text["reason_summary"].to_numpy(),
         tier_rule_text=text["tier_rule_text"].to_numpy(),
@@ -355,10 +352,8 @@ def _chunk_reasons(
     rows: slice,
     top: int,
 ) -> pd.DataFrame:
-    from tiering.explain import reasons
-    from tiering.scoring import base_win_probability
+    from tiering.scoring import phrase
 
-    win_contrib, value_contrib = bundle.contributions(features)
     sub = dataclasses.replace(
         assignment,
         tier=assignment.tier[rows],
@@ -367,22 +362,8 @@ def _chunk_reasons(
         by_priority=assignment.by_priority[rows],
         rank=None if assignment.rank is None else assignment.rank[rows],
     )
-    return reasons(
-        features,
-        win_contrib,
-        value_contrib,
-        p_win=scored["p_win"].to_numpy(),
-        p_base=base_win_probability(bundle, win_contrib["bias"].to_numpy(dtype=np.float64)),
-        expected_value=scored["expected_value"].to_numpy(),
-        icp_fit=scored["icp_fit"].to_numpy(),
-        icp_missed=icp_missed,
-        evidence=scored["evidence"].to_numpy(),
-        priority=scored["priority"].to_numpy(),
-        assignment=sub,
-        reference_ev=bundle.cutoffs.reference_ev,
-        policy=bundle.policy,
-        playbook=bundle.playbook,
-        top=top,
+    return pd.DataFrame(
+        phrase(bundle, features, scored, icp_missed, sub, top=top), index=features.index
     )
 
 

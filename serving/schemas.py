@@ -97,6 +97,11 @@ class Driver(BaseModel):
 
 
 class Reasons(BaseModel):
+    headline: list[str] = Field(
+        default_factory=list,
+        description="The chance to buy within the horizon beside a typical account's, and the "
+        "revenue range if it buys, in a rep's words.",
+    )
     summary: str = Field(description="One line for the CRM.")
     positives: list[Driver]
     negatives: list[Driver]
@@ -132,11 +137,26 @@ class Cutoffs(BaseModel):
 class AccountScore(BaseModel):
     account_id: str | None
     source: Literal["snapshot", "fields", "snapshot+fields"]
-    p_win: float
-    deal_value: float
-    value_p10: float
-    value_p90: float
-    expected_value: float
+    p_convert: float = Field(
+        description="Probability (0-1, calibrated) that the account books at least one won "
+        "deal within the model's horizon."
+    )
+    revenue_if_converts: float = Field(
+        description="Expected won revenue within the horizon if it converts (currency)."
+    )
+    revenue_p10: float = Field(description="10th percentile of revenue if it converts (currency).")
+    revenue_p90: float = Field(description="90th percentile of revenue if it converts (currency).")
+    expected_revenue: float = Field(
+        description="p_convert x revenue_if_converts: what tiers rank (currency)."
+    )
+    p_win_deal: float | None = Field(
+        default=None,
+        description="Probability (0-1) that a deal opened now is won; None without a deal model.",
+    )
+    open_pipeline: float | None = Field(
+        default=None,
+        description="Amounts of the account's open deals x p_win_deal (currency); None when unknown.",
+    )
     icp_fit: float
     evidence: float
     priority: float

@@ -352,7 +352,7 @@ class OnlineScorer:
             features,
             win_contrib,
             value_contrib,
-            scored["p_win"].to_numpy(),
+            scored["p_convert"].to_numpy(),
             base_win_probability(self.bundle, win_contrib["bias"].to_numpy(dtype=np.float64)),
             top=len(self.bundle.feature_names),
         )[0]
@@ -395,12 +395,18 @@ class OnlineScorer:
         )
 
 
+def _finite_or_none(value: Any) -> float | None:
+    number = float(value)
+    return number if np.isfinite(number) else None
+
+
 def _account_score(row: Mapping[Any, Any], source: str, with_reasons: bool) -> AccountScore:
     tier = int(row["tier"])
     reasons = None
     if with_reasons:
         items = [Driver.model_validate(d) for d in row["reasons"]]
         reasons = Reasons(
+            headline=list(row["headline"]),
             summary=row["reason_summary"],
             positives=[d for d in items if d.direction == "positive"],
             negatives=[d for d in items if d.direction == "negative"],
@@ -414,11 +420,13 @@ def _account_score(row: Mapping[Any, Any], source: str, with_reasons: bool) -> A
     return AccountScore(
         account_id=None if account_id is None or pd.isna(account_id) else str(account_id),
         source=source,
-        p_win=row["p_win"],
-        deal_value=row["deal_value"],
-        value_p10=row["value_p10"],
-        value_p90=row["value_p90"],
-        expected_value=row["expected_value"],
+        p_convert=row["p_convert"],
+        revenue_if_converts=row["revenue_if_converts"],
+        revenue_p10=row["revenue_p10"],
+        revenue_p90=row["revenue_p90"],
+        expected_revenue=row["expected_revenue"],
+        p_win_deal=_finite_or_none(row["p_win_deal"]),
+        open_pipeline=_finite_or_none(row["open_pipeline"]),
         icp_fit=row["icp_fit"],
         evidence=row["evidence"],
         priority=row["priority"],

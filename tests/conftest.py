@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from support import TrainedBundle
+
 
 @pytest.fixture(autouse=True)
 def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -13,3 +15,12 @@ def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(common.console, "width", 250)
     monkeypatch.setattr(common.err_console, "width", 250)
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(tmp_path_factory: pytest.TempPathFactory) -> TrainedBundle:
+    from support import serving_config, small_training, train_bundle
+
+    root = tmp_path_factory.mktemp("trained-bundle")
+    config = small_training(serving_config(root))
+    return TrainedBundle(config, train_bundle(config, root / "bundle"))

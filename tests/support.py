@@ -3,7 +3,9 @@ folder, a small hand-made CRM export, and a quickly trained bundle."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -14,6 +16,7 @@ from features.config import (
     IcpCriterion,
     TableSource,
 )
+from tiering.bundle import Bundle
 from tiering.config import Config, MlflowConfig, ScoringConfig, TrainingConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +28,7 @@ TECH = ["tech_cloud", "tech_crm", "tech_marketing_automation", "tech_data_wareho
 # ----------------------------------------------------------------------- the repo's demo config
 def demo_data_config(folder: Path, n_accounts: int = 1000, seed: int = 7) -> Config:
     """configs/demo.toml over a demo export freshly written to ``folder``."""
-    from features.demo import write_demo
+    from demo import write_demo
 
     write_demo(folder, n_accounts=n_accounts, seed=seed, workers=1)
     config = load_config(DEMO_CONFIG)
@@ -109,7 +112,7 @@ def write_export(
 # ------------------------------------------------------------------ a deployment for serving
 def serving_config(root: Path) -> Config:
     """A small clean demo with a three-criterion ICP, its MLflow store and snapshot in ``root``."""
-    from features.demo import write_demo
+    from demo import write_demo
 
     paths = write_demo(root / "data", n_accounts=300, seed=5, dirt_rate=0.0)
     return Config(
@@ -183,7 +186,36 @@ def training_config(folder: Path, **training: object) -> Config:
 
 
 def write_small_demo(folder: Path, n_accounts: int = 1000, seed: int = 11) -> Path:
-    from features.demo import write_demo
+    from demo import write_demo
 
     write_demo(folder, n_accounts=n_accounts, seed=seed, workers=1)
     return folder
+
+
+def named_bundle(models: Any, feature_names: list[str], **extra: Any) -> Bundle:
+    """A bundle of the named models ``training.fit.fit_models`` returned."""
+    from tiering.bundle import CONVERSION, DEAL_WIN, REVENUE
+
+    named = {CONVERSION: models.conversion, REVENUE: models.revenue}
+    if models.deal_win is not None:
+        named[DEAL_WIN] = models.deal_win
+    return Bundle(models=named, feature_names=feature_names, categories=models.categories, **extra)
+
+
+def with_account_labels(rows: pd.DataFrame) -> pd.DataFrame:
+    """Synthetic deal rows (``won``, ``amount``) also labelled as account snapshots."""
+    return rows.assign(converted=rows["won"], revenue=rows["amount"].fillna(0.0))
+
+
+@dataclass(frozen=True)
+class TrainedBundle:
+    """A bundle trained once per test session on a small demo export: the modules that need a
+    real model share it (with their own output folders)."""
+
+    config: Config
+    bundle_dir: Path
+
+    def config_writing_to(self, folder: Path) -> Config:
+        """The config with the account snapshot written under ``folder``."""
+        scoring = self.config.scoring.model_copy(update={"snapshot": folder / "snapshot.parquet"})
+        return self.config.model_copy(update={"scoring": scoring})

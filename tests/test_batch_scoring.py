@@ -22,14 +22,15 @@ from serving.batch import CRM_COLUMNS, crm_path, read_snapshot, score_accounts
 from tiering.bundle import Bundle
 from tiering.config import Config
 
-from support import serving_config, small_training, train_bundle
+from support import TrainedBundle
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, Path]:
-    root = tmp_path_factory.mktemp("batch")
-    config = small_training(serving_config(root))
-    return config, train_bundle(config, root / "bundle")
+def trained(
+    trained_bundle: TrainedBundle, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Config, Path]:
+    config = trained_bundle.config_writing_to(tmp_path_factory.mktemp("batch"))
+    return config, trained_bundle.bundle_dir
 
 
 def outputs(out: Path, config: Config) -> list[Path]:

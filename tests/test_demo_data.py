@@ -12,9 +12,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from features import demo
+from demo import DemoData, Format, generate, generator, read_truth, write_demo
 from features.contract import LoadResult, load_tables
-from features.demo import DemoData, Format, generate, read_truth, write_demo
 from features.icp import icp_fit
 from tiering.config import Config, load_config
 
@@ -51,12 +50,13 @@ def test_same_seed_writes_the_same_bytes(tmp_path: Path, fmt: Format) -> None:
     first = write_demo(tmp_path / "a", n_accounts=300, seed=11, fmt=fmt)
     write_demo(tmp_path / "b", n_accounts=300, seed=11, fmt=fmt)
     a, b = _files(tmp_path / "a"), _files(tmp_path / "b")
-    assert len(a) == 5 and set(first) == {
+    assert len(a) == 6 and set(first) == {
         "accounts",
         "opportunities",
         "activities",
         "opportunities_truth",
         "accounts_truth",
+        "process_truth",
     }
     assert a == b
 
@@ -72,7 +72,7 @@ def test_chunks_and_worker_processes_do_not_change_the_output(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Small chunks so that 400 accounts span three of them, as a million accounts span forty.
-    monkeypatch.setattr(demo, "CHUNK_ACCOUNTS", 150)
+    monkeypatch.setattr(generator, "CHUNK_ACCOUNTS", 150)
     write_demo(tmp_path / "serial", n_accounts=400, seed=3, workers=1)
     write_demo(tmp_path / "parallel", n_accounts=400, seed=3, workers=2)
     assert _files(tmp_path / "serial") == _files(tmp_path / "parallel")
@@ -91,13 +91,13 @@ def test_truth_files_exist_and_align_with_the_data(tmp_path: Path) -> None:
     opportunities = pd.read_csv(paths["opportunities"], dtype=str)
     accounts = pd.read_csv(paths["accounts"], dtype=str)
 
-    opp_truth = truth["opportunities"]
+    opp_truth = truth.opportunities
     assert list(opp_truth.columns) == ["opportunity_id", "true_p_win", "true_expected_amount"]
     assert set(opp_truth["opportunity_id"]) == set(opportunities["opportunity_id"])
     assert opp_truth["true_p_win"].between(0, 1, inclusive="neither").all()
     assert (opp_truth["true_expected_amount"] > 0).all()
 
-    acc_truth = truth["accounts"]
+    acc_truth = truth.accounts
     assert list(acc_truth.columns) == [
         "account_id",
         "as_of",
@@ -215,7 +215,7 @@ def test_dirt_appears_at_the_configured_rate(data: DemoData) -> None:
     assert {"Closed Won", "Closed Lost"} & set(opps["outcome"])
     assert opps["amount"].str.contains(",", na=False).any()
     assert accounts["annual_revenue"].str.contains(",", na=False).any()
-    assert abs((~acts["type"].isin(demo.ACTIVITY_TYPES)).mean() - rate) < 0.01
+    assert abs((~acts["type"].isin(generator.ACTIVITY_TYPES)).mean() - rate) < 0.01
     for table in (accounts, opps, acts):
         assert 0 < table.duplicated().sum() < rate * len(table)
 
@@ -257,20 +257,18 @@ def test_data_contract_accepts_the_demo_with_its_config(loaded: tuple[Config, Lo
     assert tables.opportunities["opportunity_id"].is_unique
     assert set(tables.opportunities["outcome"]) == {"won", "lost", "open"}
     assert tables.activities is not None
-    assert set(tables.activities["type"]) == set(demo.ACTIVITY_TYPES)
+    assert set(tables.activities["type"]) == set(generator.ACTIVITY_TYPES)
     assert tables.opportunities["amount"].dtype == float
     assert config.data.truth_dir is not None
     truth = read_truth(config.data.truth_dir)
-    assert set(truth["opportunities"]["opportunity_id"]) == set(
-        tables.opportunities["opportunity_id"]
-    )
+    assert set(truth.opportunities["opportunity_id"]) == set(tables.opportunities["opportunity_id"])
 
 
 def test_demo_icp_agrees_with_the_true_win_probability(loaded: tuple[Config, LoadResult]) -> None:
     config, result = loaded
     fit = icp_fit(result.tables.accounts, config.icp)["icp_fit"].to_numpy()
     assert config.data.truth_dir is not None
-    truth = read_truth(config.data.truth_dir)["accounts"]
+    truth = read_truth(config.data.truth_dir).accounts
     at_end = truth[truth["as_of"] == truth["as_of"].max()].set_index("account_id")
     p_win = at_end.loc[result.tables.accounts["account_id"], "true_p_win"].to_numpy()
     assert pd.Series(fit).corr(pd.Series(p_win), method="spearman") > 0.4

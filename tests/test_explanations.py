@@ -19,12 +19,18 @@ from features.config import IcpConfig, IcpCriterion
 from tiering.config import Playbook, TierPolicy
 from tiering.explain import (
     MINUS,
+    chance_headlines,
     drivers,
     field_effects,
     field_map,
+    fmt_chance,
     fmt_money,
     group_by_field,
+    label_with,
+    reason_columns,
     reasons,
+    summaries,
+    value_headlines,
 )
 from tiering.policy import ReferenceCutoffs, assign_tiers, priority, reference_cutoffs
 
@@ -97,6 +103,7 @@ class TinyBundle:
     playbook: Playbook = field(default_factory=Playbook)
     calibrator: SigmoidCalibrator = field(default_factory=SigmoidCalibrator)
     metadata: dict[str, Any] = field(default_factory=lambda: {"model_version": "tiny-1"})
+    horizon_days: int = 182
 
     def predict(self, features: pd.DataFrame) -> pd.DataFrame:
         x = encode(features)
@@ -105,11 +112,13 @@ class TinyBundle:
         value = np.exp(self.value_model.predict(x, raw_score=True))
         return pd.DataFrame(
             {
-                "p_win": p,
-                "deal_value": value,
-                "value_p10": value * 0.5,
-                "value_p90": value * 2.0,
-                "expected_value": p * value,
+                "p_convert": p,
+                "revenue_if_converts": value,
+                "revenue_p10": value * 0.5,
+                "revenue_p90": value * 2.0,
+                "expected_revenue": p * value,
+                "p_win_deal": np.nan,
+                "open_pipeline": np.nan,
             },
             index=features.index,
         )
@@ -174,7 +183,7 @@ def bundle(models: tuple[lgb.Booster, lgb.Booster]) -> TinyBundle:
     reference = make_features(1500, seed=3)
     policy = TierPolicy(min_icp_fit_tier1=60, min_evidence_tier1=0.5)
     tiny = TinyBundle(models[0], models[1], ICP, policy, cutoffs=None)  # type: ignore[arg-type]
-    ev = tiny.predict(reference)["expected_value"].to_numpy()
+    ev = tiny.predict(reference)["expected_revenue"].to_numpy()
     fit = icp_fit(reference, ICP)["icp_fit"].to_numpy()
     evidence = evidence_score(reference).to_numpy()
     tiny.cutoffs = reference_cutoffs(ev, fit, evidence, policy, as_of="2025-06-30")
@@ -210,7 +219,7 @@ def test_grouping_by_field_preserves_each_rows_sum(bundle: TinyBundle) -> None:
 def test_win_points_add_up_to_the_calibrated_probability_gap(bundle: TinyBundle) -> None:
     features = make_features(300, seed=6)
     win, value = bundle.contributions(features)
-    p = bundle.predict(features)["p_win"].to_numpy()
+    p = bundle.predict(features)["p_convert"].to_numpy()
     bias = win["bias"].to_numpy()
     p_base = bundle.calibrator.transform(1 / (1 + np.exp(-bias)))
     effects = field_effects(win, value, p, p_base, field_map(FEATURES, feature_field))
@@ -283,10 +292,174 @@ def test_reason_texts_quote_the_accounts_values_with_correct_signs() -> None:
     )
 
 
+def one_account_drivers(
+    values: dict[str, Any], win: dict[str, float], value: dict[str, float] | None = None
+) -> list[dict[str, Any]]:
+    """Drivers of one account from hand-made contributions (win bias -1 logit, value bias 10)."""
+    names = list(win)
+    features = pd.DataFrame({"account_id": ["A-1"], **{k: [v] for k, v in values.items()}})
+    value = value or {}
+    win_frame = pd.DataFrame([[win[n] for n in names] + [-1.0]], columns=[*names, "bias"])
+    value_frame = pd.DataFrame(
+        [[value.get(n, 0.0) for n in names] + [10.0]], columns=[*names, "bias"]
+    )
+    p_base = 1 / (1 + np.exp(1.0))
+    p = 1 / (1 + np.exp(-(-1.0 + sum(win.values()))))
+    [items] = drivers(features, win_frame, value_frame, [p], p_base, field_of=feature_field)
+    return items
+
+
+def test_an_up_driver_never_shows_a_lowering_effect_nor_a_down_driver_a_raising_one() -> None:
+    items = one_account_drivers(
+        {"employees": 5200.0, "industry": "retail"},
+        # Size raises the win chance a lot and shrinks the deal a little (up overall); the
+        # industry does the opposite (down overall).
+        win={"employees": 0.8, "industry": -0.6},
+        value={"employees": -0.05, "industry": 0.03},
+    )
+    by_field = {d["field"]: d for d in items}
+    size, industry = by_field["employees"], by_field["industry"]
+    assert size["direction"] == "positive" and industry["direction"] == "negative"
+    # The structured numbers keep both parts as the models say them ...
+    assert size["deal_size_pct"] < -1 and industry["deal_size_pct"] > 1
+    # ... the text shows only the parts that go the driver's way.
+    assert re.search(r"win more often: \+\d+ pts", size["text"])
+    assert MINUS not in size["text"] and "smaller" not in size["text"]
+    assert re.search(rf"win less often: {MINUS}\d+ pts", industry["text"])
+    assert "+" not in industry["text"] and "larger" not in industry["text"]
+    [line] = summaries([2], [0.3], [1e5], [items], ["priority"])
+    up, down = line.split(". Up: ")[1].split(". Down: ")
+    assert MINUS not in up and "+" not in down
+
+
+def test_a_recent_activity_driver_quotes_the_window_that_drives_it() -> None:
+    activity = {"web_visit_30d": 2.0, "web_visit_90d": 12.0, "days_since_web_visit": 3.0}
+    # Up overall, carried by the 90-day window and the recency; the 30-day count pulled down.
+    [up] = one_account_drivers(
+        activity, win={"web_visit_30d": -0.5, "web_visit_90d": 0.4, "days_since_web_visit": 0.3}
+    )
+    assert up["direction"] == "positive"
+    assert up["feature"] == "web_visit_90d"
+    assert up["text"].startswith("Web visits in the last 90 days: 12 \u2014 ")
+    assert "30 days" not in up["text"]
+    # Down overall: none in the last 30 days is what lowers it, not the 12 older visits.
+    quiet = {**activity, "web_visit_30d": 0.0, "days_since_web_visit": 45.0}
+    [down] = one_account_drivers(
+        quiet, win={"web_visit_30d": -0.6, "web_visit_90d": 0.5, "days_since_web_visit": -0.4}
+    )
+    assert down["direction"] == "negative"
+    assert down["text"].startswith("No web visits in the last 30 days \u2014 ")
+    assert "12" not in down["text"]
+
+
+@pytest.mark.parametrize(
+    ("label", "value", "said"),
+    [
+        ("Sector", "Sector 2", "Sector 2"),
+        ("Sector", "sector 2", "Sector 2"),
+        ("Region", "EMEA region", "EMEA region"),
+        ("Account owner", "Owner: Jane", "Account Owner: Jane"),
+        ("Industry", "software", "Industry software"),
+        ("Territory", "West", "Territory West"),
+    ],
+)
+def test_a_label_and_a_value_that_repeat_words_say_them_once(
+    label: str, value: str, said: str
+) -> None:
+    assert label_with(label, value) == said
+
+
+def test_no_doubled_labels_in_the_drivers() -> None:
+    assert feature_field("tech_uses_sap") == ("tech_uses_sap", "Uses sap")
+    assert feature_field("tech_erp") == ("tech_erp", "Uses erp")
+    [item] = one_account_drivers({"sector": "Sector 2"}, win={"sector": 0.7})
+    assert item["label"] == "Sector"
+    assert item["text"].startswith("Sector 2 \u2014 ")
+
+
+@pytest.mark.parametrize(
+    ("won", "lost", "note"),
+    [
+        (1.0, 0.0, "(won 1 of 1 past deals: a single deal, weak evidence)"),
+        (0.0, 1.0, "(won 0 of 1 past deals: a single deal, weak evidence)"),
+        (1.0, 1.0, "(won 1 of 2 past deals: only 2 deals, weak evidence)"),
+        (2.0, 1.0, None),
+        (0.0, 0.0, None),
+    ],
+)
+def test_a_figure_that_rests_on_one_or_two_past_deals_says_so(
+    won: float, lost: float, note: str | None
+) -> None:
+    history = {"prior_won": won, "prior_lost": lost, "prior_win_rate": 0.6}
+    [item] = one_account_drivers(
+        history, win={"prior_won": 0.1, "prior_lost": 0.0, "prior_win_rate": 0.9}
+    )
+    assert item["feature"] == "prior_win_rate"
+    assert item["text"].startswith("Win rate with us (smoothed): 60 % ")
+    if note is None:
+        assert "weak evidence" not in item["text"]
+    else:
+        assert note in item["value_text"] and note in item["text"]
+        [line] = summaries([2], [0.3], [1e5], [[item]], ["priority"])
+        assert note in line
+    # Drivers that do not quote past deals never carry the note.
+    [other] = one_account_drivers({**history, "employees": 900.0}, win={"employees": 0.9})
+    assert "weak evidence" not in other["text"]
+
+
+def test_headlines_say_the_chance_to_buy_and_the_revenue_if_it_buys() -> None:
+    assert chance_headlines([0.34, 0.002], 0.09, "6 months") == [
+        "likely to buy in the next 6 months: 34 % (a typical account: 9 %)",
+        "likely to buy in the next 6 months: <1 % (a typical account: 9 %)",
+    ]
+    assert value_headlines([120_000, 5_000, np.nan], [410_000, 5_010, np.nan]) == [
+        "if it buys: $120k-$410k",
+        "if it buys: about $5.0k",
+        "if it buys: unknown",
+    ]
+    with pytest.raises(ValueError, match="horizon"):
+        chance_headlines([0.3], 0.1, " ")
+
+
+def test_reasons_open_with_the_headlines_when_a_horizon_is_given(bundle: TinyBundle) -> None:
+    features = make_features(60, seed=11)
+    inputs = reason_inputs(bundle, features)
+    today = reason_columns(features, **inputs)
+    assert "headline" not in today
+    assert all(
+        line.startswith("Tier ") and " win chance " in line for line in today["reason_summary"]
+    )
+
+    low, high = inputs["expected_value"] * 2, inputs["expected_value"] * 7
+    with pytest.raises(ValueError, match="value_low and value_high"):
+        reason_columns(features, **inputs, horizon="6 months")
+    text = reason_columns(features, **inputs, horizon="6 months", value_low=low, value_high=high)
+    assert list(text)[0] == "headline"
+    for i, (chance, value) in enumerate(text["headline"]):
+        p, p0 = inputs["p_win"][i], inputs["p_base"][i]
+        assert chance == (
+            f"likely to buy in the next 6 months: {fmt_chance(p)} "
+            f"(a typical account: {fmt_chance(p0)})"
+        )
+        assert value == f"if it buys: {fmt_money(low[i])}-{fmt_money(high[i])}"
+        tier = int(inputs["assignment"].tier[i])
+        assert text["reason_summary"][i].startswith(f"Tier {tier} \u2014 {chance}; {value}; ")
+        assert text["tier_rule_text"][i].startswith("Expected revenue ")
+        # The drivers speak of buying, and their points still add up from the typical account.
+        for d in text["reasons"][i]:
+            assert "win more often" not in d["text"] and "deal size" not in d["text"]
+    drivers_text = " ".join(d["text"] for items in text["reasons"] for d in items)
+    assert "buy more often" in drivers_text
+    # The same drivers as without the horizon, phrased for the account.
+    assert [[d["feature"] for d in items] for items in text["reasons"]] == [
+        [d["feature"] for d in items] for items in today["reasons"]
+    ]
+
+
 def test_reasons_from_a_real_model_match_their_numbers(bundle: TinyBundle) -> None:
     features = make_features(200, seed=7)
     win, value = bundle.contributions(features)
-    p = bundle.predict(features)["p_win"].to_numpy()
+    p = bundle.predict(features)["p_convert"].to_numpy()
     p_base = bundle.calibrator.transform(1 / (1 + np.exp(-win["bias"].to_numpy())))
     lists = drivers(features, win, value, p, p_base, top=2, field_of=feature_field)
     assert sum(len(items) for items in lists) > 200
@@ -294,10 +467,14 @@ def test_reasons_from_a_real_model_match_their_numbers(bundle: TinyBundle) -> No
         assert sum(d["direction"] == "positive" for d in items) <= 2
         assert sum(d["direction"] == "negative" for d in items) <= 2
         for d in items:
+            up = d["direction"] == "positive"
+            # Every effect a driver's text shows goes the driver's way, and it shows one.
+            signs = re.findall(rf"([+{MINUS}])[\d.]+ (?:pts|%)", d["text"])
+            assert signs and set(signs) == {"+" if up else MINUS}, d["text"]
             points = re.search(rf"([+{MINUS}])[\d.]+ pts", d["text"])
-            if abs(d["effect_points"]) >= 0.6:  # rounded to 0.1; texts quote from 0.5 up
-                assert points is not None
-                assert (points.group(1) == "+") == (d["effect_points"] > 0)
+            its_way = d["effect_points"] > 0 if up else d["effect_points"] < 0
+            # The text and the numbers come from the same rounded values; texts quote from 0.5.
+            assert (points is not None) == (its_way and abs(d["effect_points"]) >= 0.5)
             own = getattr(row, d["feature"])
             if isinstance(own, str):
                 assert own in d["text"]
@@ -305,36 +482,40 @@ def test_reasons_from_a_real_model_match_their_numbers(bundle: TinyBundle) -> No
                 assert f"{own:,.0f}" in d["text"]
 
 
-def test_tier_rule_and_next_tier_hint_follow_the_assignment(bundle: TinyBundle) -> None:
+def reason_inputs(bundle: TinyBundle, features: pd.DataFrame) -> dict[str, Any]:
+    """Everything :func:`reasons` needs for these rows, as scoring computes it."""
     from features.build import evidence_score
     from features.icp import icp_fit
 
-    features = make_features(400, seed=8)
     predicted = bundle.predict(features)
-    ev = predicted["expected_value"].to_numpy()
+    ev = predicted["expected_revenue"].to_numpy()
     fit = icp_fit(features, ICP)
     evidence = evidence_score(features).to_numpy()
     prio = priority(ev, fit["icp_fit"], bundle.cutoffs.reference_ev, bundle.policy.weights)
-    assignment = assign_tiers(prio, fit["icp_fit"], evidence, bundle.policy)
     win, value = bundle.contributions(features)
-    p_base = bundle.calibrator.transform(1 / (1 + np.exp(-win["bias"].to_numpy())))
-    text = reasons(
-        features,
-        win,
-        value,
-        p_win=predicted["p_win"],
-        p_base=p_base,
-        expected_value=ev,
-        icp_fit=fit["icp_fit"],
-        icp_missed=fit["icp_missed"].tolist(),
-        evidence=evidence,
-        priority=prio,
-        assignment=assignment,
-        reference_ev=bundle.cutoffs.reference_ev,
-        policy=bundle.policy,
-        playbook=bundle.playbook,
-        field_of=feature_field,
-    )
+    return {
+        "win_contrib": win,
+        "value_contrib": value,
+        "p_win": predicted["p_convert"].to_numpy(),
+        "p_base": bundle.calibrator.transform(1 / (1 + np.exp(-win["bias"].to_numpy()))),
+        "expected_value": ev,
+        "icp_fit": fit["icp_fit"],
+        "icp_missed": fit["icp_missed"].tolist(),
+        "evidence": evidence,
+        "priority": prio,
+        "assignment": assign_tiers(prio, fit["icp_fit"], evidence, bundle.policy),
+        "reference_ev": bundle.cutoffs.reference_ev,
+        "policy": bundle.policy,
+        "playbook": bundle.playbook,
+        "field_of": feature_field,
+    }
+
+
+def test_tier_rule_and_next_tier_hint_follow_the_assignment(bundle: TinyBundle) -> None:
+    features = make_features(400, seed=8)
+    inputs = reason_inputs(bundle, features)
+    ev, fit, assignment = inputs["expected_value"], inputs["icp_fit"], inputs["assignment"]
+    text = reasons(features, **inputs)
     for i in range(len(features)):
         tier, rule_text = int(assignment.tier[i]), text["tier_rule_text"].iloc[i]
         assert rule_text.startswith(f"Expected value {fmt_money(ev[i])}, rank ")
@@ -343,7 +524,7 @@ def test_tier_rule_and_next_tier_hint_follow_the_assignment(bundle: TinyBundle) 
         assert text["playbook"].iloc[i] == bundle.playbook.for_tier(tier)
         hint = text["next_tier_hint"].iloc[i]
         if tier == 1:
-            assert f"ICP fit {fit['icp_fit'].iloc[i]:.0f} >= 60" in rule_text
+            assert f"ICP fit {fit.iloc[i]:.0f} >= 60" in rule_text
             assert hint == "Already in the top tier"
         else:
             assert hint.startswith(f"For Tier {tier - 1}: ")
@@ -378,7 +559,12 @@ def test_score_batch_and_online_agree_on_the_reference_population(bundle: TinyBu
     first = online.iloc[0]
     assert isinstance(first["reasons"], list) and first["reasons"]
     assert "of the reference list (2025-06-30)" in first["tier_rule_text"]
-    np.testing.assert_allclose(batch["expected_value"], batch["p_win"] * batch["deal_value"])
+    np.testing.assert_allclose(
+        batch["expected_revenue"], batch["p_convert"] * batch["revenue_if_converts"]
+    )
+    # Online answers open with the headlines: the chance to buy within 6 months, the range.
+    assert first["headline"][0].startswith("likely to buy in the next 6 months: ")
+    assert first["headline"][1].startswith("if it buys: $")
 
 
 def test_score_with_reasons_keeps_the_rows_and_their_order(bundle: TinyBundle) -> None:

@@ -17,10 +17,10 @@ from serving.batch import read_snapshot, score_accounts, score_population, write
 from tiering.bundle import Bundle
 from tiering.config import Config
 
-from support import serving_config, small_training, train_bundle
+from support import TrainedBundle
 
-TRUE = {"true", "yes", "y", "1", "t"}
-FALSE = {"false", "no", "n", "0", "f"}
+TRUE = {"true", "yes", "y", "1", "t", "on"}
+FALSE = {"false", "no", "n", "0", "f", "off"}
 
 
 # ------------------------------------------------------------------------ slow references
@@ -49,10 +49,14 @@ def _number(value: object) -> float:
         return math.nan
 
 
-def _truth(value: object, numeric_column: bool) -> float:
-    if numeric_column:
-        number = _number(value)
-        return math.nan if math.isnan(number) else float(number != 0)
+def _truth(value: object) -> float:
+    """Yes/no as features.values documents it: booleans, the numbers 1 and 0, the words."""
+    if _missing(value):
+        return math.nan
+    if isinstance(value, (bool, np.bool_)):
+        return float(value)
+    if isinstance(value, (int, float, np.number)):
+        return 1.0 if value == 1 else 0.0 if value == 0 else math.nan
     text = _fold(value)
     if text in TRUE:
         return 1.0
@@ -76,10 +80,7 @@ def reference_fit(frame: pd.DataFrame, icp: IcpConfig) -> list[tuple[float, list
                 inside = text in wanted
                 ok = known and (inside if c.op == "in" else not inside)
             elif c.op == "is_true":
-                numeric = pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(
-                    column
-                )
-                flag = _truth(value, numeric)
+                flag = _truth(value)
                 known = not math.isnan(flag)
                 ok = flag == 1.0
             else:
@@ -115,7 +116,7 @@ def reference_evidence_known(value: object) -> bool:
 # ----------------------------------------------------------------------------- ICP fit
 
 TEXTS = ["Software", " software ", "SOFTWARE", "retail", "Retail ", "", "  ", "fintech", "ß"]
-FLAGS = ["yes", "No", " TRUE ", "f", "1", "0", "maybe", "", "Y"]
+FLAGS = ["yes", "No", " TRUE ", "f", "1", "0", "maybe", "", "Y", " on", "OFF", "2"]
 
 
 def random_accounts(rng: np.random.Generator, n: int) -> pd.DataFrame:
@@ -236,10 +237,12 @@ def test_evidence_score_matches_the_row_by_row_rule(seed: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def scored(tmp_path_factory: pytest.TempPathFactory) -> tuple[Bundle, pd.DataFrame]:
+def scored(
+    trained_bundle: TrainedBundle, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Bundle, pd.DataFrame]:
     root = tmp_path_factory.mktemp("fast-paths")
-    config: Config = small_training(serving_config(root))
-    bundle = Bundle.load(train_bundle(config, root / "bundle"))
+    config: Config = trained_bundle.config_writing_to(root)
+    bundle = Bundle.load(trained_bundle.bundle_dir)
     score_accounts(config, bundle, out=root / "tiers.parquet")
     features = read_snapshot(config.scoring.snapshot).features
     return bundle, features

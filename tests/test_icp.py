@@ -114,6 +114,57 @@ def test_each_row_has_its_own_label_lists():
     assert fit.loc[13, "icp_met"] == ["Uses cloud"]
 
 
+# Every spelling of yes and no, with case and spaces, and values that are no answer at all.
+YES_SPELLINGS = ["true", "True", " TRUE ", "t", "T", "yes", "Yes", "y", " Y", "1", "on", "ON "]
+NO_SPELLINGS = ["false", "FALSE", "f", " F ", "no", "No", "n", "N", "0", "off", " Off", "OFF"]
+NOT_AN_ANSWER = ["maybe", "", "  ", "2", "1.5", "yes please", None]
+
+
+def test_the_model_and_the_icp_read_every_yes_no_spelling_alike() -> None:
+    """One vocabulary: a flag the ICP counts as met is a 1.0 in the model's inputs, one it
+    counts as missed-but-known is a 0.0, and one it calls unknown is missing (NaN)."""
+    from features.build import build_features, scoring_requests
+    from features.config import FeatureConfig
+
+    spellings = [*YES_SPELLINGS, *NO_SPELLINGS, *NOT_AN_ANSWER]
+    expected = [1.0] * len(YES_SPELLINGS) + [0.0] * len(NO_SPELLINGS) + [np.nan] * 7
+    # Text as read from a CSV, the same flags as booleans / numbers, and a mixed column.
+    columns = {
+        "flag_text": pd.Series(spellings, dtype=object),
+        "flag_bool": pd.Series([True] * 12 + [False] * 12 + [None] * 7, dtype="boolean"),
+        "flag_number": pd.Series([1.0] * 12 + [0.0] * 12 + [np.nan, 2.0, -1.0, 0.5, 3, 9, 7]),
+        "flag_mixed": pd.Series(
+            [True, 1, 1.0, *YES_SPELLINGS[3:], False, 0, -0.0, *NO_SPELLINGS[3:], *NOT_AN_ANSWER],
+            dtype=object,
+        ),
+    }
+    n = len(spellings)
+    accounts = pd.DataFrame({"account_id": [f"A{i:02d}" for i in range(n)], **columns})
+    opportunities = pd.DataFrame(
+        {
+            "opportunity_id": ["O1"],
+            "account_id": ["A00"],
+            "created_at": pd.to_datetime(["2025-01-01"]),
+            "closed_at": pd.to_datetime(["2025-02-01"]),
+            "outcome": ["won"],
+            "amount": [1000.0],
+        }
+    )
+    model_rows = build_features(
+        Tables(accounts, opportunities),
+        scoring_requests(accounts, pd.Timestamp("2025-06-30")),
+        FeatureConfig(technographics=list(columns)),
+    )
+    for column in columns:
+        model = model_rows[column].to_numpy(dtype=float)
+        np.testing.assert_array_equal(model, expected, err_msg=column)
+        fit = icp_fit(accounts, IcpConfig(criteria=[criterion("Flag", column, "is_true")]))
+        met = fit["icp_met"].map(bool).to_numpy()
+        unknown = fit["icp_missed"].map(lambda m: m == ["Flag (unknown)"]).to_numpy()
+        np.testing.assert_array_equal(met, model == 1.0, err_msg=column)
+        np.testing.assert_array_equal(unknown, np.isnan(model), err_msg=column)
+
+
 # ---------------------------------------------------------------------------- suggestion
 
 
@@ -250,13 +301,13 @@ def test_icp_suggest_command_names_a_missing_config_without_a_traceback(tmp_path
 def test_demo_icp_fit_rises_with_the_true_win_probability(tmp_path: Path):
     from scipy.stats import spearmanr
 
+    from demo import read_truth
     from features.contract import load_tables
-    from features.demo import read_truth
 
     config = demo_data_config(tmp_path, n_accounts=1000, seed=7)
     data = config.data
     tables = load_tables(data).tables
-    truth = read_truth(tmp_path / "truth")["accounts"]
+    truth = read_truth(tmp_path / "truth").accounts
     latest = truth[truth["as_of"] == truth["as_of"].max()]
     fit = icp_fit(tables.accounts, config.icp)
     joined = latest.merge(

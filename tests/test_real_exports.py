@@ -284,37 +284,35 @@ def test_no_amounts_is_said_before_training(tmp_path: Path) -> None:
     ) in notes
 
 
-def test_without_amounts_the_value_model_is_the_documented_default() -> None:
+def test_without_amounts_the_revenue_model_is_the_documented_default() -> None:
     from tiering.config import TrainingConfig
-    from training.fit import fit_models
+    from training.fit import fit_revenue
 
     rng = np.random.default_rng(3)
-    n = 240
     frame = pd.DataFrame(
         {
-            "employees": rng.integers(10, 5000, n).astype(float),
-            "industry": rng.choice(["a", "b", "c"], n).astype(object),
-            "won": rng.integers(0, 2, n),
-            "amount": np.nan,
+            "employees": rng.integers(10, 5000, 40).astype(float),
+            "industry": rng.choice(["a", "b", "c"], 40).astype(object),
         }
     )
-    models = fit_models(
-        frame.iloc[:160],
-        frame.iloc[160:],
-        ["employees", "industry"],
-        ["industry"],
-        TrainingConfig(n_jobs=1, num_boost_round=20, early_stopping_rounds=5),
-        default_deal_value=2500.0,
+    none = np.array([], dtype=float)
+    model, table, segment, notes = fit_revenue(
+        frame.iloc[:0],
+        none,
+        frame.iloc[:0],
+        none,
+        frame.iloc[:0],
+        frame.iloc[:0],
+        TrainingConfig(n_jobs=1),
+        default_value=2500.0,
     )
-    x = frame.iloc[:5]
-    from tiering.bundle import encode_features
-
-    value = models.value.predict(encode_features(x, models.feature_names, models.categories))
-    assert np.allclose(value, 2500.0, rtol=1e-6)
-    assert models.segment_value.predict(x).tolist() == [2500.0] * 5
-    assert models.notes == [
-        "no deal-value model: won deals with an amount are 0 in train and 0 in the calibration "
-        "slice (at least 2 and 1 needed); expected revenue = P(win) x 2,500 "
+    assert model.booster is None and model.objective == "segment_median"
+    assert model.fallback(frame).tolist() == [2500.0] * 40
+    assert segment.predict(frame).tolist() == [2500.0] * 40
+    assert table["objective"].tolist() == ["none (default_deal_value)"]
+    assert notes == [
+        "no revenue model: converted accounts with revenue are 0 in train and 0 in the "
+        "calibration slice (at least 2 and 1 needed); expected revenue = P(convert) x 2,500 "
         "(data.default_deal_value)"
     ]
 
@@ -597,8 +595,11 @@ def test_a_field_the_export_never_fills_is_left_out_of_evidence(tmp_path: Path) 
         scoring_requests(result.tables.accounts, result.tables.end_of_data()),
         FeatureConfig(),
     )
-    # Industry and employees known, history and no open deal: nothing counted as missing.
-    assert evidence_score(features).min() == pytest.approx((0.4 + 0.3) / 1.0)
+    # Nothing is counted as missing for the field the export lacks; kept as an empty column,
+    # it would have lowered every account's evidence.
+    assert "region" not in features
+    kept_empty = features.assign(region=np.nan)
+    assert (evidence_score(features) > evidence_score(kept_empty)).all()
 
 
 def test_a_gate_that_leaves_tier_1_short_is_warned_about_with_count_and_cause() -> None:

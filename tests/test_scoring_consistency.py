@@ -19,6 +19,8 @@ from tiering.policy import reference_cutoffs
 from tiering.scoring import score
 from training.fit import fit_models
 
+from support import named_bundle, with_account_labels
+
 INDUSTRIES = ["software", "fintech", "retail", "manufacturing"]
 REGIONS = ["emea", "amer", "apac"]
 FEATURES = ["industry", "employees", "region", "meeting_90d", "web_visit_90d"]
@@ -60,25 +62,22 @@ def feature_rows(n: int, seed: int) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def bundle() -> Bundle:
-    deals = feature_rows(1500, seed=1)
+    rows = with_account_labels(feature_rows(1500, seed=1))
+    train, cal = rows.iloc[:1000], rows.iloc[1000:]
     models = fit_models(
-        deals.iloc[:1000], deals.iloc[1000:], FEATURES, ["industry", "region"], CONFIG
+        train,
+        cal,
+        FEATURES,
+        ["industry", "region"],
+        CONFIG,
+        deals_train=train,
+        deals_calibration=cal,
     )
-    bundle = Bundle(
-        win_model=models.win_model,
-        calibrator=models.calibrator,
-        value_model=models.value.booster,
-        value_objective=models.value.objective,  # type: ignore[arg-type]
-        value_interval=models.value_interval,
-        feature_names=FEATURES,
-        categories=models.categories,
-        metadata={"model_version": "3"},
-        value_smearing=models.value.smearing,
-    )
+    bundle = named_bundle(models, FEATURES, metadata={"model_version": "3"})
     reference = feature_rows(600, seed=2)
     predicted = bundle.predict(reference)
     bundle.cutoffs = reference_cutoffs(
-        predicted["expected_value"],
+        predicted["expected_revenue"],
         np.full(len(reference), 100.0),
         np.ones(len(reference)),
         bundle.policy,
@@ -118,7 +117,7 @@ def test_model_matrix_gives_lightgbm_exactly_what_the_encoded_frame_gives(
     matrix = bundle.model_matrix(rows)
     encoded = bundle.encode(rows)
     assert isinstance(matrix, np.ndarray) and matrix.shape == (len(rows), len(FEATURES))
-    for booster in (bundle.win_model, bundle.value_model):
+    for booster in bundle.boosters():
         for kind in ({"raw_score": True}, {"pred_contrib": True}):
             np.testing.assert_array_equal(
                 booster.predict(matrix, **kind), booster.predict(encoded, **kind)
@@ -160,10 +159,11 @@ class PlainBundle:
     def __init__(self, bundle: Bundle) -> None:
         self._bundle = bundle
         self.icp, self.policy, self.playbook = bundle.icp, bundle.policy, bundle.playbook
-        self.cutoffs, self.metadata, self.calibrator = (
+        self.cutoffs, self.metadata, self.calibrator, self.horizon_days = (
             bundle.cutoffs,
             bundle.metadata,
             bundle.calibrator,
+            bundle.horizon_days,
         )
 
     def predict(self, features: pd.DataFrame) -> pd.DataFrame:

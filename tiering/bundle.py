@@ -1,5 +1,18 @@
-"""The deployable model bundle: win model, calibrator, value model and its range, the ICP, the
-tier policy, the playbook and the reference cut-offs frozen at training.
+"""The deployable model bundle: named models over one feature encoding, the ICP, the tier
+policy, the playbook and the reference cut-offs frozen at training.
+
+The models, by name:
+
+- ``conversion``: P(the account books at least one won deal within the horizon H), a LightGBM
+  binary booster and its calibrator. Ranks accounts (with ``revenue``).
+- ``revenue``: won revenue within H if the account converts, with a P10-P90 range; a LightGBM
+  booster on a log scale, or, where no booster beat it on the calibration slice, the segment
+  median it fell back to.
+- ``deal_win`` (optional): P(win) of a deal opened now; prices each account's open pipeline.
+
+Expected revenue = P(convert) x revenue if it converts: what tiers rank. A further target (e.g.
+churn risk for customers) is one more named model: a kind this module knows (probability or
+amount) saved under its own name, with nothing else to change here.
 
 Saved as a folder of text files a person can read (LightGBM's native model text, JSON for
 everything else): no pickles, so a bundle can be inspected, diffed and loaded by any version
@@ -8,21 +21,20 @@ pyfunc read them.
 
 Layout of a saved bundle::
 
-    bundle.json          format version, feature names, categories, value objective
-    win_model.txt        LightGBM binary booster (raw margin = log-odds before calibration)
-    value_model.txt      LightGBM regression booster (log deal value, or a log-link objective)
-    calibrator.json      isotonic thresholds or Platt sigmoid (a, b)
-    value_interval.json  P10/P90 as multiplicative offsets (split-conformal on log residuals)
+    bundle.json              format version, feature names, categories, model names and kinds
+    models/<name>.txt        LightGBM booster text (absent for a segment-median fallback)
+    models/<name>.json       the model's calibrator, or its objective, smearing, range, medians
     icp.json, policy.json, playbook.json
-    cutoffs.json         reference expected-value distribution + Tier 1/2 priority cut-offs
-                         (tiering.policy.ReferenceCutoffs)
-    metadata.json        versions, training window, metrics, feature config
+    cutoffs.json             reference expected-revenue distribution + Tier 1/2 cut-offs
+                             (tiering.policy.ReferenceCutoffs)
+    metadata.json            versions, horizon, training window, metrics, feature config
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,14 +47,15 @@ from features.config import IcpConfig
 from tiering.config import Playbook, TierPolicy
 from tiering.policy import ReferenceCutoffs
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 # Probabilities never reach exactly 0 or 1: a log loss or a log-odds of a calibrated value
 # must stay finite, and no deal is ever certain.
 P_CLIP = 1e-6
 SMALL_BATCH_ROWS = 2_000
 """Fewer rows than this are predicted on one thread."""
 
-ValueObjective = Literal["log_l2", "gamma", "tweedie"]
+ValueObjective = Literal["log_l2", "gamma", "tweedie", "segment_median"]
+CONVERSION, REVENUE, DEAL_WIN = "conversion", "revenue", "deal_win"
 
 
 class BundleError(ValueError):
@@ -256,28 +269,158 @@ def _plan(
     )
 
 
+def segment_key(frame: pd.DataFrame) -> pd.Series:
+    """industry x employee size band ('unknown' where a column is missing or empty): the
+    segments of the naive baselines and of the revenue model's median fallback."""
+    from features.icp import size_band
+
+    industry = (
+        frame["industry"].astype(object).where(frame["industry"].notna(), "unknown").astype(str)
+        if "industry" in frame
+        else pd.Series("unknown", index=frame.index)
+    )
+    band = (
+        size_band(frame["employees"])
+        if "employees" in frame
+        else pd.Series("size unknown", index=frame.index)
+    )
+    return industry + " | " + band.astype(str)
+
+
+@dataclass
+class ProbabilityModel:
+    """A binary booster (raw score = log-odds) and the calibrator of its probability; or, where
+    training had only one outcome to learn from (every account converted, say), no booster and
+    the observed ``rate`` for everybody."""
+
+    booster: lgb.Booster | None
+    calibrator: Calibrator
+    rate: float = float("nan")
+    kind: Literal["probability"] = "probability"
+
+    def predict(self, raw: np.ndarray) -> np.ndarray:
+        return self.calibrator.transform(1.0 / (1.0 + np.exp(-raw)))
+
+    def constant_raw(self, n: int) -> np.ndarray:
+        p = min(max(self.rate, P_CLIP), 1 - P_CLIP)
+        return np.full(n, math.log(p / (1 - p)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "calibrator": self.calibrator.to_dict(), "rate": self.rate}
+
+
+@dataclass
+class AmountModel:
+    """An amount (revenue) in currency: a booster whose raw score is a log (log_l2 by
+    construction, gamma/tweedie through their log link), or the segment medians it fell back
+    to (``objective = "segment_median"``, no booster). ``interval`` gives P10/P90."""
+
+    booster: lgb.Booster | None
+    objective: ValueObjective
+    interval: ValueInterval
+    # log_l2 predicts the mean log value; exp() of it is a median, the smearing factor (mean of
+    # exp(residual) on held-out rows) turns it into the mean a revenue forecast needs.
+    smearing: float = 1.0
+    medians: dict[str, float] = field(default_factory=dict)
+    overall: float = float("nan")
+    kind: Literal["amount"] = "amount"
+
+    def from_raw(self, raw: np.ndarray) -> np.ndarray:
+        return np.exp(raw) * (self.smearing if self.objective == "log_l2" else 1.0)
+
+    def fallback(self, features: pd.DataFrame) -> np.ndarray:
+        return segment_key(features).map(self.medians).fillna(self.overall).to_numpy(dtype=float)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "objective": self.objective,
+            "interval": self.interval.to_dict(),
+            "smearing": self.smearing,
+            "medians": self.medians,
+            "overall": self.overall,
+        }
+
+
+Model = ProbabilityModel | AmountModel
+
+
+def _model_from_dict(data: dict[str, Any], booster: lgb.Booster | None) -> Model:
+    kind = data.get("kind")
+    if kind == "probability":
+        rate = float(data.get("rate", math.nan))
+        if booster is None and math.isnan(rate):
+            raise BundleError("a probability model needs its booster file (or a constant rate)")
+        return ProbabilityModel(booster, Calibrator.from_dict(data["calibrator"]), rate)
+    if kind == "amount":
+        objective = data.get("objective")
+        if booster is None and objective != "segment_median":
+            raise BundleError(f"amount model ({objective}) needs its booster file")
+        return AmountModel(
+            booster=booster,
+            objective=objective,  # type: ignore[arg-type]  # checked just above / by training
+            interval=ValueInterval.from_dict(data["interval"]),
+            smearing=float(data.get("smearing", 1.0)),
+            medians={str(k): float(v) for k, v in data.get("medians", {}).items()},
+            overall=float(data.get("overall", math.nan)),
+        )
+    raise BundleError(f"unknown model kind {kind!r}")
+
+
 def _empty_cutoffs() -> ReferenceCutoffs:
     # An empty reference stands for "not frozen yet" (see tiering.policy.ReferenceCutoffs).
     return ReferenceCutoffs("1970-01-01", np.array([], dtype=float), None, None, 0)
 
 
+PREDICTION_COLUMNS = [
+    "p_convert",
+    "revenue_if_converts",
+    "revenue_p10",
+    "revenue_p90",
+    "expected_revenue",
+    "p_win_deal",
+    "open_pipeline",
+]
+
+
 @dataclass
 class Bundle:
-    win_model: lgb.Booster
-    calibrator: Calibrator
-    value_model: lgb.Booster
-    value_objective: ValueObjective
-    value_interval: ValueInterval
+    models: dict[str, Model]
     feature_names: list[str]
     categories: dict[str, list[str]]
+    horizon_days: int = 182
     icp: IcpConfig = field(default_factory=IcpConfig)
     policy: TierPolicy = field(default_factory=TierPolicy)
     playbook: Playbook = field(default_factory=Playbook)
     cutoffs: ReferenceCutoffs = field(default_factory=_empty_cutoffs)
     metadata: dict[str, Any] = field(default_factory=dict)
-    # log_l2 predicts the mean log value; exp() of it is a median, the smearing factor
-    # (mean of exp(residual) on held-out deals) turns it into the mean a revenue forecast needs.
-    value_smearing: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.models.get(CONVERSION), ProbabilityModel):
+            raise BundleError("a bundle needs a 'conversion' probability model")
+        if not isinstance(self.models.get(REVENUE), AmountModel):
+            raise BundleError("a bundle needs a 'revenue' amount model")
+
+    @property
+    def conversion(self) -> ProbabilityModel:
+        return self.models[CONVERSION]  # type: ignore[return-value]  # checked in __post_init__
+
+    @property
+    def revenue(self) -> AmountModel:
+        return self.models[REVENUE]  # type: ignore[return-value]  # checked in __post_init__
+
+    @property
+    def deal_win(self) -> ProbabilityModel | None:
+        model = self.models.get(DEAL_WIN)
+        return model if isinstance(model, ProbabilityModel) else None
+
+    # Names the explanations and the MLflow pyfunc use for the two ranking models.
+    @property
+    def calibrator(self) -> Calibrator:
+        return self.conversion.calibrator
+
+    def boosters(self) -> list[lgb.Booster]:
+        return [m.booster for m in self.models.values() if m.booster is not None]
 
     # ------------------------------------------------------------------ predictions
     def encode(self, features: pd.DataFrame) -> pd.DataFrame:
@@ -299,7 +442,7 @@ class Bundle:
         return all(
             booster.num_feature() == len(plan.feature_names)
             and (booster.pandas_categorical is None or booster.pandas_categorical == levels)
-            for booster in (self.win_model, self.value_model)
+            for booster in self.boosters()
         )
 
     @staticmethod
@@ -314,50 +457,77 @@ class Bundle:
         threads = self._threads(booster, len(encoded))
         return np.asarray(booster.predict(encoded, num_threads=threads, **kind), dtype=float)
 
-    def win_margin(self, encoded: np.ndarray | pd.DataFrame) -> np.ndarray:
-        return self._run(self.win_model, encoded, raw_score=True)
+    def _probability_raw(self, model: ProbabilityModel, encoded: Any) -> np.ndarray:
+        if model.booster is None:
+            return model.constant_raw(len(encoded))
+        return self._run(model.booster, encoded, raw_score=True)
 
-    def predict_value(self, encoded: np.ndarray | pd.DataFrame) -> np.ndarray:
-        """Point prediction of the deal value if won (a mean, in currency)."""
-        raw = self._run(self.value_model, encoded, raw_score=True)
-        # Every supported objective has a log-scale raw score (log_l2 by construction,
-        # gamma/tweedie through their log link).
-        return np.exp(raw) * (self.value_smearing if self.value_objective == "log_l2" else 1.0)
+    def _amount_raw(self, encoded: Any, features: pd.DataFrame) -> np.ndarray:
+        revenue = self.revenue
+        if revenue.booster is None:
+            return np.log(np.maximum(revenue.fallback(features), 1e-9))
+        return self._run(revenue.booster, encoded, raw_score=True)
 
     def predict(self, features: pd.DataFrame) -> pd.DataFrame:
-        return self._predict_encoded(self.model_matrix(features), features.index)
+        return self._predict_encoded(self.model_matrix(features), features)
 
-    def _predict_encoded(self, encoded: np.ndarray | pd.DataFrame, index: pd.Index) -> pd.DataFrame:
-        p_raw = 1.0 / (1.0 + np.exp(-self.win_margin(encoded)))
-        p_win = self.calibrator.transform(p_raw)
-        value = self.predict_value(encoded)
-        p10, p90 = self.value_interval.bounds(value)
+    def _predict_encoded(self, encoded: Any, features: pd.DataFrame) -> pd.DataFrame:
+        conversion = self.conversion
+        p_convert = conversion.predict(self._probability_raw(conversion, encoded))
+        revenue = self.revenue
+        raw = self._amount_raw(encoded, features)
+        value = np.exp(raw) if revenue.booster is None else revenue.from_raw(raw)
+        p10, p90 = revenue.interval.bounds(value)
+        deal = self.deal_win
+        if deal is not None:
+            p_deal = deal.predict(self._probability_raw(deal, encoded))
+        else:
+            p_deal = np.full(len(features), np.nan)
+        open_amount = (
+            pd.to_numeric(features["open_amount"], errors="coerce").to_numpy(dtype=float)
+            if "open_amount" in features
+            else np.full(len(features), np.nan)
+        )
         return pd.DataFrame(
             {
-                "p_win": p_win,
-                "deal_value": value,
-                "value_p10": p10,
-                "value_p90": p90,
-                "expected_value": p_win * value,
+                "p_convert": p_convert,
+                "revenue_if_converts": value,
+                "revenue_p10": p10,
+                "revenue_p90": p90,
+                "expected_revenue": p_convert * value,
+                "p_win_deal": p_deal,
+                "open_pipeline": open_amount * p_deal,
             },
-            index=index,
+            index=features.index,
         )
 
     def contributions(self, features: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """SHAP values (LightGBM's exact TreeSHAP) of the win model (log-odds, before
-        calibration) and of the value model (log value); columns feature_names + ``bias``."""
-        return self._contributions_encoded(self.model_matrix(features), features.index)
+        """SHAP values (LightGBM's exact TreeSHAP) of the conversion model (log-odds, before
+        calibration) and of the revenue model (log revenue); columns feature_names + ``bias``.
+        A segment-median revenue fallback has no drivers: all its effect is in ``bias``."""
+        return self._contributions_encoded(self.model_matrix(features), features)
 
     def _contributions_encoded(
-        self, encoded: np.ndarray | pd.DataFrame, index: pd.Index
+        self, encoded: Any, features: pd.DataFrame
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
         names = [*self.feature_names, "bias"]
-        win = self._run(self.win_model, encoded, pred_contrib=True)
-        value = self._run(self.value_model, encoded, pred_contrib=True)
+        index = features.index
+        conversion = self.conversion
+        if conversion.booster is not None:
+            conv = self._run(conversion.booster, encoded, pred_contrib=True)
+        else:
+            conv = np.zeros((len(features), len(names)))
+            conv[:, -1] = conversion.constant_raw(len(features))
+        booster = self.revenue.booster
+        if booster is not None:
+            value = self._run(booster, encoded, pred_contrib=True)
+        else:
+            value = np.zeros((len(features), len(names)))
+            value[:, -1] = self._amount_raw(encoded, features)
         # The arrays are ours alone: no need for pandas to copy them (a batch chunk's
         # contributions are tens of MB).
         return (
-            pd.DataFrame(win, columns=names, index=index, copy=False),
+            pd.DataFrame(conv, columns=names, index=index, copy=False),
             pd.DataFrame(value, columns=names, index=index, copy=False),
         )
 
@@ -367,8 +537,8 @@ class Bundle:
         """``predict`` and ``contributions`` of the same rows, encoding them once."""
         encoded = self.model_matrix(features)
         return (
-            self._predict_encoded(encoded, features.index),
-            self._contributions_encoded(encoded, features.index),
+            self._predict_encoded(encoded, features),
+            self._contributions_encoded(encoded, features),
         )
 
     @property
@@ -378,19 +548,21 @@ class Bundle:
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | Path) -> Path:
         out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
+        (out / "models").mkdir(parents=True, exist_ok=True)
         header = {
             "format_version": FORMAT_VERSION,
             "feature_names": self.feature_names,
             "categories": self.categories,
-            "value_objective": self.value_objective,
-            "value_smearing": self.value_smearing,
+            "horizon_days": self.horizon_days,
+            "models": {name: model.kind for name, model in self.models.items()},
         }
         _write_json(out / "bundle.json", header)
-        (out / "win_model.txt").write_text(booster_to_text(self.win_model), encoding="utf-8")
-        (out / "value_model.txt").write_text(booster_to_text(self.value_model), encoding="utf-8")
-        _write_json(out / "calibrator.json", self.calibrator.to_dict())
-        _write_json(out / "value_interval.json", self.value_interval.to_dict())
+        for name, model in self.models.items():
+            if model.booster is not None:
+                (out / "models" / f"{name}.txt").write_text(
+                    booster_to_text(model.booster), encoding="utf-8"
+                )
+            _write_json(out / "models" / f"{name}.json", model.to_dict())
         _write_json(out / "icp.json", self.icp.model_dump(mode="json"))
         _write_json(out / "policy.json", self.policy.model_dump(mode="json"))
         _write_json(out / "playbook.json", self.playbook.model_dump(mode="json"))
@@ -406,24 +578,30 @@ class Bundle:
         header = _read_json(src / "bundle.json")
         found = header.get("format_version")
         if found != FORMAT_VERSION:
-            raise BundleError(f"{src}: bundle format {found!r}, this code reads {FORMAT_VERSION}")
+            raise BundleError(
+                f"{src}: bundle format {found!r}, this code reads {FORMAT_VERSION}; "
+                "retrain with `tiering train` to get a bundle this version can serve"
+            )
         try:
+            models: dict[str, Model] = {}
+            for name in header["models"]:
+                text = src / "models" / f"{name}.txt"
+                booster = (
+                    booster_from_text(text.read_text(encoding="utf-8")) if text.is_file() else None
+                )
+                models[name] = _model_from_dict(
+                    _read_json(src / "models" / f"{name}.json"), booster
+                )
             return cls(
-                win_model=booster_from_text((src / "win_model.txt").read_text(encoding="utf-8")),
-                calibrator=Calibrator.from_dict(_read_json(src / "calibrator.json")),
-                value_model=booster_from_text(
-                    (src / "value_model.txt").read_text(encoding="utf-8")
-                ),
-                value_objective=header["value_objective"],
-                value_interval=ValueInterval.from_dict(_read_json(src / "value_interval.json")),
+                models=models,
                 feature_names=list(header["feature_names"]),
                 categories={k: list(v) for k, v in header["categories"].items()},
+                horizon_days=int(header.get("horizon_days", 182)),
                 icp=IcpConfig.model_validate(_read_json(src / "icp.json")),
                 policy=TierPolicy.model_validate(_read_json(src / "policy.json")),
                 playbook=Playbook.model_validate(_read_json(src / "playbook.json")),
                 cutoffs=ReferenceCutoffs.from_dict(_read_json(src / "cutoffs.json")),
                 metadata=_read_json(src / "metadata.json"),
-                value_smearing=float(header.get("value_smearing", 1.0)),
             )
         except FileNotFoundError as exc:
             raise BundleError(f"{src}: bundle file missing: {Path(exc.filename).name}") from None

@@ -27,14 +27,19 @@ TIER_NAMES = {1: "Tier 1 - strategic", 2: "Tier 2 - named", 3: "Tier 3 - program
 
 
 class PriorityWeights(StrictModel):
-    """priority = ev_weight * percentile(expected value) + icp_weight * ICP fit / 100.
+    """priority = (w_ev * percentile(expected revenue) + w_icp * ICP fit / 100) / (w_ev + w_icp).
 
     Percentiles are taken against the reference population (the account list as of the end of
-    training) so that one online request and a batch run rank on the same scale.
+    training) so that one online request and a batch run rank on the same scale. The default
+    gives ICP fit no weight: the conversion model already learns what fit does to buying, the
+    ICP floor already gates Tier 1, and weighting fit again measurably moved revenue out of
+    Tier 1 (`tiering train` reports the capture with and without the ICP weight).
     """
 
-    expected_value: float = Field(0.7, ge=0)
-    icp_fit: float = Field(0.3, ge=0)
+    expected_value: float = Field(
+        1.0, ge=0, description="Weight of the expected-revenue percentile."
+    )
+    icp_fit: float = Field(0.0, ge=0, description="Weight of ICP fit / 100.")
 
     @model_validator(mode="after")
     def _not_both_zero(self) -> PriorityWeights:
@@ -128,14 +133,27 @@ class SplitConfig(StrictModel):
 
 
 class TrainingConfig(StrictModel):
+    horizon_days: int = Field(
+        182,
+        ge=28,
+        le=730,
+        description="H: tiers rank the revenue an account is expected to book within this many "
+        "days. Choose about one sales cycle plus one review period (two quarters by default).",
+    )
+    snapshot_warmup_days: int = Field(
+        90,
+        ge=0,
+        description="Account snapshots start this long after the first deal, so the first ones "
+        "have some history to see.",
+    )
     seed: int = 42
     n_jobs: int = Field(2, ge=1, description="LightGBM threads; set explicitly on shared machines.")
     split: SplitConfig = Field(default_factory=SplitConfig)
     num_boost_round: int = Field(2000, gt=0)
-    early_stopping_rounds: int = Field(100, gt=0)
-    learning_rate: float = Field(0.03, gt=0)
+    early_stopping_rounds: int = Field(50, gt=0)
+    learning_rate: float = Field(0.05, gt=0)
     num_leaves: int = Field(31, gt=1)
-    min_data_in_leaf: int = Field(40, gt=0)
+    min_data_in_leaf: int = Field(100, gt=0)
     feature_fraction: float = Field(0.8, gt=0, le=1)
     lambda_l2: float = Field(1.0, ge=0)
     value_objectives: list[ValueObjective] = Field(
@@ -151,6 +169,12 @@ class PromotionGate(StrictModel):
     max_auc_drop: float = Field(0.005, ge=0)
     max_ece_rise: float = Field(0.005, ge=0)
     max_tier1_capture_drop: float = Field(0.02, ge=0, description="Share of won revenue in Tier 1.")
+    max_baseline_shortfall: float = Field(
+        0.02,
+        ge=0,
+        description="The challenger's Tier 1 revenue capture may fall below the best naive "
+        "account baseline's capture at the same size by at most this much.",
+    )
 
 
 class MlflowConfig(StrictModel):

@@ -1,6 +1,16 @@
-"""Reasons a rep can read: what raised or lowered an account's win chance and deal size,
-grouped into the business fields a rep knows, phrased with the account's own values; the ICP
-criteria met and missed; the tier rule that applied; what would move it up; the playbook.
+"""Reasons a rep can read: what raised or lowered an account's chance and its amount, grouped
+into the business fields a rep knows, phrased with the account's own values; the ICP criteria
+met and missed; the tier rule that applied; what would move it up; the playbook.
+
+Two parts, whatever the target
+    A probability part (a binary model in log-odds whose probability is calibrated: the win
+    chance of an open deal, or the chance that an account buys within a horizon) and an amount
+    part (a model of the log amount: deal value, or revenue if the account buys). The maths
+    below is the same for both targets; :class:`EffectWords` says how the parts read
+    (``DEAL_WORDS``, ``ACCOUNT_WORDS``), and with a horizon label the reasons open with the two
+    headlines, e.g. "likely to buy in the next 6 months: 34 % (a typical account: 9 %)" and
+    "if it buys: $120k-$410k" (:func:`headlines`). Names such as ``p_win``, ``win_contrib``
+    and ``deal_size_pct`` stand for the probability and the amount part of either target.
 
 Where the numbers come from
     LightGBM's ``pred_contrib`` (exact TreeSHAP) splits each raw score into per-feature
@@ -22,10 +32,19 @@ Deal size in percent
     The value model's raw score is a log, so a field's contribution ``c`` multiplies the deal
     value by ``exp(c)``: "+18 % deal size" means ``exp(c) - 1 = 0.18``, all else equal.
 
-Which fields are reasons
+Which fields are reasons, and what they say
     Fields are ranked by their effect on the log of expected value (win part scaled like the
     points, with the secant of ``log p``, plus the value part): the top ``k`` positive and top
-    ``k`` negative, skipping fields whose effect is immaterial (< 0.5 points and < 1 % deal size).
+    ``k`` negative. A positive driver needs a material positive part (>= 0.5 points or >= 1 %
+    deal size) and a negative one a material negative part, and a driver's text shows only the
+    parts that go its way: a field can raise expected value while it lowers one part a little,
+    and "Up: ... -2 pts" reads as a contradiction. The numbers in the structured driver keep
+    both parts as the models say them, so the points still add up to ``p_win - p_base``.
+
+    The value quoted is the account's own value of the field's feature that moved the field
+    most *in the driver's direction*: a positive "Web visits" driver carried by the 90-day
+    window and the recency is not phrased with the 30-day count that pulled the other way.
+    Drivers from past deals that rest on one or two deals say so.
 
 The heavy part (grouping, scaling, top-k) is vectorised over accounts; only the final string
 formatting loops, and only over the accounts that need text.
@@ -62,6 +81,36 @@ MIN_DEAL_SIZE_PCT = 1.0
 _SECANT_MIN_LOGITS = 0.05
 MINUS = "\u2212"
 DASH = "\u2014"
+
+
+@dataclass(frozen=True)
+class EffectWords:
+    """How the two parts of an effect read to a rep: the probability part (in points) and the
+    amount part (in percent), and the names the summary and the tier rule use."""
+
+    more_likely: str = "accounts like this win more often"
+    less_likely: str = "accounts like this win less often"
+    larger: str = "deals here are larger"
+    smaller: str = "deals here are smaller"
+    amount_unit: str = " % deal size"
+    chance: str = "win chance"
+    """The probability, in the summary when no horizon headline is given."""
+    expected: str = "expected value"
+    """Probability x amount, as the summary, the tier rule and the next-tier hint name it."""
+
+
+DEAL_WORDS = EffectWords()
+"""An open deal: P(win) and the deal's value."""
+ACCOUNT_WORDS = EffectWords(
+    more_likely="accounts like this buy more often",
+    less_likely="accounts like this buy less often",
+    larger="they spend more when they buy",
+    smaller="they spend less when they buy",
+    amount_unit=" % revenue if it buys",
+    chance="chance to buy",
+    expected="expected revenue",
+)
+"""An account: P(it buys within the horizon) and its revenue if it does."""
 
 
 def _default_field_of() -> FieldOf:
@@ -182,19 +231,25 @@ def field_effects(
 
     win_fields = win @ fmap.member
     value_fields = value @ fmap.member
+    ev_log = win_fields * logp_per_logit[:, None] + value_fields
     combined = win * logp_per_logit[:, None] + value
+    # The feature quoted is the one that pushed most in the field's own direction, so that the
+    # value a rep reads is the one behind the effect (a field with no effect: the largest one).
+    direction = np.sign(ev_log)
     representative = np.empty(win_fields.shape, dtype=np.int32)
     for f in range(len(fmap.fields)):
         cols = np.flatnonzero(fmap.field_of_feature == f)
         if cols.size == 1:
             representative[:, f] = cols[0]
         else:
-            representative[:, f] = cols[np.argmax(np.abs(combined[:, cols]), axis=1)]
+            way = direction[:, f, None]
+            pushed = np.where(way == 0, np.abs(combined[:, cols]), combined[:, cols] * way)
+            representative[:, f] = cols[np.argmax(pushed, axis=1)]
     return FieldEffects(
         fmap=fmap,
         win_points=win_fields * points_per_logit[:, None],
         deal_size_pct=np.expm1(value_fields) * 100,
-        ev_log=win_fields * logp_per_logit[:, None] + value_fields,
+        ev_log=ev_log,
         representative=representative,
     )
 
@@ -215,13 +270,14 @@ def _top_k(score: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 def top_drivers(
     effects: FieldEffects, k: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(positive fields, valid, negative fields, valid): up to ``k`` material fields each way."""
-    material = (np.abs(effects.win_points) >= MIN_POINTS) | (
-        np.abs(effects.deal_size_pct) >= MIN_DEAL_SIZE_PCT
-    )
+    """(positive fields, valid, negative fields, valid): up to ``k`` fields each way, each with
+    a material part that goes its way (the part its text shows)."""
+    points, pct = effects.win_points, effects.deal_size_pct
+    raises = (points >= MIN_POINTS) | (pct >= MIN_DEAL_SIZE_PCT)
+    lowers = (points <= -MIN_POINTS) | (pct <= -MIN_DEAL_SIZE_PCT)
     ev = effects.ev_log
-    pos, pos_ok = _top_k(np.where(material & (ev > 0), ev, -np.inf), k)
-    neg, neg_ok = _top_k(np.where(material & (ev < 0), -ev, -np.inf), k)
+    pos, pos_ok = _top_k(np.where(raises & (ev > 0), ev, -np.inf), k)
+    neg, neg_ok = _top_k(np.where(lowers & (ev < 0), -ev, -np.inf), k)
     return pos, pos_ok, neg, neg_ok
 
 
@@ -273,7 +329,7 @@ def describe_value(feature: str, label: str, value: Any) -> str:
         value = float(value)
     missing = _is_missing(value)
     if isinstance(value, str) or (not missing and not isinstance(value, (int, float, np.number))):
-        return f"{label} {value}"
+        return label_with(label, str(value))
     special = _describe_history(feature, value, missing)
     if special is not None:
         return special
@@ -307,6 +363,28 @@ def describe_value(feature: str, label: str, value: Any) -> str:
     return f"{label}: {_fmt_number(v)}"
 
 
+_WORD = re.compile(r"\w+")
+
+
+def label_with(label: str, value: str) -> str:
+    """A field's label and a text value said once: 'Industry software', but 'Sector 2' (not
+    'Sector Sector 2') and 'EMEA region' (not 'Region EMEA region'). Words are compared without
+    case or punctuation."""
+    value = value.strip()
+    said = [w.casefold() for w in _WORD.findall(label)]
+    words = [w.casefold() for w in _WORD.findall(value)]
+    n = len(said)
+    if n and any(words[i : i + n] == said for i in range(len(words) - n + 1)):
+        return value[:1].upper() + value[1:]  # the value already names the field
+    # The label's last words open the value: say them once, as the value spells them.
+    parts = label.split()
+    for k in range(min(len(parts), len(words)), 0, -1):
+        tail = [w.casefold() for w in _WORD.findall(" ".join(parts[-k:]))]
+        if tail and tail == words[: len(tail)]:
+            return " ".join([*parts[:-k], value])
+    return f"{label} {value}"
+
+
 def _is_missing(value: Any) -> bool:
     return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
@@ -328,23 +406,32 @@ def _describe_history(feature: str, value: Any, missing: bool) -> str | None:
     return None
 
 
-def _effect_phrases(points: float, pct: float) -> list[str]:
+def _shown(value: float, threshold: float, positive: bool) -> bool:
+    """Whether a part is shown on a driver: material, and going the driver's way."""
+    return value >= threshold if positive else value <= -threshold
+
+
+def _effect_phrases(
+    points: float, pct: float, positive: bool, words: EffectWords = DEAL_WORDS
+) -> list[str]:
     phrases = []
-    if abs(points) >= MIN_POINTS:
-        more = "win more often" if points > 0 else "win less often"
-        phrases.append(f"accounts like this {more}: {fmt_signed(points, ' pts')}")
-    if abs(pct) >= MIN_DEAL_SIZE_PCT:
-        larger = "larger" if pct > 0 else "smaller"
-        phrases.append(f"deals here are {larger}: {fmt_signed(pct, ' % deal size')}")
+    if _shown(points, MIN_POINTS, positive):
+        more = words.more_likely if points > 0 else words.less_likely
+        phrases.append(f"{more}: {fmt_signed(points, ' pts')}")
+    if _shown(pct, MIN_DEAL_SIZE_PCT, positive):
+        larger = words.larger if pct > 0 else words.smaller
+        phrases.append(f"{larger}: {fmt_signed(pct, words.amount_unit)}")
     return phrases
 
 
-def _effect_short(points: float, pct: float) -> str:
+def _effect_short(
+    points: float, pct: float, positive: bool, words: EffectWords = DEAL_WORDS
+) -> str:
     parts = []
-    if abs(points) >= MIN_POINTS:
+    if _shown(points, MIN_POINTS, positive):
         parts.append(fmt_signed(points, " pts"))
-    if abs(pct) >= MIN_DEAL_SIZE_PCT:
-        parts.append(fmt_signed(pct, " % deal size"))
+    if _shown(pct, MIN_DEAL_SIZE_PCT, positive):
+        parts.append(fmt_signed(pct, words.amount_unit))
     return ", ".join(parts)
 
 
@@ -370,11 +457,13 @@ def drivers(
     top: int = 3,
     field_of: FieldOf | None = None,
     fmap: FieldMap | None = None,
+    words: EffectWords = DEAL_WORDS,
 ) -> list[list[dict[str, Any]]]:
     """Per account: the top positive then top negative drivers, each a dict with ``field``,
     ``label``, ``feature``, ``value`` (the account's own value), ``value_text``,
-    ``effect_points`` (win chance, probability points), ``deal_size_pct``, ``direction``
-    ("positive"/"negative": effect on expected value) and ``text``."""
+    ``effect_points`` (probability part, in probability points), ``deal_size_pct`` (amount
+    part, in percent), ``direction`` ("positive"/"negative": effect on expected value) and
+    ``text``, which shows only the parts that go the driver's way, phrased with ``words``."""
     if fmap is None:
         fmap = _field_map_of(win_contrib, field_of)
     missing = [c for c in fmap.features if c not in features.columns]
@@ -391,23 +480,30 @@ def drivers(
     points = effects.win_points[rows, fields].tolist()
     pcts = effects.deal_size_pct[rows, fields].tolist()
     negative = (slots >= pos.shape[1]).tolist()
+    few_deals = _few_deals(features, rows, reps, fmap).tolist()
     # Only the columns some driver quotes are read (one row online, all of them in batch).
     columns = {j: features[fmap.features[j]].to_numpy() for j in np.unique(reps).tolist()}
     out: list[list[dict[str, Any]]] = [[] for _ in range(len(features))]
-    described: dict[tuple[int, int, Any], str] = {}
-    effect_texts: dict[tuple[float, float], str] = {}
+    described: dict[tuple[int, int, Any, tuple[int, int] | None], str] = {}
+    effect_texts: dict[tuple[float, float, bool], str] = {}
     for n, (i, f, j) in enumerate(zip(rows.tolist(), fields.tolist(), reps.tolist(), strict=True)):
         value = columns[j][i]
+        deals = few_deals[n]
+        history = None if deals[1] == 0 else (deals[0], deals[1])
         # Accounts share most values (industries, small counts): describe each once.
-        key = (j, f, None if _is_missing(value) else value)
+        key = (j, f, None if _is_missing(value) else value, history)
         desc = described.get(key)
         if desc is None:
-            desc = described[key] = describe_value(fmap.features[j], fmap.labels[f], value)
+            desc = describe_value(fmap.features[j], fmap.labels[f], value)
+            if history is not None:
+                desc += f" ({_few_deals_note(*history)})"
+            described[key] = desc
         # Text and numbers from the same rounded values, so they never disagree.
-        pts, dpct = round(points[n], 1), round(pcts[n], 1)
-        effect = effect_texts.get((pts, dpct))
+        pts, dpct, up = round(points[n], 1), round(pcts[n], 1), not negative[n]
+        effect = effect_texts.get((pts, dpct, up))
         if effect is None:
-            effect = effect_texts[(pts, dpct)] = "; ".join(_effect_phrases(pts, dpct))
+            effect = "; ".join(_effect_phrases(pts, dpct, up, words))
+            effect_texts[(pts, dpct, up)] = effect
         out[i].append(
             {
                 "field": fmap.fields[f],
@@ -424,6 +520,38 @@ def drivers(
     return out
 
 
+PAST_DEAL_FEATURES = frozenset(
+    {"prior_won", "prior_lost", "prior_win_rate", "revenue_won", "days_since_last_won"}
+)
+"""Features whose figure rests on the account's closed deals (open deals are not evidence)."""
+WEAK_EVIDENCE_DEALS = 2
+"""A driver quoting past deals says so when the account has at most this many."""
+
+
+def _few_deals(
+    features: pd.DataFrame, rows: np.ndarray, reps: np.ndarray, fmap: FieldMap
+) -> np.ndarray:
+    """Per driver, (deals won, closed deals) when it quotes a past-deal figure that rests on
+    1 to ``WEAK_EVIDENCE_DEALS`` closed deals, else (0, 0); shape (drivers, 2), int."""
+    out = np.zeros((len(rows), 2), dtype=np.int64)
+    if not {"prior_won", "prior_lost"} <= set(features.columns) or len(rows) == 0:
+        return out
+    quotes = np.array([name in PAST_DEAL_FEATURES for name in fmap.features], dtype=bool)[reps]
+    won = features["prior_won"].to_numpy(dtype=float, na_value=np.nan)[rows]
+    lost = features["prior_lost"].to_numpy(dtype=float, na_value=np.nan)[rows]
+    closed = np.nan_to_num(won) + np.nan_to_num(lost)
+    weak = quotes & (closed >= 1) & (closed <= WEAK_EVIDENCE_DEALS)
+    out[weak, 0] = np.nan_to_num(won[weak]).astype(np.int64)
+    out[weak, 1] = closed[weak].astype(np.int64)
+    return out
+
+
+def _few_deals_note(won: int, closed: int) -> str:
+    """E.g. 'won 1 of 1 past deals: a single deal, weak evidence'."""
+    many = "a single deal" if closed == 1 else f"only {closed} deals"
+    return f"won {won} of {closed} past deals: {many}, weak evidence"
+
+
 # ------------------------------------------------------------------------ tier sentences
 
 
@@ -434,13 +562,15 @@ def _rank_phrase(assignment: TierAssignment, i: int, pct: float) -> str:
     return f"top {top:.0f} % of the reference list ({assignment.as_of})"
 
 
-def _cut_phrase(tier: int, cutoff: float | None, ev_cut: float, icp: float, by_ev: bool) -> str:
+def _cut_phrase(
+    tier: int, cutoff: float | None, ev_cut: float, icp: float, by_ev: bool, expected: str
+) -> str:
     if cutoff is None:
         return f"Tier {tier} reached by nobody"
     if not by_ev:
         return f"Tier {tier} cut-off priority {cutoff:.3f}"
     if math.isnan(ev_cut):
-        return f"Tier {tier} out of reach by expected value at ICP fit {icp:.0f}"
+        return f"Tier {tier} out of reach by {expected} at ICP fit {icp:.0f}"
     return f"Tier {tier} cut-off {fmt_money(ev_cut)}"
 
 
@@ -453,11 +583,14 @@ def tier_texts(
     icp_missed: Sequence[Sequence[str]] | None,
     reference_ev: ArrayLike,
     policy: TierPolicy,
+    *,
+    words: EffectWords = DEAL_WORDS,
 ) -> tuple[list[str], list[str]]:
     """(tier rule per account, what would move it up a tier per account).
 
     The cut-offs are priorities; they are shown as the expected value that reaches them at the
-    account's own ICP fit, so a rep reads "Tier 1 cut-off $180k" rather than "0.71".
+    account's own ICP fit, so a rep reads "Tier 1 cut-off $180k" rather than "0.71". The
+    expected value is named as ``words.expected`` says.
     """
     prio = np.asarray(priority, dtype=np.float64).reshape(-1)
     ev = np.asarray(expected_value, dtype=np.float64).reshape(-1)
@@ -472,6 +605,7 @@ def tier_texts(
     icp_c1 = icp_needed(inf if c1 is None else c1, ev, reference_ev, weights)
     icp_c2 = icp_needed(inf if c2 is None else c2, ev, reference_ev, weights)
     pct = ev_percentile(ev, reference_ev)
+    expected = words.expected[:1].upper() + words.expected[1:]
     min_fit, min_ev = policy.min_icp_fit_tier1, policy.min_evidence_tier1
     cuts = {
         # For the hint: the expected value Tier 1 needs once the ICP fit meets its minimum.
@@ -486,11 +620,11 @@ def tier_texts(
     hints: list[str] = []
     for i in range(prio.size):
         tier = int(assignment.tier[i])
-        parts = [f"Expected value {fmt_money(ev[i])}, {_rank_phrase(assignment, i, pct[i])}"]
+        parts = [f"{expected} {fmt_money(ev[i])}, {_rank_phrase(assignment, i, pct[i])}"]
         if tier <= 2:
-            parts.append(_cut_phrase(1, c1, ev_c1[i], fit[i], by_ev))
+            parts.append(_cut_phrase(1, c1, ev_c1[i], fit[i], by_ev, words.expected))
         if tier >= 2:
-            parts.append(_cut_phrase(2, c2, ev_c2[i], fit[i], by_ev))
+            parts.append(_cut_phrase(2, c2, ev_c2[i], fit[i], by_ev, words.expected))
         text = ", ".join(parts)
         if by_ev:
             # The cut-offs are priorities; in money they depend on the account's own ICP fit.
@@ -512,7 +646,7 @@ def tier_texts(
         rules.append(text)
         hints.append(
             _next_tier_hint(
-                tier, i, assignment, prio, ev, fit, evid, icp_missed, policy, cuts, by_ev
+                tier, i, assignment, prio, ev, fit, evid, icp_missed, policy, cuts, by_ev, words
             )
         )
     return rules, hints
@@ -530,6 +664,7 @@ def _next_tier_hint(
     policy: TierPolicy,
     cuts: dict[str, np.ndarray],
     by_ev: bool,
+    words: EffectWords,
 ) -> str:
     if tier == 1:
         return "Already in the top tier"
@@ -559,7 +694,7 @@ def _next_tier_hint(
         if not math.isnan(icp_cut) and max(icp_cut, floor) > fit[i]:
             options.append(f"ICP fit {max(icp_cut, floor):.0f} (now {fit[i]:.0f}{missed_text})")
         if by_ev and not math.isnan(ev_cut) and ev_cut > ev[i]:
-            money = f"expected value {fmt_money(ev_cut)} (now {fmt_money(ev[i])})"
+            money = f"{words.expected} {fmt_money(ev_cut)} (now {fmt_money(ev[i])})"
             options.append(f"ICP fit {floor:.0f} and {money}" if gated_by_icp else money)
         if not options:
             options.append(f"priority {cutoff:.3f} (now {prio[i]:.3f})")
@@ -572,6 +707,64 @@ def _next_tier_hint(
     return f"For Tier {target}: " + "; ".join(needs)
 
 
+def fmt_chance(share: float) -> str:
+    """A probability for a rep: '34 %', and '<1 %' / '>99 %' rather than a flat 0 or 100."""
+    if not math.isfinite(share):
+        return "unknown"
+    if 0 < share < 0.005:
+        return "<1 %"
+    if 0.995 < share < 1:
+        return ">99 %"
+    return fmt_percent(share)
+
+
+def chance_headlines(p: ArrayLike, p_typical: ArrayLike, horizon: str) -> list[str]:
+    """Per account, e.g. "likely to buy in the next 6 months: 34 % (a typical account: 9 %)".
+
+    ``p`` is the calibrated probability that the account buys (books a won deal) within the
+    horizon, ``horizon`` how a rep says it ("6 months", "two quarters"), and ``p_typical`` the
+    probability of a typical account (one value or one per account): the base the drivers'
+    points are measured from, so that they add up from it to ``p``."""
+    label = horizon.strip()
+    if not label:
+        raise ValueError("horizon: give the horizon as a rep says it, e.g. '6 months'")
+    prob = np.asarray(p, dtype=np.float64).reshape(-1)
+    typical = np.broadcast_to(np.asarray(p_typical, dtype=np.float64).reshape(-1), prob.shape)
+    return [
+        f"likely to buy in the next {label}: {fmt_chance(a)} (a typical account: {fmt_chance(b)})"
+        for a, b in zip(prob.tolist(), typical.tolist(), strict=True)
+    ]
+
+
+def value_headlines(low: ArrayLike, high: ArrayLike) -> list[str]:
+    """Per account, e.g. "if it buys: $120k-$410k" from the revenue range if it buys (P10 and
+    P90); "about $120k" when both ends read alike, "unknown" when neither is known."""
+    lo = np.asarray(low, dtype=np.float64).reshape(-1)
+    hi = np.broadcast_to(np.asarray(high, dtype=np.float64).reshape(-1), lo.shape)
+    out = []
+    for a, b in zip(np.fmin(lo, hi).tolist(), np.fmax(lo, hi).tolist(), strict=True):
+        first, last = fmt_money(a), fmt_money(b)
+        if first == last:
+            out.append(
+                "if it buys: unknown" if first == "unknown" else f"if it buys: about {first}"
+            )
+        else:
+            out.append(f"if it buys: {first}-{last}")
+    return out
+
+
+def headlines(
+    p: ArrayLike, p_typical: ArrayLike, low: ArrayLike, high: ArrayLike, horizon: str
+) -> list[list[str]]:
+    """Per account, the two headlines a rep reads first: the chance to buy within the horizon
+    (:func:`chance_headlines`) and the revenue if it buys (:func:`value_headlines`)."""
+    chance = chance_headlines(p, p_typical, horizon)
+    value = value_headlines(low, high)
+    if len(chance) != len(value):
+        raise ValueError(f"headlines: {len(chance)} probabilities but {len(value)} revenue ranges")
+    return [[a, b] for a, b in zip(chance, value, strict=True)]
+
+
 def summaries(
     tier: ArrayLike,
     p_win: ArrayLike,
@@ -580,27 +773,35 @@ def summaries(
     rule: Sequence[str],
     positives: int = 2,
     negatives: int = 1,
+    *,
+    headline: Sequence[Sequence[str]] | None = None,
+    words: EffectWords = DEAL_WORDS,
 ) -> list[str]:
     """One line per account for CRM write-back, e.g. "Tier 1 — win chance 34 %, expected
     value $412k. Up: Meetings in the last 90 days: 4 (+9 pts). Down: No deals won with us yet
-    (−3 pts)"."""
+    (−3 pts)". With ``headline`` (see :func:`headlines`) the line opens with it instead of the
+    chance: "Tier 1 — likely to buy in the next 6 months: 34 % (a typical account: 9 %); if it
+    buys: $120k-$410k; expected revenue $96k. Up: ..."."""
     tiers = np.asarray(tier).reshape(-1)
     p = np.asarray(p_win, dtype=np.float64).reshape(-1)
     ev = np.asarray(expected_value, dtype=np.float64).reshape(-1)
     out = []
     for i, items in enumerate(driver_lists):
-        text = (
-            f"Tier {int(tiers[i])} {DASH} win chance {fmt_percent(p[i])}, "
-            f"expected value {fmt_money(ev[i])}"
-        )
+        if headline is not None:
+            opening = "; ".join(headline[i]) + "; "
+        else:
+            opening = f"{words.chance} {fmt_percent(p[i])}, "
+        text = f"Tier {int(tiers[i])} {DASH} {opening}{words.expected} {fmt_money(ev[i])}"
         for direction, label, count in (
             ("positive", "Up", positives),
             ("negative", "Down", negatives),
         ):
             chosen = [d for d in items if d["direction"] == direction][:count]
             if chosen:
+                up = direction == "positive"
                 text += f". {label}: " + "; ".join(
-                    f"{d['value_text']} ({_effect_short(d['effect_points'], d['deal_size_pct'])})"
+                    f"{d['value_text']} "
+                    f"({_effect_short(d['effect_points'], d['deal_size_pct'], up, words)})"
                     for d in chosen
                 )
         if rule[i] != RULE_PRIORITY:
@@ -655,22 +856,71 @@ def reason_columns(
     playbook: Playbook,
     top: int = 3,
     field_of: FieldOf | None = None,
+    horizon: str | None = None,
+    value_low: ArrayLike | None = None,
+    value_high: ArrayLike | None = None,
+    p_typical: ArrayLike | None = None,
+    words: EffectWords | None = None,
 ) -> dict[str, list[Any]]:
     """The columns of :func:`reasons` as plain lists, one value per account: ``reasons``
     (structured drivers), ``reason_summary``, ``tier_rule_text``, ``next_tier_hint``,
-    ``playbook``."""
+    ``playbook``.
+
+    ``p_win`` and ``p_base`` are the probability part (the calibrated probability and its value
+    at the model's base score), ``win_contrib`` and ``value_contrib`` the two models'
+    contributions. With ``horizon`` (e.g. "6 months") the target is the account's chance to buy
+    within it: a ``headline`` column is added (two texts per account, see :func:`headlines`),
+    the summary opens with it, and the words default to ``ACCOUNT_WORDS``. ``value_low`` and
+    ``value_high`` (the P10 and P90 of revenue if it buys) are then required; ``p_typical``
+    defaults to ``p_base``. Without ``horizon`` the output is as for an open deal."""
+    if words is None:
+        words = DEAL_WORDS if horizon is None else ACCOUNT_WORDS
+    headline = None
+    if horizon is not None:
+        if value_low is None or value_high is None:
+            raise ValueError(
+                "reason_columns: with a horizon, pass value_low and value_high (the P10 and "
+                "P90 of revenue if the account buys) for the 'if it buys' headline"
+            )
+        typical = p_base if p_typical is None else p_typical
+        headline = headlines(p_win, typical, value_low, value_high, horizon)
     driver_lists = drivers(
-        features, win_contrib, value_contrib, p_win, p_base, top=top, field_of=field_of
+        features,
+        win_contrib,
+        value_contrib,
+        p_win,
+        p_base,
+        top=top,
+        field_of=field_of,
+        words=words,
     )
     rules, hints = tier_texts(
-        assignment, priority, expected_value, icp_fit, evidence, icp_missed, reference_ev, policy
+        assignment,
+        priority,
+        expected_value,
+        icp_fit,
+        evidence,
+        icp_missed,
+        reference_ev,
+        policy,
+        words=words,
     )
-    return {
-        "reasons": driver_lists,
-        "reason_summary": summaries(
-            assignment.tier, p_win, expected_value, driver_lists, list(assignment.rule)
+    columns: dict[str, list[Any]] = {}
+    if headline is not None:
+        columns["headline"] = headline
+    columns.update(
+        reasons=driver_lists,
+        reason_summary=summaries(
+            assignment.tier,
+            p_win,
+            expected_value,
+            driver_lists,
+            list(assignment.rule),
+            headline=headline,
+            words=words,
         ),
-        "tier_rule_text": rules,
-        "next_tier_hint": hints,
-        "playbook": playbooks(assignment.tier, playbook),
-    }
+        tier_rule_text=rules,
+        next_tier_hint=hints,
+        playbook=playbooks(assignment.tier, playbook),
+    )
+    return columns

@@ -1,6 +1,8 @@
 """Score accounts with a bundle: predictions, ICP fit, evidence, priority, tier and reasons.
 
-One function for batch scoring and online requests. ``population=True`` tiers the given rows
+The one scoring core: predict -> ICP -> evidence -> priority (``rank``) -> tier -> reasons
+(``score``). Batch scoring, online requests, training's backtests and the frozen reference
+cut-offs all go through ``rank``, so they cannot drift apart. ``population=True`` tiers the given rows
 as the whole account list (quantile / capacity sizes over these rows); ``population=False``
 tiers each row on its own against the reference cut-offs frozen in the bundle, so a single
 request gets the tier it would have had in the reference run. Priority is always ranked
@@ -17,17 +19,20 @@ import pandas as pd
 from features.build import evidence_score
 from features.config import IcpConfig
 from features.icp import icp_fit
+from tiering.bundle import PREDICTION_COLUMNS
 from tiering.config import Playbook, TierPolicy
 from tiering.explain import reason_columns
-from tiering.policy import ReferenceCutoffs, assign_tiers, priority, tier_with_cutoffs
+from tiering.policy import (
+    ReferenceCutoffs,
+    TierAssignment,
+    assign_tiers,
+    priority,
+    tier_with_cutoffs,
+)
 
 OUTPUT_COLUMNS = [
     "account_id",
-    "p_win",
-    "deal_value",
-    "value_p10",
-    "value_p90",
-    "expected_value",
+    *PREDICTION_COLUMNS,
     "icp_fit",
     "evidence",
     "priority",
@@ -36,7 +41,9 @@ OUTPUT_COLUMNS = [
     "cutoffs_used",
     "model_version",
 ]
+RANK_COLUMNS = [*PREDICTION_COLUMNS, "icp_fit", "evidence", "priority"]
 REASON_COLUMNS = [
+    "headline",
     "reasons",
     "reason_summary",
     "tier_rule_text",
@@ -55,7 +62,10 @@ class Scorable(Protocol):
     playbook: Playbook
     cutoffs: ReferenceCutoffs
     metadata: dict[str, Any]
-    calibrator: Any
+    horizon_days: int
+
+    @property
+    def calibrator(self) -> Any: ...
 
     def predict(self, features: pd.DataFrame) -> pd.DataFrame: ...
 
@@ -72,6 +82,95 @@ def model_version(bundle: Scorable) -> str:
 def base_win_probability(bundle: Scorable, bias: np.ndarray) -> np.ndarray:
     """Calibrated win probability at the win model's base score (the SHAP ``bias``)."""
     return np.asarray(bundle.calibrator.transform(1.0 / (1.0 + np.exp(-bias))), dtype=np.float64)
+
+
+def rank(
+    bundle: Scorable,
+    features: pd.DataFrame,
+    *,
+    predicted: pd.DataFrame | None = None,
+    fit: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Predictions, ICP fit, evidence and priority of each row (same index): ``RANK_COLUMNS``.
+
+    ``predicted`` (``bundle.predict`` of the rows) and ``fit`` (``icp_fit`` of the rows) may be
+    passed when the caller already has them. Priority ranks expected revenue against the
+    bundle's frozen reference list; a bundle without one ranks within ``features``.
+    """
+    if predicted is None:
+        predicted = bundle.predict(features)
+    if fit is None:
+        fit = icp_fit(features, bundle.icp)
+    fit_score = fit["icp_fit"].to_numpy(dtype=np.float64)
+    out = predicted[PREDICTION_COLUMNS].copy()
+    out["icp_fit"] = fit_score
+    out["evidence"] = evidence_score(features).to_numpy(dtype=np.float64)
+    ev = out["expected_revenue"].to_numpy(dtype=np.float64)
+    reference = bundle.cutoffs.reference_ev
+    if len(reference) == 0:
+        # No frozen reference yet (a backtest freezing its own): rank within these rows.
+        reference = np.sort(ev)
+    out["priority"] = priority(ev, fit_score, reference, bundle.policy.weights)
+    return out
+
+
+def tier(ranked: pd.DataFrame, bundle: Scorable, *, population: bool) -> TierAssignment:
+    """Tiers of ranked rows: over the rows as the whole list (``population``), or each row
+    against the bundle's reference cut-offs."""
+    prio = ranked["priority"].to_numpy(dtype=np.float64)
+    fit = ranked["icp_fit"].to_numpy(dtype=np.float64)
+    evidence = ranked["evidence"].to_numpy(dtype=np.float64)
+    if population:
+        return assign_tiers(prio, fit, evidence, bundle.policy)
+    return tier_with_cutoffs(prio, fit, evidence, bundle.cutoffs, bundle.policy)
+
+
+def phrase(
+    bundle: Scorable,
+    features: pd.DataFrame,
+    ranked: pd.DataFrame,
+    icp_missed: list[list[str]] | None,
+    assignment: TierAssignment,
+    *,
+    top: int = 3,
+    contributions: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+) -> dict[str, list[Any]]:
+    """The texts a rep reads for ranked rows (``tiering.explain.reason_columns``): drivers of
+    the conversion model (in points of P(convert)) and of the revenue model (in %), the tier
+    rule, what would move the account up, the playbook."""
+    conv_contrib, revenue_contrib = (
+        contributions if contributions is not None else bundle.contributions(features)
+    )
+    p_base = base_win_probability(bundle, conv_contrib["bias"].to_numpy(dtype=np.float64))
+    return reason_columns(
+        features,
+        conv_contrib,
+        revenue_contrib,
+        p_win=ranked["p_convert"].to_numpy(dtype=np.float64),
+        p_base=p_base,
+        expected_value=ranked["expected_revenue"].to_numpy(dtype=np.float64),
+        icp_fit=ranked["icp_fit"].to_numpy(dtype=np.float64),
+        icp_missed=icp_missed,
+        evidence=ranked["evidence"].to_numpy(dtype=np.float64),
+        priority=ranked["priority"].to_numpy(dtype=np.float64),
+        assignment=assignment,
+        reference_ev=bundle.cutoffs.reference_ev,
+        policy=bundle.policy,
+        playbook=bundle.playbook,
+        top=top,
+        horizon=horizon_label(bundle.horizon_days),
+        value_low=ranked["revenue_p10"].to_numpy(dtype=np.float64),
+        value_high=ranked["revenue_p90"].to_numpy(dtype=np.float64),
+    )
+
+
+def horizon_label(days: int) -> str:
+    """The horizon in a rep's words: "6 months" for 182 days, "2 months" for 61, "4 weeks"."""
+    if days < 56:
+        weeks = round(days / 7)
+        return f"{weeks} week{'s' if weeks != 1 else ''}"
+    months = round(days / 30.4375)
+    return f"{months} month{'s' if months != 1 else ''}"
 
 
 def score(
@@ -93,63 +192,37 @@ def score(
         raise ValueError("features: missing column 'account_id'")
     if len(features) == 0:
         return pd.DataFrame(columns=OUTPUT_COLUMNS + (REASON_COLUMNS if reasons else []))
-    policy = bundle.policy
-    cutoffs = bundle.cutoffs
     both = getattr(bundle, "predict_with_contributions", None)
     if reasons and contributions is None and both is not None:
         # One encoding of the rows for both models' predictions and contributions.
         predicted, contributions = both(features)
     else:
         predicted = bundle.predict(features)
-    ev = predicted["expected_value"].to_numpy(dtype=np.float64)
     fit = icp_fit(features, bundle.icp)
-    fit_score = fit["icp_fit"].to_numpy(dtype=np.float64)
-    evidence = evidence_score(features).to_numpy(dtype=np.float64)
-    prio = priority(ev, fit_score, cutoffs.reference_ev, policy.weights)
-    if population:
-        assignment = assign_tiers(prio, fit_score, evidence, policy)
-    else:
-        assignment = tier_with_cutoffs(prio, fit_score, evidence, cutoffs, policy)
+    ranked = rank(bundle, features, predicted=predicted, fit=fit)
+    assignment = tier(ranked, bundle, population=population)
 
-    columns: dict[str, Any] = {
-        "account_id": features["account_id"].to_numpy(dtype=object),
-        "p_win": predicted["p_win"].to_numpy(dtype=np.float64),
-        "deal_value": predicted["deal_value"].to_numpy(dtype=np.float64),
-        "value_p10": predicted["value_p10"].to_numpy(dtype=np.float64),
-        "value_p90": predicted["value_p90"].to_numpy(dtype=np.float64),
-        "expected_value": ev,
-        "icp_fit": fit_score,
-        "evidence": evidence,
-        "priority": prio,
-        "tier": assignment.tier.astype(np.int64),
-        "tier_rule": assignment.rule,
-        "cutoffs_used": assignment.describe_cutoffs(),
-        "model_version": model_version(bundle),
-    }
+    columns: dict[str, Any] = {"account_id": features["account_id"].to_numpy(dtype=object)}
+    columns.update({c: ranked[c].to_numpy() for c in RANK_COLUMNS})
+    columns.update(
+        tier=assignment.tier.astype(np.int64),
+        tier_rule=assignment.rule,
+        cutoffs_used=assignment.describe_cutoffs(),
+        model_version=model_version(bundle),
+    )
+    columns = {c: columns[c] for c in OUTPUT_COLUMNS}
     if reasons:
-        win_contrib, value_contrib = (
-            contributions if contributions is not None else bundle.contributions(features)
-        )
-        p_base = base_win_probability(bundle, win_contrib["bias"].to_numpy(dtype=np.float64))
-        icp_missed = fit["icp_missed"].tolist()
-        text = reason_columns(
+        text = phrase(
+            bundle,
             features,
-            win_contrib,
-            value_contrib,
-            p_win=columns["p_win"],
-            p_base=p_base,
-            expected_value=ev,
-            icp_fit=fit_score,
-            icp_missed=icp_missed,
-            evidence=evidence,
-            priority=prio,
-            assignment=assignment,
-            reference_ev=cutoffs.reference_ev,
-            policy=policy,
-            playbook=bundle.playbook,
+            ranked,
+            fit["icp_missed"].tolist(),
+            assignment,
             top=top_reasons,
+            contributions=contributions,
         )
         columns.update(
+            headline=text["headline"],
             reasons=text["reasons"],
             reason_summary=text["reason_summary"],
             tier_rule_text=text["tier_rule_text"],

@@ -64,7 +64,7 @@ def demo_data(
     """Write the demo CRM export (accounts, opportunities, activities) and its ground truth."""
     if fmt not in FORMATS:
         raise fail(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    from features.demo import write_demo
+    from demo import write_demo
 
     checked: Literal["csv", "parquet"] = "csv" if fmt == "csv" else "parquet"
 

@@ -63,11 +63,12 @@ def show_top_accounts(scores_path: Path, top: int) -> None:
     tier1 = scores[scores["tier"] == 1].sort_values("priority", ascending=False).head(top)
     for row in tier1.to_dict("records"):
         lines = [
-            f"win chance {row['p_win']:.0%}, deal value ${row['value_p10']:,.0f}-"
-            f"${row['value_p90']:,.0f}, expected value ${row['expected_value']:,.0f}, "
-            f"ICP fit {row['icp_fit']:.0f}",
+            f"likely to buy within the horizon: {row['p_convert']:.0%}; if it buys: "
+            f"${row['revenue_p10']:,.0f}-${row['revenue_p90']:,.0f}; expected revenue "
+            f"${row['expected_revenue']:,.0f}; ICP fit {row['icp_fit']:.0f}",
             f"[bold]Why this tier:[/] {row['tier_rule_text']}",
         ]
+        lines[:0] = [str(h) for h in row["headline"]]
         lines += [f"  • {reason['text']}" for reason in json.loads(str(row["reasons"]))]
         met, missed = list(row["icp_met"]), list(row["icp_missed"])
         if met:

@@ -10,7 +10,7 @@ import os
 
 import typer
 
-from tiering_cli import data_cmd, demo_cmd, icp_cmd, model_cmd, score_cmd
+from tiering_cli import backtest_cmd, data_cmd, demo_cmd, icp_cmd, model_cmd, score_cmd
 
 app = typer.Typer(
     help="Account tiering: learn from won/lost deals, tier every target account, explain why.",
@@ -37,6 +37,7 @@ app.command("models")(model_cmd.models)
 app.command("promote")(model_cmd.promote)
 app.command("rollback")(model_cmd.rollback)
 app.command("score")(score_cmd.score)
+app.command("backtest")(backtest_cmd.backtest)
 app.command("serve")(score_cmd.serve)
 app.command("demo")(demo_cmd.demo)
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import pandas as pd
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from tiering_cli.common import CONFIG_OPTION, console, fail, known_errors, progress, read_config
@@ -23,9 +24,9 @@ REASON_OPTION = typer.Option(
 @contextmanager
 def _training_errors() -> Iterator[None]:
     """The refusals of training and the registry end the command with their message."""
+    from demo.truth import TruthError
     from features.leakage import LeakageError
     from tiering.bundle import BundleError
-    from training.evaluate import TruthError
     from training.fit import TrainingDataError
     from training.registry import RegistryError
     from training.split import SplitError
@@ -53,46 +54,76 @@ def _fmt(value: Any) -> str:
 
 
 def _summary_table(summary: pd.DataFrame) -> Table:
-    table = Table(title="Test slice: model vs baselines vs ground truth")
+    table = Table(title="Test window: model vs naive baseline vs ground truth, level by level")
     for col, label in (
-        ("metric", "metric"),
-        ("model", "LightGBM"),
-        ("logistic", "logistic reg."),
-        ("segment", "segment baseline"),
+        ("metric", "figure"),
+        ("model", "model"),
+        ("baseline", "naive baseline"),
+        ("baseline_name", "which baseline"),
         ("truth", "truth (demo)"),
         ("model_vs_truth", "model / truth"),
     ):
-        table.add_column(label, justify="left" if col == "metric" else "right")
+        table.add_column(label, justify="left" if col in ("metric", "baseline_name") else "right")
     for row in summary.itertuples(index=False):
         table.add_row(
             str(row.metric),
-            *[
-                _fmt(v)
-                for v in (row.model, row.logistic, row.segment, row.truth, row.model_vs_truth)
-            ],
+            _fmt(row.model),
+            _fmt(row.baseline),
+            str(row.baseline_name),
+            _fmt(row.truth),
+            _fmt(row.model_vs_truth),
         )
     return table
 
 
+def capture_table(capture: pd.DataFrame) -> Table:
+    table = Table(title="Share of the window's won revenue booked by the top accounts, by ranking")
+    columns = [c for c in capture.columns if c != "ranking"]
+    table.add_column("ranking")
+    for col in columns:
+        table.add_column(col, justify="right")
+    for row in capture.to_dict("records"):
+        style = "bold" if str(row["ranking"]).startswith("model: priority (") else None
+        table.add_row(str(row["ranking"]), *[f"{row[c]:.1%}" for c in columns], style=style)
+    return table
+
+
 def _split_table(split: pd.DataFrame) -> Table:
-    table = Table(title="Time split (by deal creation date)")
-    for col in ("slice", "from", "to", "deals", "won", "win rate"):
-        table.add_column(col, justify="left" if col in ("slice", "from", "to") else "right")
+    table = Table(
+        title="Time split of the account snapshots (as-of dates, a gap of H between slices)"
+    )
+    for col in (
+        "slice",
+        "first as-of",
+        "last as-of",
+        "dates",
+        "rows",
+        "converted in H",
+        "labels end",
+    ):
+        table.add_column(
+            col,
+            justify="left"
+            if col in ("slice", "first as-of", "last as-of", "labels end")
+            else "right",
+        )
     for row in split.to_dict("records"):
         table.add_row(
             str(row["slice"]),
-            str(row["from"]),
-            str(row["to"]),
-            f"{row['deals']:,}",
-            f"{row['won']:,}",
-            f"{row['win_rate']:.1%}",
+            str(row["first_as_of"]),
+            str(row["last_as_of"]),
+            f"{row['snapshots']:,}",
+            f"{row['rows']:,}",
+            f"{row['conversion_rate']:.1%}",
+            str(row["label_windows_end"]),
         )
     return table
 
 
 def train(config: Path = CONFIG_OPTION) -> None:
-    """Train the win and deal-value models on the config's data, evaluate them on the newest
-    deals against baselines (and the demo's truth), log an MLflow run and register a version.
+    """Train the account conversion and revenue models (and the open-deal win model) on
+    monthly account snapshots, evaluate them on the newest snapshots against naive account
+    baselines (and the demo's truth), log an MLflow run and register a version.
 
     The version becomes ``challenger``; the promotion gate compares it with the ``champion`` on
     the same test window and promotes it only if it is not worse beyond the configured
@@ -113,6 +144,9 @@ def train(config: Path = CONFIG_OPTION) -> None:
 
     console.print(_split_table(result.split))
     console.print(_summary_table(result.metrics))
+    console.print(capture_table(result.capture))
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
     verdict = "[green]promoted to champion[/]" if result.promoted else "[yellow]stays challenger[/]"
     console.print(
         f"Registered [bold]{settings.mlflow.registered_model}[/] "

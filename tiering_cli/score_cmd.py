@@ -61,7 +61,7 @@ def score(
     cfg = read_config(config)
     with known_errors():
         try:
-            loaded = _load_model(cfg, model)
+            loaded = resolve_model(cfg, model)
         except ModelNotFoundError as exc:
             raise fail(str(exc)) from None
         console.print(f"model [bold]{loaded.version}[/] from {loaded.source}")
@@ -96,7 +96,7 @@ def score(
 def tier_summary(scores: pd.DataFrame, title: str = "Tiers") -> Table:
     """Accounts, share and expected revenue per tier."""
     table = Table(title=title)
-    for col in ("Tier", "Accounts", "Share", "Expected revenue", "Mean P(win)", "Mean ICP fit"):
+    for col in ("Tier", "Accounts", "Share", "Expected revenue", "Mean P(convert)", "Mean ICP fit"):
         table.add_column(col, justify="left" if col == "Tier" else "right", no_wrap=col == "Tier")
     n = max(len(scores), 1)
     for tier, name in TIER_NAMES.items():
@@ -105,15 +105,15 @@ def tier_summary(scores: pd.DataFrame, title: str = "Tiers") -> Table:
             name,
             f"{len(rows):,}",
             f"{len(rows) / n:.0%}",
-            f"${rows['expected_value'].sum():,.0f}",
-            f"{rows['p_win'].mean():.1%}" if len(rows) else "-",
+            f"${rows['expected_revenue'].sum():,.0f}",
+            f"{rows['p_convert'].mean():.1%}" if len(rows) else "-",
             f"{rows['icp_fit'].mean():.0f}" if len(rows) else "-",
         )
     table.add_row(
         "All",
         f"{len(scores):,}",
         "100%",
-        f"${scores['expected_value'].sum():,.0f}",
+        f"${scores['expected_revenue'].sum():,.0f}",
         "",
         "",
         style="bold",
@@ -121,7 +121,7 @@ def tier_summary(scores: pd.DataFrame, title: str = "Tiers") -> Table:
     return table
 
 
-def _load_model(cfg: Config, model: str) -> LoadedModel:
+def resolve_model(cfg: Config, model: str) -> LoadedModel:
     from serving.model_loader import champion_uri, load_model, tracking_uri_for
 
     if Path(model).is_dir():

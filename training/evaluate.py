@@ -20,7 +20,6 @@ Definitions (what the numbers mean):
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,17 +31,10 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from features.build import build_features, evidence_score, scoring_requests
-from features.config import FeatureConfig
-from features.tables import Tables
 from tiering.bundle import P_CLIP, Bundle
-from tiering.config import TierPolicy
+from tiering.policy import tier_ceiling
 
 ECE_BINS = 10
-
-
-class TruthError(ValueError):
-    """The demo ground truth is missing or does not line up with the data."""
 
 
 # --------------------------------------------------------------------------- classification
@@ -147,7 +139,7 @@ def tier_backtest(tiers: pd.DataFrame, deals: pd.DataFrame) -> pd.DataFrame:
 
 
 def top_accounts_capture(score: pd.Series, deals: pd.DataFrame, n_top: int) -> float:
-    """Share of the window's won revenue booked by the ``n_top`` accounts with the highest
+    """Share of the deals' won revenue booked by the ``n_top`` accounts with the highest
     ``score`` (indexed by account_id); ties broken by account id for determinism."""
     ranked = score.rename("score").rename_axis("account_id").reset_index()
     ranked["account_id"] = ranked["account_id"].astype(str)
@@ -160,196 +152,290 @@ def top_accounts_capture(score: pd.Series, deals: pd.DataFrame, n_top: int) -> f
     return float(won.loc[won["account_id"].astype(str).isin(top), "amount"].fillna(0).sum() / total)
 
 
-# --------------------------------------------------------------------------- a bundle on a window
+# --------------------------------------------------------------------------- accounts
+TOP_SHARES = (0.05, 0.10, 0.20)
+"""Shares of the account list at which captured revenue is reported."""
+FORMER_DEFAULT_WEIGHTS = {"expected_value": 0.7, "icp_fit": 0.3}
+"""A priority that also weighs ICP fit, reported beside the default so its cost is visible."""
+
+
+def capture_at(score: np.ndarray, revenue: np.ndarray, n_top: int) -> float:
+    """Share of ``revenue`` held by the ``n_top`` rows with the highest ``score``.
+
+    Ties at the cut are shared out evenly (the expected capture if ties were broken at random),
+    so a ranking with many equal scores, such as "past deal count" where most accounts have
+    none, is neither flattered nor punished by row order. NaN scores rank last.
+    """
+    score = np.where(np.isnan(score), -np.inf, np.asarray(score, dtype=float))
+    revenue = np.asarray(revenue, dtype=float)
+    total = revenue.sum()
+    if total <= 0 or n_top <= 0:
+        return float("nan") if total <= 0 else 0.0
+    n_top = min(n_top, len(score))
+    cut = np.sort(score)[::-1][n_top - 1]
+    above = score > cut
+    tied = score == cut
+    share_of_ties = (n_top - above.sum()) / tied.sum()
+    return float((revenue[above].sum() + share_of_ties * revenue[tied].sum()) / total)
+
+
+def account_baselines(features: pd.DataFrame, segment_conversion: Any) -> dict[str, np.ndarray]:
+    """The naive account rankings the model must beat, from the same point-in-time features:
+    higher is better for each."""
+
+    def col(name: str) -> np.ndarray:
+        if name not in features:
+            return np.full(len(features), np.nan)
+        return pd.to_numeric(features[name], errors="coerce").to_numpy(dtype=float)
+
+    days = col("days_since_last_won")
+    return {
+        "past deal count": np.nan_to_num(col("prior_won")) + np.nan_to_num(col("prior_lost")),
+        "past won revenue": np.nan_to_num(col("revenue_won")),
+        "won revenue, last 12 months": np.nan_to_num(col("revenue_won_365d")),
+        # Sooner is better; never won ranks last.
+        "days since last won deal": np.where(np.isnan(days), -np.inf, -days),
+        "segment conversion rate": segment_conversion.predict_proba(features),
+    }
+
+
 @dataclass
 class WindowEvaluation:
-    """A bundle's figures on one test window (the same window for challenger and champion)."""
+    """A bundle's figures on the test snapshots (the same ones for challenger and champion)."""
 
     metrics: dict[str, float]
     calibration: pd.DataFrame
+    """Equal-mass bins of P(convert) on every test snapshot row."""
+    capture: pd.DataFrame
+    """ranking x share of accounts: captured share of the window's won revenue, averaged over
+    the test as-of dates."""
     backtest: pd.DataFrame
-    deal_predictions: pd.DataFrame  # per test deal: won, amount, p_win, deal_value, p10, p90
-    account_scores: pd.DataFrame  # per account at the window start: scoring output + account_id
-    extra: dict[str, Any] = field(default_factory=dict)
+    """Per tier at the first test date: accounts, revenue share, lift (tiers by the policy)."""
+    predictions: pd.DataFrame
+    """Per test row: account_id, as_of, converted, revenue, the scoring output's numbers."""
+    account_scores: pd.DataFrame
+    """Scoring output at the first test date."""
+    notes: list[str] = field(default_factory=list)
 
 
 def score_population(bundle: Bundle, features: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     """Tier a whole account list the way a batch run does, with reference cut-offs frozen on
     this very population (so a backtest as of a past date uses nothing from after it)."""
-    from features.icp import icp_fit
     from tiering.policy import reference_cutoffs
-    from tiering.scoring import score
+    from tiering.scoring import rank, score
 
-    predicted = bundle.predict(features)
-    fit = icp_fit(features, bundle.icp)["icp_fit"].to_numpy(dtype=float)
-    evidence = evidence_score(features).to_numpy(dtype=float)
+    ranked = rank(bundle, features)
     cutoffs = reference_cutoffs(
-        predicted["expected_value"].to_numpy(), fit, evidence, bundle.policy, as_of
+        ranked["expected_revenue"].to_numpy(),
+        ranked["icp_fit"].to_numpy(),
+        ranked["evidence"].to_numpy(),
+        bundle.policy,
+        as_of,
     )
     scored = score(replace(bundle, cutoffs=cutoffs), features, reasons=False, population=True)
     return scored.assign(account_id=scored["account_id"].astype(str))
 
 
+def _rankings(
+    scored: pd.DataFrame, features: pd.DataFrame, bundle: Bundle, segment_conversion: Any
+) -> dict[str, np.ndarray]:
+    from tiering.config import PriorityWeights
+    from tiering.policy import priority
+
+    ev = scored["expected_revenue"].to_numpy(dtype=float)
+    out = {
+        "model: priority (orders the tiers)": scored["priority"].to_numpy(dtype=float),
+        "model: expected revenue": ev,
+        "model: priority with ICP weight 0.3": priority(
+            ev,
+            scored["icp_fit"].to_numpy(dtype=float),
+            bundle.cutoffs.reference_ev if len(bundle.cutoffs.reference_ev) else np.sort(ev),
+            PriorityWeights(**FORMER_DEFAULT_WEIGHTS),
+        ),
+    }
+    out.update(
+        {f"naive: {k}": v for k, v in account_baselines(features, segment_conversion).items()}
+    )
+    return out
+
+
+MODEL_RANKING = "model: priority (orders the tiers)"
+TIER1_POLICY = "Tier 1 (policy gates)"
+"""Capture column: Tier 1's seats filled by a ranking among the accounts the gates admit."""
+
+
 def evaluate_window(
     bundle: Bundle,
-    tables: Tables,
-    test_deals: pd.DataFrame,
-    test_start: pd.Timestamp,
-    feature_config: FeatureConfig,
+    test: pd.DataFrame,
+    segment_conversion: Any,
     *,
-    deal_features: pd.DataFrame | None = None,
-    account_features: pd.DataFrame | None = None,
+    truth: pd.DataFrame | None = None,
 ) -> WindowEvaluation:
-    """Everything the report and the promotion gate need about ``bundle`` on one test window.
-
-    test_deals: the window's closed deals as ``training_requests`` gives them. Feature frames
-    may be passed in when already built with ``feature_config`` (the challenger's own run).
+    """Everything the report and the promotion gate need about ``bundle`` on the test
+    snapshots: ``test`` holds feature rows plus ``converted`` and ``revenue`` for every account
+    at each test as-of date. ``truth`` (demo only): ``account_id``, ``as_of``,
+    ``true_expected_revenue`` (and ``true_p_convert``) for the same rows.
     """
-    if deal_features is None:
-        deal_features = build_features(tables, test_deals, feature_config)
-    if account_features is None:
-        account_features = build_features(
-            tables, scoring_requests(tables.accounts, test_start), feature_config
+    dates = sorted(pd.to_datetime(test["as_of"]).unique())
+    captures: list[dict[str, Any]] = []
+    predictions = []
+    backtests = []
+    first_scores = pd.DataFrame()
+    for i, when in enumerate(dates):
+        rows = test[pd.to_datetime(test["as_of"]) == when]
+        scored = score_population(bundle, rows, pd.Timestamp(when))
+        revenue = rows["revenue"].to_numpy(dtype=float)
+        rankings = _rankings(scored, rows, bundle, segment_conversion)
+        if truth is not None:
+            key = rows["account_id"].astype(str).to_numpy()
+            day = truth[pd.to_datetime(truth["as_of"]) == when]
+            true_ev = day.set_index(day["account_id"].astype(str))["true_expected_revenue"]
+            rankings["truth: expected revenue in H"] = (
+                pd.Series(key).map(true_ev).to_numpy(dtype=float)
+            )
+        n = len(rows)
+        n_tier1 = int((scored["tier"] == 1).sum())
+        # Tier 1 under the policy: the same seats, filled by each ranking among the accounts
+        # the ICP and evidence gates let into Tier 1, so the comparison measures the ranking.
+        eligible = (
+            tier_ceiling(scored["icp_fit"].to_numpy(), scored["evidence"].to_numpy(), bundle.policy)
+            == 1
         )
+        for name, values in rankings.items():
+            row: dict[str, Any] = {"as_of": pd.Timestamp(when), "ranking": name}
+            for share in TOP_SHARES:
+                row[f"top {share:.0%}"] = capture_at(values, revenue, round(share * n))
+            row[TIER1_POLICY] = capture_at(np.where(eligible, values, np.nan), revenue, n_tier1)
+            captures.append(row)
+        tiers = scored["tier"].to_numpy()
+        total = revenue.sum()
+        backtests.append(
+            pd.DataFrame(
+                {
+                    "as_of": pd.Timestamp(when),
+                    "tier": [1, 2, 3],
+                    "accounts": [int((tiers == t).sum()) for t in (1, 2, 3)],
+                    "converted": [
+                        int(rows["converted"].to_numpy()[tiers == t].sum()) for t in (1, 2, 3)
+                    ],
+                    "won_revenue": [float(revenue[tiers == t].sum()) for t in (1, 2, 3)],
+                    "predicted_revenue": [
+                        float(scored["expected_revenue"].to_numpy()[tiers == t].sum())
+                        for t in (1, 2, 3)
+                    ],
+                    "revenue_share": [
+                        float(revenue[tiers == t].sum() / total) if total > 0 else np.nan
+                        for t in (1, 2, 3)
+                    ],
+                }
+            )
+        )
+        predictions.append(
+            pd.DataFrame(
+                {
+                    "account_id": rows["account_id"].astype(str).to_numpy(),
+                    "as_of": rows["as_of"].to_numpy(),
+                    "converted": rows["converted"].to_numpy(dtype=int),
+                    "revenue": revenue,
+                    **{
+                        c: scored[c].to_numpy()
+                        for c in (
+                            "p_convert",
+                            "revenue_if_converts",
+                            "revenue_p10",
+                            "revenue_p90",
+                            "expected_revenue",
+                            "priority",
+                            "icp_fit",
+                            "tier",
+                        )
+                    },
+                }
+            )
+        )
+        if i == 0:
+            first_scores = scored
+    capture = pd.DataFrame(captures).groupby("ranking", sort=False).mean(numeric_only=True)
+    backtest = pd.concat(backtests).groupby("tier").sum(numeric_only=True)
+    backtest["revenue_share"] = backtest["won_revenue"] / backtest["won_revenue"].sum()
+    backtest["account_share"] = backtest["accounts"] / backtest["accounts"].sum()
+    backtest["lift"] = backtest["revenue_share"] / backtest["account_share"]
+    backtest = backtest.reset_index()
+    pred = pd.concat(predictions, ignore_index=True)
 
-    predicted = bundle.predict(deal_features)
-    y = test_deals["won"].to_numpy(dtype=int)
+    y = pred["converted"].to_numpy(dtype=int)
     metrics = {
-        f"test_{k}": v for k, v in classification_metrics(y, predicted["p_win"].to_numpy()).items()
+        f"test_{k}": v
+        for k, v in classification_metrics(y, pred["p_convert"].to_numpy()).items()
+        if k != "deals"
     }
-    won = (y == 1) & np.isfinite(test_deals["amount"].to_numpy(dtype=float))
+    metrics["test_rows"] = float(len(pred))
+    metrics["test_as_of_dates"] = float(len(dates))
+    conv = (y == 1) & (pred["revenue"].to_numpy() > 0)
     value = value_metrics(
-        test_deals["amount"].to_numpy(dtype=float)[won],
-        predicted["deal_value"].to_numpy()[won],
-        predicted["value_p10"].to_numpy()[won],
-        predicted["value_p90"].to_numpy()[won],
+        pred["revenue"].to_numpy()[conv],
+        pred["revenue_if_converts"].to_numpy()[conv],
+        pred["revenue_p10"].to_numpy()[conv],
+        pred["revenue_p90"].to_numpy()[conv],
     )
     metrics.update({f"value_{k}": v for k, v in value.items()})
-
-    scored = score_population(bundle, account_features, test_start)
-    backtest = tier_backtest(scored[["account_id", "tier"]], test_deals)
     t1: dict[Any, Any] = backtest.set_index("tier").loc[1].to_dict()
     metrics["tier1_revenue_share"] = float(t1["revenue_share"])
     metrics["tier1_lift"] = float(t1["lift"])
-    metrics["tier1_win_rate"] = float(t1["win_rate"])
-    metrics["tier1_accounts"] = float(t1["accounts"])
-    # The same number of accounts ranked by expected value alone: separates the model's ranking
-    # from what the ICP weight and the gates of the policy do to it.
-    ev = pd.Series(scored["expected_value"].to_numpy(), index=scored["account_id"])
-    metrics["ev_top_revenue_share"] = top_accounts_capture(ev, test_deals, int(t1["accounts"]))
-
-    deal_predictions = pd.concat(
-        [
-            test_deals[["opportunity_id", "account_id", "as_of", "won", "amount"]].reset_index(
-                drop=True
-            ),
-            predicted.reset_index(drop=True),
-        ],
-        axis=1,
+    metrics["tier1_accounts"] = float(t1["accounts"]) / len(dates)
+    metrics["tier1_predicted_vs_realised"] = (
+        float(t1["predicted_revenue"]) / float(t1["won_revenue"])
+        if float(t1["won_revenue"]) > 0
+        else float("nan")
     )
+    capture = capture.reset_index()
+    shares = [c for c in capture.columns if c != "ranking"]
+    for record in capture.to_dict("records"):
+        slug = _slug(str(record["ranking"]))
+        for column in shares:
+            metrics[f"capture_{_slug(column)}__{slug}"] = float(record[column])
+    notes = []
+    # The model's Tier 1 capture on the same footing as the baselines' (mean over the dates).
+    model_row = capture[capture["ranking"] == MODEL_RANKING]
+    metrics["tier1_revenue_share"] = float(model_row[TIER1_POLICY].iloc[0])
+    if capture["ranking"].str.startswith("naive:").any():
+        name, best = best_baseline(capture)
+        metrics["best_baseline_tier1_capture"] = best
+        notes.append(f"best naive baseline at Tier 1's size: {name}")
     return WindowEvaluation(
         metrics=metrics,
-        calibration=calibration_table(y, predicted["p_win"].to_numpy()),
+        calibration=calibration_table(y, pred["p_convert"].to_numpy()),
+        capture=capture,
         backtest=backtest,
-        deal_predictions=deal_predictions,
-        account_scores=scored,
-        extra={"account_features": account_features},
+        predictions=pred,
+        account_scores=first_scores,
+        notes=notes,
     )
 
 
-# --------------------------------------------------------------------------- ground truth
-def load_truth(truth_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(opportunities_truth, accounts_truth) written by the demo generator."""
-    paths = {
-        name: Path(truth_dir) / f"{name}.csv" for name in ("opportunities_truth", "accounts_truth")
-    }
-    for path in paths.values():
-        if not path.is_file():
-            raise TruthError(f"demo ground truth not found: {path}")
-    opps = pd.read_csv(paths["opportunities_truth"], dtype={"opportunity_id": str})
-    accounts = pd.read_csv(
-        paths["accounts_truth"], dtype={"account_id": str}, parse_dates=["as_of"]
-    )
-    return opps, accounts
+def best_baseline(capture: pd.DataFrame, column: str = TIER1_POLICY) -> tuple[str, float]:
+    """(name, capture) of the best naive ranking in a ``WindowEvaluation.capture`` table."""
+    naive = capture[capture["ranking"].str.startswith("naive:")]
+    values = naive[column].to_numpy(dtype=float)
+    i = int(np.nanargmax(values))
+    return str(naive["ranking"].iloc[i]).removeprefix("naive: "), float(values[i])
 
 
-def truth_metrics(
-    truth_dir: Path,
-    test_deals: pd.DataFrame,
-    test_start: pd.Timestamp,
-    account_scores: pd.DataFrame,
-    policy: TierPolicy,
-) -> dict[str, float]:
-    """The ground truth's own figures on the same test window.
+def _slug(text: str) -> str:
+    import re
 
-    truth_auc (etc.): the true win probabilities scored like the model's on the test deals.
-    truth_tier1_revenue_share: the tier policy run with the TRUE expected values in place of
-        the model's (same ICP fit, evidence and gates, from ``account_scores``), so model and
-        truth are compared under the same business rules.
-    truth_ev_top_revenue_share: the same number of accounts as the model's Tier 1, ranked by
-        true expected value alone (the ceiling for ``ev_top_revenue_share``).
-    """
-    from tiering.policy import assign_tiers, priority
-
-    opps, accounts = load_truth(truth_dir)
-    p_true = (
-        test_deals["opportunity_id"].astype(str).map(opps.set_index("opportunity_id")["true_p_win"])
-    )
-    if p_true.isna().any():
-        missing = test_deals.loc[p_true.isna().to_numpy(), "opportunity_id"].head(3).tolist()
-        raise TruthError(
-            f"truth: {int(p_true.isna().sum())} test deals lack true_p_win, e.g. {missing}"
-        )
-    y = test_deals["won"].to_numpy(dtype=int)
-    out = {
-        f"truth_{k}": v
-        for k, v in classification_metrics(y, p_true.to_numpy(dtype=float)).items()
-        if k in ("auc", "pr_auc", "brier", "log_loss", "ece")
-    }
-    snapshot = accounts[accounts["as_of"] == pd.Timestamp(test_start)]
-    if snapshot.empty:
-        dates = accounts["as_of"].drop_duplicates().sort_values()
-        raise TruthError(
-            f"truth: no account snapshot as of {pd.Timestamp(test_start).date()} "
-            f"(snapshots from {dates.iloc[0].date()} to {dates.iloc[-1].date()})"
-        )
-    true_ev = snapshot.set_index(snapshot["account_id"].astype(str))["true_expected_value"]
-    ev = account_scores["account_id"].astype(str).map(true_ev)
-    if ev.isna().any():
-        raise TruthError(f"truth: {int(ev.isna().sum())} accounts lack a true expected value")
-    ev_values = ev.to_numpy(dtype=float)
-    fit = account_scores["icp_fit"].to_numpy(dtype=float)
-    evidence = account_scores["evidence"].to_numpy(dtype=float)
-    tiers = assign_tiers(
-        priority(ev_values, fit, np.sort(ev_values), policy.weights), fit, evidence, policy
-    )
-    truth_tiers = pd.DataFrame(
-        {"account_id": account_scores["account_id"].astype(str), "tier": tiers.tier}
-    )
-    backtest = tier_backtest(truth_tiers, test_deals).set_index("tier")
-    tier1: dict[Any, Any] = backtest.loc[1].to_dict()
-    out["truth_tier1_revenue_share"] = float(tier1["revenue_share"])
-    out["truth_tier1_lift"] = float(tier1["lift"])
-    n_tier1 = int((account_scores["tier"] == 1).sum())
-    out["truth_ev_top_revenue_share"] = top_accounts_capture(
-        pd.Series(ev_values, index=account_scores["account_id"].astype(str).to_numpy()),
-        test_deals,
-        n_tier1,
-    )
-    return out
+    return re.sub(r"[^0-9a-z]+", "_", text.lower()).strip("_")
 
 
 def truth_ratios(metrics: dict[str, float]) -> dict[str, float]:
     """model / truth for the figures the targets are stated in."""
     out = {}
-    if metrics.get("truth_auc"):
-        out["auc_ratio_to_truth"] = metrics["test_auc"] / metrics["truth_auc"]
-    if metrics.get("truth_tier1_revenue_share"):
-        out["tier1_capture_ratio_to_truth"] = (
-            metrics["tier1_revenue_share"] / metrics["truth_tier1_revenue_share"]
-        )
-    if metrics.get("truth_ev_top_revenue_share"):
-        out["ev_top_capture_ratio_to_truth"] = (
-            metrics["ev_top_revenue_share"] / metrics["truth_ev_top_revenue_share"]
-        )
+    model = _slug(MODEL_RANKING)
+    truth = _slug("truth: expected revenue in H")
+    for share in TOP_SHARES:
+        col = _slug(f"top {share:.0%}")
+        m = metrics.get(f"capture_{col}__{model}")
+        t = metrics.get(f"capture_{col}__{truth}")
+        if m is not None and t:
+            out[f"capture_{col}_ratio_to_truth"] = m / t
     return out

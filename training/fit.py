@@ -27,7 +27,15 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
-from tiering.bundle import P_CLIP, Calibrator, ValueInterval, booster_from_text
+from tiering.bundle import (
+    P_CLIP,
+    AmountModel,
+    Calibrator,
+    ProbabilityModel,
+    ValueInterval,
+    booster_from_text,
+    segment_key,
+)
 from tiering.bundle import encode_features as encode
 from tiering.config import TrainingConfig
 
@@ -231,16 +239,6 @@ def fit_value_model(
     return ValueFit(objective, booster)
 
 
-def constant_value_model(x: pd.DataFrame, value: float, config: TrainingConfig) -> ValueFit:
-    """The value "model" when the export has too few won deals with an amount: every account's
-    deal is worth ``value`` (``data.default_deal_value``), so expected revenue is P(win) x value
-    and its explanations carry no value reasons. A one-leaf booster keeps the bundle's shape."""
-    params = lgb_params(config, "regression")
-    data = lgb.Dataset(x, label=np.full(len(x), np.log(value)), categorical_feature="auto")
-    booster = lgb.train(params, data, num_boost_round=1)
-    return ValueFit("log_l2", booster_from_text(booster.model_to_string()), 1.0)
-
-
 def value_errors(amount: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     amount = np.asarray(amount, dtype=float)
     predicted = np.asarray(predicted, dtype=float)
@@ -308,31 +306,6 @@ def conformal_interval(
 
 
 # --------------------------------------------------------------------------- baselines
-def size_band(employees: pd.Series) -> pd.Series:
-    bands = pd.cut(
-        pd.to_numeric(employees, errors="coerce"),
-        bins=[-np.inf, 50, 250, 1000, 5000, np.inf],
-        labels=["<50", "50-249", "250-999", "1000-4999", "5000+"],
-        right=False,
-    )
-    return bands.astype(object).where(bands.notna(), "unknown").astype(str)
-
-
-def segment_key(frame: pd.DataFrame) -> pd.Series:
-    """industry x employee size band; 'unknown' where a column is missing or empty."""
-    industry = (
-        frame["industry"].astype(object).where(frame["industry"].notna(), "unknown").astype(str)
-        if "industry" in frame
-        else pd.Series("unknown", index=frame.index)
-    )
-    band = (
-        size_band(frame["employees"])
-        if "employees" in frame
-        else pd.Series("unknown", index=frame.index)
-    )
-    return industry + " | " + band
-
-
 @dataclass
 class SegmentWinRate:
     """Historical win rate by segment, shrunk towards the overall rate with ``smoothing``
@@ -443,60 +416,72 @@ class LogisticBaseline:
 class FittedModels:
     feature_names: list[str]
     categories: dict[str, list[str]]
-    win_model: lgb.Booster
-    calibrator: Calibrator
+    conversion: ProbabilityModel
     calibration_scores: pd.DataFrame
-    value: ValueFit
-    value_comparison: pd.DataFrame
-    value_interval: ValueInterval
-    segment_win_rate: SegmentWinRate
-    logistic: LogisticBaseline
-    segment_value: SegmentMedianValue
+    revenue: AmountModel
+    revenue_comparison: pd.DataFrame
+    segment_conversion: SegmentWinRate
+    segment_revenue: SegmentMedianValue
+    deal_win: ProbabilityModel | None = None
+    deal_calibration_scores: pd.DataFrame | None = None
+    deal_logistic: LogisticBaseline | None = None
+    deal_segment: SegmentWinRate | None = None
     notes: list[str] = field(default_factory=list)
-    """What the fit had to do without (e.g. no deal-value model for want of amounts)."""
-
-    def predict_win(self, x: pd.DataFrame) -> np.ndarray:
-        return self.calibrator.transform(raw_probability(self.win_model, x))
+    """What fell back or was left out, in words for the report."""
 
 
-def won_with_amount(frame: pd.DataFrame) -> np.ndarray:
-    """Mask of won deals with a positive amount: the deal-value model's rows."""
-    amount = pd.to_numeric(frame["amount"], errors="coerce").to_numpy(dtype=float)
-    return (frame["won"].to_numpy() == 1) & np.isfinite(amount) & (amount > 0)
-
-
-def fit_models(
-    train: pd.DataFrame,
-    calibration: pd.DataFrame,
-    feature_names: list[str],
-    categorical: list[str],
+def fit_probability(
+    x_train: pd.DataFrame,
+    y_train: np.ndarray,
+    x_cal: pd.DataFrame,
+    y_cal: np.ndarray,
     config: TrainingConfig,
-    default_deal_value: float = 1.0,
-) -> FittedModels:
-    """Fit everything on a time split's train and calibration slices (frames of features plus
-    ``won`` and ``amount``).
+) -> tuple[ProbabilityModel, pd.DataFrame]:
+    """A binary booster (trees on train, early stopping on calibration) and its calibrator
+    (chosen by cross-validation inside the calibration slice). A slice with one outcome only
+    (every account bought within the horizon, say) leaves nothing to learn: the model is the
+    observed rate, and the caller's notes say so."""
+    if len(np.unique(y_train)) < 2 or len(np.unique(y_cal)) < 2:
+        rate = float(np.concatenate([y_train, y_cal]).mean())
+        table = pd.DataFrame(
+            {
+                "method": ["constant rate"],
+                "cv_log_loss": [np.nan],
+                "cv_brier": [np.nan],
+                "chosen": [True],
+            }
+        )
+        return ProbabilityModel(None, Calibrator("identity"), rate), table
+    booster = fit_win_model(x_train, y_train, x_cal, y_cal, config)
+    calibrator, scores = choose_calibrator(raw_probability(booster, x_cal), y_cal, seed=config.seed)
+    return ProbabilityModel(booster, calibrator), scores
 
-    Too few won deals with an amount (fewer than 2 in train or none in calibration): no
-    deal-value model is fitted; every won deal counts as ``default_deal_value`` and ``notes``
-    says so."""
-    categories = freeze_categories(train, [c for c in categorical if c in feature_names])
-    x_train = encode(train, feature_names, categories)
-    x_cal = encode(calibration, feature_names, categories)
-    y_train = train["won"].to_numpy(dtype=int)
-    y_cal = calibration["won"].to_numpy(dtype=int)
 
-    win_model = fit_win_model(x_train, y_train, x_cal, y_cal, config)
-    calibrator, calibration_scores = choose_calibrator(
-        raw_probability(win_model, x_cal), y_cal, seed=config.seed
-    )
+def fit_revenue(
+    x_train: pd.DataFrame,
+    revenue_train: np.ndarray,
+    x_cal: pd.DataFrame,
+    revenue_cal: np.ndarray,
+    frame_train: pd.DataFrame,
+    frame_cal: pd.DataFrame,
+    config: TrainingConfig,
+    default_value: float = 1.0,
+) -> tuple[AmountModel, pd.DataFrame, SegmentMedianValue, list[str]]:
+    """Revenue if the account converts (rows: converted snapshots with revenue > 0).
 
-    won_train, won_cal = won_with_amount(train), won_with_amount(calibration)
-    amount_train = train["amount"].to_numpy(dtype=float)[won_train]
-    amount_cal = calibration["amount"].to_numpy(dtype=float)[won_cal]
-    notes: list[str] = []
-    if len(amount_train) < 2 or len(amount_cal) < 1:
-        value = constant_value_model(x_train, default_deal_value, config)
-        comparison = pd.DataFrame(
+    Each configured objective is fitted, and the best by mean |log error| on the calibration
+    slice is compared with the naive segment median on the same rows. A booster that does not
+    beat the median is not kept: the bundle carries the medians instead, and the notes say so.
+
+    Too few rows with revenue (fewer than 2 in train or none in calibration, e.g. an export
+    without amounts): no revenue model is fitted; revenue if converted is ``default_value``
+    (``data.default_deal_value``) for every account, and the notes say so.
+    """
+    segment = SegmentMedianValue(default=default_value).fit(frame_train, revenue_train)
+    if len(revenue_train) < 2 or len(revenue_cal) < 1:
+        interval = ValueInterval(low=0.0, high=0.0, level=INTERVAL_LEVEL, n_calibration=0)
+        model = AmountModel(None, "segment_median", interval, overall=default_value)
+        table = pd.DataFrame(
             [
                 {
                     "objective": "none (default_deal_value)",
@@ -507,37 +492,123 @@ def fit_models(
                 }
             ]
         )
-        interval = ValueInterval(low=0.0, high=0.0, level=INTERVAL_LEVEL, n_calibration=0)
-        notes.append(
-            f"no deal-value model: won deals with an amount are {len(amount_train)} in train and "
-            f"{len(amount_cal)} in the calibration slice (at least 2 and 1 needed); expected "
-            f"revenue = P(win) x {default_deal_value:,g} (data.default_deal_value)"
+        note = (
+            f"no revenue model: converted accounts with revenue are {len(revenue_train)} in "
+            f"train and {len(revenue_cal)} in the calibration slice (at least 2 and 1 needed); "
+            f"expected revenue = P(convert) x {default_value:,g} (data.default_deal_value)"
         )
+        return model, table, segment, [note]
+    fit, table = choose_value_model(
+        list(config.value_objectives), x_train, revenue_train, x_cal, revenue_cal, config
+    )
+    median_cal = segment.predict(frame_cal)
+    median_errors = value_errors(revenue_cal, median_cal)
+    table = pd.concat(
+        [
+            table.drop(columns="chosen"),
+            pd.DataFrame([{"objective": "segment_median", **median_errors, "trees": 0}]),
+        ],
+        ignore_index=True,
+    )
+    best_booster = float(
+        table.loc[table["objective"] == fit.objective, "mean_abs_log_error"].iloc[0]
+    )
+    notes: list[str] = []
+    if best_booster < median_errors["mean_abs_log_error"]:
+        chosen = fit.objective
+        interval = conformal_interval(revenue_cal, fit.predict(x_cal))
+        model = AmountModel(fit.booster, fit.objective, interval, smearing=fit.smearing)  # type: ignore[arg-type]  # a configured objective
     else:
-        value, comparison = choose_value_model(
-            list(config.value_objectives),
-            x_train[won_train],
-            amount_train,
-            x_cal[won_cal],
-            amount_cal,
-            config,
+        chosen = "segment_median"
+        notes.append(
+            f"revenue model: no booster beat the segment median on the calibration slice "
+            f"(mean |log error| {best_booster:.3f} vs {median_errors['mean_abs_log_error']:.3f}); "
+            "revenue if converted is the segment median"
         )
-        interval = conformal_interval(amount_cal, value.predict(x_cal[won_cal]))
+        model = AmountModel(
+            None,
+            "segment_median",
+            conformal_interval(revenue_cal, median_cal),
+            medians=dict(segment.medians_),
+            overall=segment.overall_,
+        )
+    table["chosen"] = table["objective"] == chosen
+    return model, table, segment, notes
 
-    numeric = [c for c in feature_names if c not in categories]
-    return FittedModels(
+
+def won_with_amount(frame: pd.DataFrame) -> np.ndarray:
+    """Mask of won deals with a positive amount."""
+    amount = pd.to_numeric(frame["amount"], errors="coerce").to_numpy(dtype=float)
+    return (frame["won"].to_numpy() == 1) & np.isfinite(amount) & (amount > 0)
+
+
+def fit_models(
+    train: pd.DataFrame,
+    calibration: pd.DataFrame,
+    feature_names: list[str],
+    categorical: list[str],
+    config: TrainingConfig,
+    *,
+    deals_train: pd.DataFrame | None = None,
+    deals_calibration: pd.DataFrame | None = None,
+    default_deal_value: float = 1.0,
+) -> FittedModels:
+    """Fit the account models on a snapshot split's train and calibration slices (features plus
+    ``converted`` and ``revenue``), and the deal-win model on deals (features plus ``won``)
+    when given."""
+    categories = freeze_categories(train, [c for c in categorical if c in feature_names])
+    x_train = encode(train, feature_names, categories)
+    x_cal = encode(calibration, feature_names, categories)
+    y_train = train["converted"].to_numpy(dtype=int)
+    y_cal = calibration["converted"].to_numpy(dtype=int)
+    conversion, calibration_scores = fit_probability(x_train, y_train, x_cal, y_cal, config)
+    constant_notes = []
+    if conversion.booster is None:
+        constant_notes.append(
+            f"conversion model: the training or calibration snapshots hold one outcome only "
+            f"({conversion.rate:.0%} converted within the horizon overall), so P(convert) is that "
+            "rate for every account and the revenue model alone orders the tiers (a shorter "
+            "horizon may help)"
+        )
+
+    pos_train = (y_train == 1) & (train["revenue"].to_numpy(dtype=float) > 0)
+    pos_cal = (y_cal == 1) & (calibration["revenue"].to_numpy(dtype=float) > 0)
+    revenue, comparison, segment_revenue, notes = fit_revenue(
+        x_train[pos_train],
+        train["revenue"].to_numpy(dtype=float)[pos_train],
+        x_cal[pos_cal],
+        calibration["revenue"].to_numpy(dtype=float)[pos_cal],
+        train[pos_train],
+        calibration[pos_cal],
+        config,
+        default_deal_value,
+    )
+    fitted = FittedModels(
         feature_names=feature_names,
         categories=categories,
-        win_model=win_model,
-        calibrator=calibrator,
+        conversion=conversion,
         calibration_scores=calibration_scores,
-        value=value,
-        value_comparison=comparison,
-        value_interval=interval,
-        segment_win_rate=SegmentWinRate().fit(train, y_train),
-        logistic=LogisticBaseline(numeric, list(categories)).fit(train, y_train),
-        segment_value=SegmentMedianValue(default=default_deal_value).fit(
-            train[won_train], amount_train
-        ),
-        notes=notes,
+        revenue=revenue,
+        revenue_comparison=comparison,
+        segment_conversion=SegmentWinRate().fit(train, y_train),
+        segment_revenue=segment_revenue,
+        notes=constant_notes + notes,
     )
+    if deals_train is not None and deals_calibration is not None:
+        try:
+            xd_train = encode(deals_train, feature_names, categories)
+            xd_cal = encode(deals_calibration, feature_names, categories)
+            yd_train = deals_train["won"].to_numpy(dtype=int)
+            yd_cal = deals_calibration["won"].to_numpy(dtype=int)
+            fitted.deal_win, fitted.deal_calibration_scores = fit_probability(
+                xd_train, yd_train, xd_cal, yd_cal, config
+            )
+        except TrainingDataError as exc:
+            fitted.notes.append(f"deal-win model left out: {exc}")
+        else:
+            numeric = [c for c in feature_names if c not in categories]
+            fitted.deal_logistic = LogisticBaseline(numeric, list(categories)).fit(
+                deals_train, yd_train
+            )
+            fitted.deal_segment = SegmentWinRate().fit(deals_train, yd_train)
+    return fitted

@@ -27,27 +27,33 @@ from features.build import (
     training_requests,
 )
 from features.tables import Tables
-from tiering.bundle import Bundle
+from tiering.bundle import CONVERSION, DEAL_WIN, REVENUE, Bundle, Model
 from tiering.config import Config
 from training.evaluate import (
     WindowEvaluation,
+    best_baseline,
     classification_metrics,
     evaluate_window,
-    top_accounts_capture,
-    truth_metrics,
     truth_ratios,
-    value_metrics,
 )
 from training.fit import FittedModels, fit_models
 from training.registry import GateDecision, GateMetrics
-from training.split import TimeSplit, maturity_cutoff, time_split
+from training.snapshots import (
+    SnapshotSplit,
+    horizon_labels,
+    labelled_dates,
+    snapshot_requests,
+    split_snapshots,
+)
+from training.split import maturity_cutoff
+from training.truth import demo_truth
 
 Progress = Callable[[str, int, int], None]
 """progress(step description, steps done, steps in all): called as each step starts."""
 
 STEPS = (
     "Loading and validating the data",
-    "Building point-in-time features",
+    "Building point-in-time account snapshots",
     "Auditing features for leakage",
     "Fitting models and baselines",
     "Evaluating on the test window",
@@ -67,18 +73,19 @@ class TrainingOutcome:
     config: Config
     tables: Tables
     bundle: Bundle
-    split: TimeSplit
+    split: SnapshotSplit
     models: FittedModels
     evaluation: WindowEvaluation
     metrics: dict[str, float]
     summary: pd.DataFrame
     audit_table: pd.DataFrame
     profile: dict[str, Any]
-    test_deals: pd.DataFrame
     account_features_end: pd.DataFrame
     scoring_as_of: pd.Timestamp
-    baseline_predictions: dict[str, np.ndarray] = field(default_factory=dict)
-    truth_backtest: pd.DataFrame | None = None
+    truth: pd.DataFrame | None = None
+    deal_test: pd.DataFrame | None = None
+    deal_predictions: dict[str, np.ndarray] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -86,12 +93,14 @@ class TrainResult:
     run_id: str
     version: str
     metrics: pd.DataFrame  # the summary table: model vs baselines vs truth
+    capture: pd.DataFrame  # ranking x share of accounts: captured revenue
     promoted: bool
     run_url: str
     gate: GateDecision
     split: pd.DataFrame
     tracking_uri: str
     all_metrics: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def _step(progress: Progress | None, index: int) -> None:
@@ -124,65 +133,81 @@ def _audit(config: Config, features: pd.DataFrame, won: pd.Series) -> pd.DataFra
 
 
 def _summary(metrics: dict[str, float]) -> pd.DataFrame:
-    """model | logistic regression | segment baseline | truth | model / truth, per figure."""
+    """Figure | model | naive baseline | truth | model / truth, each at the level it claims."""
 
     def get(key: str) -> float:
         return metrics.get(key, float("nan"))
 
     rows = [
-        ("ROC-AUC", "test_auc", "logistic_test_auc", "segment_test_auc", "truth_auc"),
-        ("PR-AUC", "test_pr_auc", "logistic_test_pr_auc", "segment_test_pr_auc", "truth_pr_auc"),
-        ("Brier", "test_brier", "logistic_test_brier", "segment_test_brier", "truth_brier"),
+        # (figure, model, baseline, baseline name, truth)
         (
-            "Log loss",
-            "test_log_loss",
-            "logistic_test_log_loss",
-            "segment_test_log_loss",
-            "truth_log_loss",
+            "Account: ROC-AUC of P(convert in H)",
+            "test_auc",
+            "segment_test_auc",
+            "segment conversion rate",
+            "truth_auc",
         ),
         (
-            "ECE (10 equal-mass bins)",
+            "Account: Brier of P(convert)",
+            "test_brier",
+            "segment_test_brier",
+            "segment conversion rate",
+            "truth_brier",
+        ),
+        (
+            "Account: ECE of P(convert)",
             "test_ece",
-            "logistic_test_ece",
             "segment_test_ece",
+            "segment conversion rate",
             "truth_ece",
         ),
-        ("Deal value MAE", "value_mae", None, "segment_value_mae", None),
         (
-            "Deal value mean |log error|",
+            "Account: revenue if converts, MAE",
+            "value_mae",
+            "segment_value_mae",
+            "segment median",
+            None,
+        ),
+        (
+            "Account: revenue if converts, mean |log error|",
             "value_mean_abs_log_error",
-            None,
             "segment_value_mean_abs_log_error",
+            "segment median",
             None,
         ),
-        ("P10-P90 coverage (target 0.80)", "value_coverage_p10_p90", None, None, None),
+        ("Account: P10-P90 coverage (target 0.80)", "value_coverage_p10_p90", None, "", None),
         (
-            "Tier 1 share of won revenue",
+            "Account: Tier 1 share of won revenue in H",
             "tier1_revenue_share",
+            "best_baseline_tier1_capture",
+            "best naive ranking, same size",
             None,
-            None,
-            "truth_tier1_revenue_share",
         ),
-        ("Tier 1 lift", "tier1_lift", None, None, "truth_tier1_lift"),
         (
-            "Top-N accounts by EV: revenue share",
-            "ev_top_revenue_share",
-            None,
-            "segment_tier1_revenue_share",
-            "truth_ev_top_revenue_share",
+            "Deal: ROC-AUC of P(win | open deal)",
+            "deal_test_auc",
+            "deal_logistic_test_auc",
+            "logistic regression",
+            "truth_deal_auc",
         ),
-        ("Tier 1 win rate", "tier1_win_rate", None, None, None),
+        (
+            "Deal: ECE of P(win | open deal)",
+            "deal_test_ece",
+            "deal_segment_test_ece",
+            "segment win rate",
+            "truth_deal_ece",
+        ),
     ]
     out = []
-    for label, model, logistic, segment, truth in rows:
+    for label, model, baseline, name, truth in rows:
         m = get(model)
         t = get(truth) if truth else float("nan")
         out.append(
             {
                 "metric": label,
                 "model": m,
-                "logistic": get(logistic) if logistic else float("nan"),
-                "segment": get(segment) if segment else float("nan"),
+                "baseline": get(baseline) if baseline else float("nan"),
+                "baseline_name": name,
                 "truth": t,
                 "model_vs_truth": m / t if truth and t and not math.isnan(t) else float("nan"),
             }
@@ -190,141 +215,178 @@ def _summary(metrics: dict[str, float]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def fit_and_evaluate(
-    config: Config, *, tables: Tables | None = None, progress: Progress | None = None
-) -> TrainingOutcome:
-    """Fit on the older deals, evaluate on the newest; nothing is written anywhere."""
-    _step(progress, 0)
-    if tables is None:
-        tables, profile = _load(config)
-    else:
-        profile = {}
-
-    _step(progress, 1)
+def _deal_rows(tables: Tables, config: Config) -> pd.DataFrame:
+    """Every closed deal as of its creation with its features, ``won`` and ``amount``; the
+    newest deals, whose outcomes are still right-censored, left out."""
     requests = training_requests(tables.opportunities)
-    features = build_features(tables, requests, config.features)
-    names = feature_columns(features)
-    categorical = categorical_columns(features, config.features)
-
-    _step(progress, 2)
-    audit_table = _audit(config, features, requests["won"])
-
-    _step(progress, 3)
-    dataset = features.assign(
+    features = build_features(tables, requests, config.features).assign(
         opportunity_id=requests["opportunity_id"].to_numpy(),
         won=requests["won"].to_numpy(),
         amount=requests["amount"].to_numpy(),
     )
     mature_before = maturity_cutoff(tables.opportunities, tables.end_of_data())
-    immature = int((dataset["as_of"] >= mature_before).sum())
-    split = time_split(dataset[dataset["as_of"] < mature_before], config.training.split)
+    return features[(pd.to_datetime(features["as_of"]) < mature_before).to_numpy()]
+
+
+def _deal_slices(
+    deals: pd.DataFrame, split: SnapshotSplit
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The deal-win model's train / calibration / test rows, cut at the snapshot split's
+    first calibration and first test dates."""
+    when = pd.to_datetime(deals["as_of"])
+    cal0, test0 = split.calibration_dates[0], split.test_dates[0]
+    return (
+        deals[(when < cal0).to_numpy()],
+        deals[((when >= cal0) & (when < test0)).to_numpy()],
+        deals[(when >= test0).to_numpy()],
+    )
+
+
+def fit_and_evaluate(
+    config: Config, *, tables: Tables | None = None, progress: Progress | None = None
+) -> TrainingOutcome:
+    """Fit on the older snapshots, evaluate on the newest; nothing is written anywhere."""
+    _step(progress, 0)
+    if tables is None:
+        tables, profile = _load(config)
+    else:
+        profile = {}
+    horizon = config.training.horizon_days
+
+    _step(progress, 1)
+    dates = labelled_dates(
+        tables.opportunities, tables.end_of_data(), horizon, config.training.snapshot_warmup_days
+    )
+    requests = snapshot_requests(tables.accounts["account_id"].astype(str), dates)
+    features = build_features(tables, requests, config.features)
+    snapshots = features.join(horizon_labels(tables.opportunities, requests, horizon))
+    names = feature_columns(features)
+    categorical = categorical_columns(features, config.features)
+
+    _step(progress, 2)
+    # The audit asks each field whether it alone tells won deals from lost ones, on the deals as
+    # of their creation: the level where a field filled in after the outcome gives itself away.
+    # (At the account level, a point-in-time count such as open deals rightly predicts buying.)
+    deals = _deal_rows(tables, config)
+    audit_table = _audit(config, deals[["account_id", "as_of", *names]], deals["won"])
+
+    _step(progress, 3)
+    split = split_snapshots(snapshots, dates, config.training.split, horizon)
+    deals_train, deals_cal, deals_test = _deal_slices(deals, split)
     models = fit_models(
         split.train,
         split.calibration,
         names,
         categorical,
         config.training,
+        deals_train=deals_train,
+        deals_calibration=deals_cal,
         default_deal_value=config.data.default_deal_value,
     )
-
+    named: dict[str, Model] = {CONVERSION: models.conversion, REVENUE: models.revenue}
+    if models.deal_win is not None:
+        named[DEAL_WIN] = models.deal_win
     metadata: dict[str, Any] = {
         "project": config.name,
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "horizon_days": horizon,
         "training_window": {
-            "train": [
-                split.train_start.date().isoformat(),
-                split.calibration_start.date().isoformat(),
-            ],
-            "calibration": [
-                split.calibration_start.date().isoformat(),
-                split.test_start.date().isoformat(),
-            ],
-            "test": [split.test_start.date().isoformat(), split.test_end.date().isoformat()],
+            name: [d[0].date().isoformat(), d[-1].date().isoformat()]
+            for name, d in (
+                ("train", split.train_dates),
+                ("calibration", split.calibration_dates),
+                ("test", split.test_dates),
+            )
         },
         "feature_config": config.features.model_dump(mode="json"),
-        "calibration_method": models.calibrator.method,
-        "value_objective": models.value.objective,
+        "calibration_method": models.conversion.calibrator.method,
+        "revenue_objective": models.revenue.objective,
         "seed": config.training.seed,
-        "mature_before": mature_before.date().isoformat(),
+        "notes": models.notes,
     }
     bundle = Bundle(
-        win_model=models.win_model,
-        calibrator=models.calibrator,
-        value_model=models.value.booster,
-        value_objective=models.value.objective,  # type: ignore[arg-type]  # checked by config
-        value_interval=models.value_interval,
+        models=named,
         feature_names=names,
         categories=models.categories,
+        horizon_days=horizon,
         icp=config.icp,
         policy=config.tiers,
         playbook=config.playbook,
         metadata=metadata,
-        value_smearing=models.value.smearing,
     )
 
     _step(progress, 4)
-    test = split.test
-    test_deals = test[["opportunity_id", "account_id", "as_of", "won", "amount"]]
-    account_features_test = build_features(
-        tables, scoring_requests(tables.accounts, split.test_start), config.features
-    )
-    evaluation = evaluate_window(
-        bundle,
-        tables,
-        test_deals,
-        split.test_start,
-        config.features,
-        deal_features=test,
-        account_features=account_features_test,
-    )
+    truth, deal_truth = demo_truth(config, tables, split.test_dates)
+    evaluation = evaluate_window(bundle, split.test, models.segment_conversion, truth=truth)
     metrics = dict(evaluation.metrics)
-    y = test["won"].to_numpy(dtype=int)
-    baseline_predictions = {
-        "logistic": models.logistic.predict_proba(test),
-        "segment": models.segment_win_rate.predict_proba(test),
-    }
-    for name, p in baseline_predictions.items():
-        metrics.update(
-            {
-                f"{name}_test_{k}": v
-                for k, v in classification_metrics(y, p).items()
-                if k not in ("win_rate", "deals")
-            }
+    y = split.test["converted"].to_numpy(dtype=int)
+    seg = models.segment_conversion.predict_proba(split.test)
+    metrics.update(
+        {f"segment_test_{k}": v for k, v in classification_metrics(y, seg).items() if k != "deals"}
+    )
+    conv = (y == 1) & (split.test["revenue"].to_numpy(dtype=float) > 0)
+    seg_value = models.segment_revenue.predict(split.test[conv])
+    actual = split.test["revenue"].to_numpy(dtype=float)[conv]
+    metrics["segment_value_mae"] = float(np.mean(np.abs(actual - seg_value)))
+    metrics["segment_value_mean_abs_log_error"] = float(
+        np.mean(np.abs(np.log(actual) - np.log(seg_value)))
+    )
+    notes = list(models.notes)
+    if metrics["value_mean_abs_log_error"] >= metrics["segment_value_mean_abs_log_error"]:
+        notes.append(
+            "revenue if converts: the segment median does as well as the model on the test "
+            f"window (mean |log error| {metrics['segment_value_mean_abs_log_error']:.3f} vs "
+            f"{metrics['value_mean_abs_log_error']:.3f})"
         )
-    won = evaluation.deal_predictions["won"].to_numpy() == 1
-    won &= np.isfinite(evaluation.deal_predictions["amount"].to_numpy(dtype=float))
-    seg_value = value_metrics(
-        test["amount"].to_numpy(dtype=float)[won], models.segment_value.predict(test)[won]
-    )
-    metrics.update({f"segment_value_{k}": v for k, v in seg_value.items() if k != "won_deals"})
-    # Segment baseline for the tier backtest: the same number of Tier 1 accounts, ranked by
-    # segment win rate x segment median deal size.
-    n_tier1 = int(metrics["tier1_accounts"])
-    seg_ev = models.segment_win_rate.predict_proba(
-        account_features_test
-    ) * models.segment_value.predict(account_features_test)
-    metrics["segment_tier1_revenue_share"] = top_accounts_capture(
-        pd.Series(seg_ev, index=account_features_test["account_id"].astype(str).to_numpy()),
-        test_deals,
-        n_tier1,
-    )
-    if config.data.truth_dir is not None:
-        metrics.update(
-            truth_metrics(
-                Path(config.data.truth_dir),
-                test_deals,
-                split.test_start,
-                evaluation.account_scores,
-                config.tiers,
+    deal_predictions: dict[str, np.ndarray] = {}
+    if models.deal_win is not None and len(deals_test) and deals_test["won"].nunique() == 2:
+        yd = deals_test["won"].to_numpy(dtype=int)
+        deal_predictions = {"model": bundle.predict(deals_test)["p_win_deal"].to_numpy()}
+        if models.deal_logistic is not None and models.deal_segment is not None:
+            deal_predictions["logistic"] = models.deal_logistic.predict_proba(deals_test)
+            deal_predictions["segment"] = models.deal_segment.predict_proba(deals_test)
+        if deal_truth is not None:
+            true_p = (
+                deals_test["opportunity_id"]
+                .astype(str)
+                .map(deal_truth.set_index(deal_truth["opportunity_id"].astype(str))["true_p_win"])
             )
+            if true_p.notna().all():
+                deal_predictions["truth"] = true_p.to_numpy(dtype=float)
+        for name, p in deal_predictions.items():
+            prefix = {"model": "deal_test", "truth": "truth_deal"}.get(name, f"deal_{name}_test")
+            metrics.update(
+                {
+                    f"{prefix}_{k}": v
+                    for k, v in classification_metrics(yd, p).items()
+                    if k != "deals"
+                }
+            )
+    if truth is not None:
+        merged = evaluation.predictions.merge(
+            truth.assign(account_id=truth["account_id"].astype(str)),
+            on=["account_id", "as_of"],
+            how="left",
         )
+        if "true_p_convert" in merged and merged["true_p_convert"].notna().all():
+            metrics.update(
+                {
+                    f"truth_{k}": v
+                    for k, v in classification_metrics(
+                        merged["converted"].to_numpy(dtype=int), merged["true_p_convert"].to_numpy()
+                    ).items()
+                    if k in ("auc", "brier", "ece", "log_loss")
+                }
+            )
         metrics.update(truth_ratios(metrics))
-    metrics["calibration_cv_log_loss"] = float(
-        models.calibration_scores.loc[models.calibration_scores["chosen"], "cv_log_loss"].iloc[0]
+    name, value = best_baseline(evaluation.capture)
+    notes.append(
+        f"best naive ranking at Tier 1's size: {name} ({value:.1%} of the window's won revenue; "
+        f"the model's tiers: {metrics['tier1_revenue_share']:.1%})"
     )
-    metrics["win_model_trees"] = float(models.win_model.current_iteration())
-    metrics["deals_left_out_immature"] = float(immature)
-    metrics["value_model_trees"] = float(models.value.booster.current_iteration())
+    for key, model in bundle.models.items():
+        if model.booster is not None:
+            metrics[f"{key}_trees"] = float(model.booster.current_iteration())
 
     _step(progress, 5)
     scoring_as_of = pd.Timestamp(config.data.as_of) if config.data.as_of else tables.end_of_data()
@@ -332,7 +394,9 @@ def fit_and_evaluate(
         tables, scoring_requests(tables.accounts, scoring_as_of), config.features
     )
     bundle.cutoffs = freeze_cutoffs(bundle, account_features_end, scoring_as_of)
+    notes.extend(bundle.cutoffs.warnings)  # a tier the gates left short, with count and cause
     bundle.metadata["metrics"] = {k: v for k, v in metrics.items() if _finite(v)}
+    bundle.metadata["best_baseline"] = name
 
     return TrainingOutcome(
         config=config,
@@ -345,24 +409,27 @@ def fit_and_evaluate(
         summary=_summary(metrics),
         audit_table=audit_table,
         profile=profile,
-        test_deals=test_deals,
         account_features_end=account_features_end,
         scoring_as_of=scoring_as_of,
-        baseline_predictions=baseline_predictions,
+        truth=truth,
+        deal_test=deals_test,
+        deal_predictions=deal_predictions,
+        notes=notes,
     )
 
 
 def freeze_cutoffs(bundle: Bundle, account_features: pd.DataFrame, as_of: pd.Timestamp) -> Any:
     """Reference cut-offs from the account list as of the scoring date."""
-    from features.build import evidence_score
-    from features.icp import icp_fit
     from tiering.policy import reference_cutoffs
+    from tiering.scoring import rank
 
-    predicted = bundle.predict(account_features)
-    fit = icp_fit(account_features, bundle.icp)["icp_fit"].to_numpy(dtype=float)
-    evidence = evidence_score(account_features).to_numpy(dtype=float)
+    ranked = rank(bundle, account_features)
     return reference_cutoffs(
-        predicted["expected_value"].to_numpy(), fit, evidence, bundle.policy, as_of
+        ranked["expected_revenue"].to_numpy(),
+        ranked["icp_fit"].to_numpy(),
+        ranked["evidence"].to_numpy(),
+        bundle.policy,
+        as_of,
     )
 
 
@@ -444,35 +511,43 @@ def _log_run(outcome: TrainingOutcome, workdir: Path) -> Any:
         **{f"training.{k}": v for k, v in cfg.training.model_dump(exclude={"split"}).items()},
         "split.test_share": cfg.training.split.test_share,
         "split.calibration_share": cfg.training.split.calibration_share,
-        "split.train_start": split.train_start.date().isoformat(),
-        "split.calibration_start": split.calibration_start.date().isoformat(),
-        "split.test_start": split.test_start.date().isoformat(),
-        "split.test_end": split.test_end.date().isoformat(),
-        "split.mature_before": outcome.bundle.metadata["mature_before"],
-        "deals.train": len(split.train),
-        "deals.calibration": len(split.calibration),
-        "deals.test": len(split.test),
+        **{
+            f"split.{name}": f"{d[0].date()}..{d[-1].date()}"
+            for name, d in (
+                ("train", split.train_dates),
+                ("calibration", split.calibration_dates),
+                ("test", split.test_dates),
+            )
+        },
+        "snapshots.train": len(split.train),
+        "snapshots.calibration": len(split.calibration),
+        "snapshots.test": len(split.test),
         "features.count": len(outcome.bundle.feature_names),
         "features.categorical": ",".join(outcome.bundle.categories),
-        "calibration.method": models.calibrator.method,
-        "value.objective": models.value.objective,
-        "value.interval": models.value_interval.method,
+        "conversion.calibration": models.conversion.calibrator.method,
+        "revenue.objective": models.revenue.objective,
+        "revenue.interval": models.revenue.interval.method,
+        "deal_win": models.deal_win is not None,
         "tiers.method": cfg.tiers.method,
+        "tiers.weights": cfg.tiers.weights.model_dump(),
         "scoring.as_of": outcome.scoring_as_of.date().isoformat(),
     }
     mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
     mlflow.log_metrics({k: float(v) for k, v in outcome.metrics.items() if _finite(v)})
     mlflow.log_dict(outcome.profile, "data/profile.json")
-    for name, frame in {
+    frames = {
         "data/leakage_audit.csv": outcome.audit_table,
         "data/split.csv": split.describe(),
         "evaluation/summary.csv": outcome.summary,
+        "evaluation/capture_by_ranking.csv": outcome.evaluation.capture,
         "evaluation/calibration_methods.csv": models.calibration_scores,
-        "evaluation/value_objectives.csv": models.value_comparison,
+        "evaluation/revenue_objectives.csv": models.revenue_comparison,
         "evaluation/calibration_curve.csv": outcome.evaluation.calibration,
         "evaluation/tier_backtest.csv": outcome.evaluation.backtest,
-    }.items():
+    }
+    for name, frame in frames.items():
         mlflow.log_text(frame.to_csv(index=False), name)
+    mlflow.log_text("\n".join(outcome.notes), "evaluation/notes.txt")
     for name, fig in report_figures(outcome).items():
         mlflow.log_figure(fig, f"plots/{name}.png")
     return log_bundle_model(outcome.bundle, outcome.account_features_end, workdir)
@@ -480,53 +555,56 @@ def _log_run(outcome: TrainingOutcome, workdir: Path) -> Any:
 
 def report_figures(outcome: TrainingOutcome) -> dict[str, Any]:
     """The run's figures by name (also what the notebook draws)."""
+    from tiering.bundle import segment_key  # noqa: F401  # the baseline's segments, documented there
     from training import plots
     from training.evaluate import calibration_table
 
     ev = outcome.evaluation
-    y = ev.deal_predictions["won"].to_numpy(dtype=int)
-    p_model = ev.deal_predictions["p_win"].to_numpy()
-    curves = {"LightGBM (calibrated)": ev.calibration}
-    curves.update(
-        {f"{k} baseline": calibration_table(y, p) for k, p in outcome.baseline_predictions.items()}
-    )
-    scores = {"LightGBM (calibrated)": p_model}
-    scores.update({f"{k} baseline": p for k, p in outcome.baseline_predictions.items()})
+    y = ev.predictions["converted"].to_numpy(dtype=int)
+    p_model = ev.predictions["p_convert"].to_numpy()
+    seg = outcome.models.segment_conversion.predict_proba(outcome.split.test)
+    curves = {
+        "P(convert), LightGBM calibrated": ev.calibration,
+        "segment conversion rate": calibration_table(y, seg),
+    }
+    scores = {"P(convert), LightGBM calibrated": p_model, "segment conversion rate": seg}
     sample = outcome.split.train.sample(
         n=min(SHAP_SAMPLE, len(outcome.split.train)), random_state=outcome.config.training.seed
     )
-    win_contrib, value_contrib = outcome.bundle.contributions(sample)
+    conv_contrib, revenue_contrib = outcome.bundle.contributions(sample)
     encoded = outcome.bundle.encode(sample)
-    return {
+    figures = {
         "calibration": plots.calibration_plot(curves),
         "roc_pr": plots.roc_pr_plot(y, scores),
+        "capture_by_ranking": plots.capture_plot(ev.capture),
         "gain_lift_by_tier": plots.gain_lift_plot({"model": ev.backtest}),
         "tier_distribution": plots.tier_distribution_plot(ev.account_scores),
-        "shap_win_model": plots.shap_beeswarm(win_contrib, encoded, "Win model (log-odds)"),
-        "shap_value_model": plots.shap_beeswarm(
-            value_contrib, encoded, "Deal-value model (log value)"
+        "shap_conversion_model": plots.shap_beeswarm(
+            conv_contrib, encoded, "Conversion model (log-odds)"
         ),
     }
+    if outcome.bundle.revenue.booster is not None:
+        figures["shap_revenue_model"] = plots.shap_beeswarm(
+            revenue_contrib, encoded, "Revenue model (log revenue)"
+        )
+    return figures
 
 
 def champion_on_window(outcome: TrainingOutcome, bundle: Bundle) -> dict[str, float]:
-    """The champion's figures on the challenger's test window (same deals, same start date)."""
+    """The champion's figures on the challenger's test snapshots (same accounts, same dates)."""
     from features.config import FeatureConfig
 
     cfg = outcome.config
     champion_features = FeatureConfig.model_validate(
         bundle.metadata.get("feature_config", cfg.features.model_dump(mode="json"))
     )
-    same = champion_features == cfg.features
-    result = evaluate_window(
-        bundle,
-        outcome.tables,
-        outcome.test_deals,
-        outcome.split.test_start,
-        champion_features,
-        deal_features=outcome.split.test if same else None,
-        account_features=outcome.evaluation.extra.get("account_features") if same else None,
-    )
+    test = outcome.split.test
+    if champion_features != cfg.features:
+        labels = test[["converted", "revenue", "won_deals"]]
+        test = build_features(
+            outcome.tables, test[["account_id", "as_of"]], champion_features
+        ).join(labels)
+    result = evaluate_window(bundle, test, outcome.models.segment_conversion)
     return result.metrics
 
 
@@ -557,7 +635,9 @@ def train(config: Config, *, progress: Progress | None = None) -> TrainResult:
                 client, name, model_info.model_uri, run_id, outcome.metrics
             )
             champion = registry.alias_version(client, name, registry.CHAMPION)
-            challenger_gate = GateMetrics.from_metrics(outcome.metrics)
+            challenger_gate = GateMetrics.from_metrics(
+                outcome.metrics, str(outcome.bundle.metadata.get("best_baseline", ""))
+            )
             if champion is None:
                 decision = registry.gate_decision(challenger_gate, None, mcfg.gate)
             else:
@@ -584,9 +664,7 @@ def train(config: Config, *, progress: Progress | None = None) -> TrainResult:
                         [f"champion v{champion} could not be re-evaluated on this window: {exc}"],
                     )
             # Not reasons to refuse the model, but nobody should promote it without reading them.
-            decision.reasons.extend(
-                f"warning: {w}" for w in outcome.models.notes + outcome.bundle.cutoffs.warnings
-            )
+            decision.reasons.extend(f"warning: {w}" for w in outcome.bundle.cutoffs.warnings)
             registry.record_gate(client, name, version, decision)
             mlflow.set_tags(
                 {"gate": "passed" if decision.passed else "failed", "model_version": version}
@@ -599,6 +677,8 @@ def train(config: Config, *, progress: Progress | None = None) -> TrainResult:
         run_id=run_id,
         version=version,
         metrics=outcome.summary,
+        capture=outcome.evaluation.capture,
+        notes=outcome.notes,
         promoted=decision.passed,
         run_url=registry.run_url(uri, experiment_id, run_id),
         gate=decision,

@@ -86,17 +86,41 @@ def gain_lift_plot(backtests: Mapping[str, pd.DataFrame]) -> Figure:
     return fig
 
 
+def capture_plot(capture: pd.DataFrame) -> Figure:
+    """Share of the test window's won revenue captured by the top 5 / 10 / 20 % of accounts,
+    one bar per ranking: the model beside the naive account baselines (and the demo's truth)."""
+    columns = [c for c in capture.columns if c.startswith("top ")]
+    fig = Figure(figsize=(11, 4.8))
+    ax = fig.subplots()
+    n = len(capture)
+    width = 0.8 / max(n, 1)
+    x = np.arange(len(columns))
+    for i, row in enumerate(capture.to_dict("records")):
+        name = str(row["ranking"])
+        values = [row[c] for c in columns]
+        color = "#1b7837" if name.startswith("model: priority (") else None
+        ax.bar(x + (i - (n - 1) / 2) * width, values, width=width, label=name, color=color)
+    ax.set_xticks(x, [f"{c} of accounts" for c in columns])
+    ax.set(
+        ylabel="share of the window's won revenue",
+        title="Revenue captured by the top accounts (test window)",
+    )
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
 def tier_distribution_plot(scored: pd.DataFrame) -> Figure:
-    """Accounts and expected value per tier (scoring output: ``tier``, ``expected_value``)."""
+    """Accounts and expected revenue per tier (scoring output: ``tier``, ``expected_revenue``)."""
     fig = Figure(figsize=(10, 4))
     count_ax, ev_ax = fig.subplots(1, 2)
-    grouped = scored.groupby("tier").agg(accounts=("tier", "size"), ev=("expected_value", "sum"))
+    grouped = scored.groupby("tier").agg(accounts=("tier", "size"), ev=("expected_revenue", "sum"))
     grouped = grouped.reindex([1, 2, 3]).fillna(0)
     labels = [TIER_NAMES[t] for t in grouped.index]
     count_ax.bar(labels, grouped["accounts"], color=["#1b7837", "#5aae61", "#a6dba0"])
     count_ax.set(ylabel="accounts", title="Accounts per tier")
     ev_ax.bar(labels, grouped["ev"], color=["#1b7837", "#5aae61", "#a6dba0"])
-    ev_ax.set(ylabel="sum of expected value", title="Expected revenue per tier")
+    ev_ax.set(ylabel="sum of expected revenue in H", title="Expected revenue per tier")
     fig.tight_layout()
     return fig
 

@@ -10,6 +10,7 @@ first), which is what ``rollback`` walks back along.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -111,16 +112,21 @@ def ui_command(uri: str) -> str:
 class GateMetrics:
     """What the gate compares, measured on ONE test window for both models."""
 
-    auc: float
+    auc: float  # of P(convert in H) on the test snapshots
     ece: float
     tier1_capture: float  # share of the window's won revenue in Tier 1
+    # The best naive account ranking's capture at Tier 1's size, on the same window.
+    baseline_capture: float = float("nan")
+    baseline_name: str = ""
 
     @classmethod
-    def from_metrics(cls, metrics: dict[str, float]) -> GateMetrics:
+    def from_metrics(cls, metrics: dict[str, float], baseline_name: str = "") -> GateMetrics:
         return cls(
             auc=float(metrics["test_auc"]),
             ece=float(metrics["test_ece"]),
             tier1_capture=float(metrics["tier1_revenue_share"]),
+            baseline_capture=float(metrics.get("best_baseline_tier1_capture", float("nan"))),
+            baseline_name=baseline_name,
         )
 
 
@@ -139,10 +145,27 @@ class GateDecision:
 def gate_decision(
     challenger: GateMetrics, champion: GateMetrics | None, gate: PromotionGate
 ) -> GateDecision:
-    """The challenger passes unless it is worse than the champion by more than a tolerance on
-    any of AUC, ECE or Tier 1 revenue capture. No champion: it passes (the first model)."""
+    """The challenger passes unless a naive account baseline beats its Tier 1 by more than
+    ``max_baseline_shortfall`` (a model that a one-line ranking beats is not worth serving, first
+    model or not), or it is worse than the champion by more than a tolerance on any of AUC, ECE
+    or Tier 1 revenue capture. No champion and no baseline win: it passes."""
+    reasons, passed = [], True
+    if not math.isnan(challenger.baseline_capture):
+        short = challenger.baseline_capture - challenger.tier1_capture
+        ok = short <= gate.max_baseline_shortfall + 1e-12
+        passed &= ok
+        reasons.append(
+            f"Tier 1 revenue capture {challenger.tier1_capture:.4f} vs best naive baseline "
+            f"'{challenger.baseline_name or 'baseline'}' {challenger.baseline_capture:.4f} at the same size "
+            f"({'ok' if ok else 'FAIL'}: "
+            f"{'beaten by ' + format(short, '.4f') if short > 0 else 'ahead by ' + format(-short, '.4f')}"
+            f", shortfall allowed up to {gate.max_baseline_shortfall:.4f})"
+        )
     if champion is None:
-        return GateDecision(True, ["no champion yet: the first model becomes champion"], challenger)
+        reasons.append(
+            "no champion yet: the first model becomes champion if it beats the baselines"
+        )
+        return GateDecision(passed, reasons, challenger)
     checks = [
         (
             "AUC",
@@ -169,7 +192,6 @@ def gate_decision(
             champion.tier1_capture,
         ),
     ]
-    reasons, passed = [], True
     for name, better_by, floor, word, new, old in checks:
         ok = better_by >= floor - 1e-12
         passed &= ok

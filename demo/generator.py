@@ -37,7 +37,27 @@ Format = Literal["csv", "parquet"]
 TruthAsOf = Literal["monthly", "end"]
 # What a chunk is serialised to: DataFrames (numbers as numbers or as export text) or file bytes.
 Output = Literal["frames", "frames_text", "csv", "parquet"]
-TABLES = ("accounts", "opportunities", "activities", "opportunities_truth", "accounts_truth")
+TABLES = (
+    "accounts",
+    "opportunities",
+    "activities",
+    "opportunities_truth",
+    "accounts_truth",
+    "process_truth",
+)
+
+# The process truth: one row per account (see _process_truth and demo.truth.horizon_truth).
+PROCESS_COLUMNS = (
+    "account_id",
+    "true_deal_rate",  # deals created per day (a Poisson process, uniform in time)
+    "true_activity_rate",  # base activity per day, in multiples of BASE_EVENTS
+    "true_engagement",  # engagement propensity: scales each deal's pre-deal intensity
+    "true_base_logit",  # firmographic part of the win log-odds (see true_logit)
+    "true_icp_industry",  # the industry is one of ICP_INDUSTRIES (an intent interaction)
+    "true_cycle_days",  # median close cycle before the won/lost factor
+    "true_deal_value_prospect",  # expected amount of a won deal before the first win
+    "true_deal_value_customer",  # ... and once the account is a customer
+)
 
 # Accounts per chunk: fixed, because the chunking is part of the random stream.
 CHUNK_ACCOUNTS = 25_000
@@ -125,6 +145,9 @@ BASE_EVENTS = np.array([38.0, 6.0, 16.0, 1.5, 1.5, 4.0])
 # Extra events in the 90 days before a deal is created, per unit of the deal's intensity.
 PRE_DEAL_EVENTS = np.array([6.0, 2.0, 3.0, 1.3, 0.5, 1.6])
 PRE_DEAL_DAYS = 90
+# A deal's pre-deal intensity: log-normal, scaled by the account's engagement propensity.
+INTENSITY_MU, INTENSITY_SIGMA, INTENSITY_ENGAGEMENT_POWER = -0.2, 0.8, 0.3
+WEB_VISIT_P = 0.55  # page views of a web session: geometric
 COUNT_BITS = 6
 COUNT_MAX = (1 << COUNT_BITS) - 1  # page views of one web session, capped
 # How much one occurrence weighs in the true engagement score: meetings and intent matter most.
@@ -139,6 +162,16 @@ SOURCES = np.array(["inbound", "outbound", "partner", "event"], dtype=object)
 AMOUNT_SIGMA = 0.55
 
 WIN_INTERCEPT = -4.1
+
+# Deal creation: a Poisson process uniform over the span, about 4.4 deals per 1,096 days for an
+# account of average engagement and ~120 employees, capped at 25 over the span.
+DEALS_PER_1096_DAYS = 4.4
+MAX_DEALS = 25.0
+# Close cycle: median CYCLE_DAYS x (employees / 120) ** CYCLE_SIZE_POWER, log-normal noise,
+# longer for wins than for losses, rounded to whole days and clipped to [CYCLE_MIN, CYCLE_MAX].
+CYCLE_DAYS, CYCLE_SIZE_POWER, CYCLE_SIGMA = 55.0, 0.12, 0.45
+CYCLE_WON, CYCLE_LOST = 1.25, 0.8
+CYCLE_MIN, CYCLE_MAX = 20, 180
 
 # Word lists as text: the names are for display only.
 _PREFIX_WORDS = (
@@ -173,8 +206,9 @@ REPS_PER_TERRITORY = 4
 @dataclass(frozen=True)
 class DemoData:
     """raw: accounts, opportunities, activities as a CRM would export them (dirt included);
-    truth: ``opportunities`` (opportunity_id, true_p_win, true_expected_amount) and ``accounts``
-    (account_id, as_of, true_p_win, true_deal_value, true_expected_value)."""
+    truth: ``opportunities`` (opportunity_id, true_p_win, true_expected_amount), ``accounts``
+    (account_id, as_of, true_p_win, true_deal_value, true_expected_value) and ``process`` (one
+    row per account: the parameters of its deal and activity processes, PROCESS_COLUMNS)."""
 
     raw: dict[str, pd.DataFrame]
     truth: dict[str, pd.DataFrame]
@@ -212,6 +246,7 @@ def generate(
         truth={
             "opportunities": frames["opportunities_truth"],
             "accounts": frames["accounts_truth"],
+            "process": frames["process_truth"],
         },
         start=span.start_ts,
         end=span.end_ts,
@@ -233,7 +268,7 @@ def write_demo(
     """Write accounts, opportunities, activities and ``truth/`` into ``out_dir``, chunk by chunk.
 
     Returns the written paths by name: accounts, opportunities, activities, opportunities_truth,
-    accounts_truth (CSV files, or Parquet with ``fmt="parquet"``). ``workers`` processes generate
+    accounts_truth, process_truth (CSV files, or Parquet with ``fmt="parquet"``). ``workers`` processes generate
     chunks in parallel (default: up to 2 when there is more than one chunk); the bytes written
     do not depend on it.
     """
@@ -248,6 +283,7 @@ def write_demo(
         "activities": out / f"activities.{fmt}",
         "opportunities_truth": out / "truth" / f"opportunities_truth.{fmt}",
         "accounts_truth": out / "truth" / f"accounts_truth.{fmt}",
+        "process_truth": out / "truth" / f"process_truth.{fmt}",
     }
     (out / "truth").mkdir(parents=True, exist_ok=True)
     if workers is None:
@@ -272,24 +308,6 @@ def write_demo(
             for name, table in payload.items():
                 writers[name].write_table(table)
     return paths
-
-
-def read_truth(truth_dir: str | Path) -> dict[str, pd.DataFrame]:
-    """The generator's truth (CSV or Parquet) with dates parsed: ``opportunities``, ``accounts``."""
-    truth_dir = Path(truth_dir)
-    out = {}
-    for key, stem in (("opportunities", "opportunities_truth"), ("accounts", "accounts_truth")):
-        parquet, csv = truth_dir / f"{stem}.parquet", truth_dir / f"{stem}.csv"
-        if parquet.exists():
-            frame = pd.read_parquet(parquet)
-        elif csv.exists():
-            frame = pd.read_csv(csv, dtype={"opportunity_id": str, "account_id": str})
-        else:
-            raise FileNotFoundError(f"no demo truth {stem}.csv or .parquet in {truth_dir}")
-        if "as_of" in frame:
-            frame["as_of"] = pd.to_datetime(frame["as_of"])
-        out[key] = frame
-    return out
 
 
 def true_logit(
@@ -480,6 +498,7 @@ def _make_chunk(job: _Job) -> dict[str, Any]:
             }
         ),
         "accounts_truth": _account_truth(acc, deals, index, span, job.truth_as_of, account_ids),
+        "process_truth": _process_truth(acc, span, account_ids),
     }
     activities = _dirty_activities(rng, act, account_ids, span, job.dirt_rate)
     if job.output in ("frames", "frames_text"):
@@ -563,6 +582,15 @@ def _parquet_schemas() -> dict[str, pa.Schema]:
                 ("true_expected_value", pa.float64()),
             ]
         ),
+        "process_truth": pa.schema(
+            [
+                ("account_id", text),
+                *[
+                    (name, pa.bool_() if name == "true_icp_industry" else pa.float64())
+                    for name in PROCESS_COLUMNS[1:]
+                ],
+            ]
+        ),
     }
 
 
@@ -630,10 +658,15 @@ def _draw_accounts(rng: np.random.Generator, n: int, span: _Span) -> dict[str, n
     }
 
 
+def _expected_deals(acc: dict[str, np.ndarray], span: _Span) -> np.ndarray:
+    """Expected deals per account over the span: more for engaged and for larger accounts."""
+    rate = acc["engagement"] ** 0.7 * (acc["employees"] / 120) ** 0.12
+    return np.minimum(DEALS_PER_1096_DAYS * rate * span.days / 1096, MAX_DEALS)
+
+
 def _deal_counts(rng: np.random.Generator, acc: dict[str, np.ndarray], span: _Span) -> np.ndarray:
     """Deals per account: about 4.4 over three years on average, more for engaged accounts."""
-    rate = acc["engagement"] ** 0.7 * (acc["employees"] / 120) ** 0.12
-    return rng.poisson(np.minimum(4.4 * rate * span.days / 1096, 25.0))
+    return rng.poisson(_expected_deals(acc, span))
 
 
 def _draw_deal_dates(
@@ -645,7 +678,10 @@ def _draw_deal_dates(
     day = rng.integers(0, span.days, len(account))
     order = np.lexsort((day, account))
     account, day = account[order], day[order]
-    intensity = np.exp(rng.normal(-0.2, 0.8, len(account))) * acc["engagement"][account] ** 0.3
+    intensity = (
+        np.exp(rng.normal(INTENSITY_MU, INTENSITY_SIGMA, len(account)))
+        * acc["engagement"][account] ** INTENSITY_ENGAGEMENT_POWER
+    )
     return {"account": account, "day": day, "intensity": intensity}
 
 
@@ -661,7 +697,7 @@ def _draw_activities(
     """
     n = len(acc["engagement"])
     n_slots = INTENT + len(TOPICS)  # type and intent topic in one code
-    base_rate = acc["engagement"] * (acc["employees"] / 120) ** 0.15 * span.days / 1096
+    base_rate = _activity_rate(acc) * span.days / 1096
     packed = []
     for t in range(len(ACTIVITY_TYPES)):
         # the span's base events, uniform over the days
@@ -686,7 +722,7 @@ def _draw_activities(
         else:
             slot = np.full(len(account), t, dtype=np.int64)
         # a web visit is a session of one or more page views
-        count = np.minimum(rng.geometric(0.55, len(account)), COUNT_MAX) if t == 0 else 1
+        count = np.minimum(rng.geometric(WEB_VISIT_P, len(account)), COUNT_MAX) if t == 0 else 1
         packed.append((((account * span.days + day) * n_slots + slot) << COUNT_BITS) | count)
     events = np.concatenate(packed)
     del packed
@@ -759,10 +795,10 @@ def _draw_outcomes(
     account, day = deals["account"], deals["day"]
     n_deals = len(account)
     u = rng.random(n_deals)
-    cycle_noise = rng.normal(0, 0.45, n_deals)
+    cycle_noise = rng.normal(0, CYCLE_SIGMA, n_deals)
     base = acc["firmographic"][account]
     icp_industry = acc["icp_industry"][account]
-    cycle_median = 55 * (acc["employees"][account] / 120) ** 0.12
+    cycle_median = _cycle_median(acc)[account]
 
     first = np.searchsorted(account, account, side="left")
     rank = np.arange(n_deals) - first
@@ -786,8 +822,10 @@ def _draw_outcomes(
         )
         won[idx] = u[idx] < _sigmoid(logit[idx])
         # lost deals die faster: closed_at is a leakage trap
-        cycle = cycle_median[idx] * np.exp(cycle_noise[idx]) * np.where(won[idx], 1.25, 0.8)
-        closed[idx] = day[idx] + np.clip(np.round(cycle), 20, 180).astype(np.int64)
+        cycle = (
+            cycle_median[idx] * np.exp(cycle_noise[idx]) * np.where(won[idx], CYCLE_WON, CYCLE_LOST)
+        )
+        closed[idx] = day[idx] + np.clip(np.round(cycle), CYCLE_MIN, CYCLE_MAX).astype(np.int64)
     is_open = closed > span.days - 1
     return {
         "p_win": _sigmoid(logit),
@@ -890,6 +928,38 @@ def _account_truth(
             "true_expected_value": np.round(p_win * deal_value, 2),
         }
     )
+
+
+def _process_truth(
+    acc: dict[str, np.ndarray], span: _Span, account_ids: np.ndarray
+) -> pd.DataFrame:
+    """Per account: the parameters of its deal and activity processes, constant over time, from
+    which ``demo.truth.horizon_truth`` computes the expected won revenue in any horizon."""
+    n = len(account_ids)
+    return pd.DataFrame(
+        {
+            "account_id": pd.array(account_ids, dtype="str"),
+            "true_deal_rate": np.round(_expected_deals(acc, span) / span.days, 10),
+            "true_activity_rate": np.round(_activity_rate(acc) / 1096, 10),
+            "true_engagement": np.round(acc["engagement"], 8),
+            "true_base_logit": np.round(acc["firmographic"], 8),
+            "true_icp_industry": acc["icp_industry"],
+            "true_cycle_days": np.round(_cycle_median(acc), 6),
+            "true_deal_value_prospect": np.round(_mean_deal_value(acc, np.zeros(n, bool)), 2),
+            "true_deal_value_customer": np.round(_mean_deal_value(acc, np.ones(n, bool)), 2),
+        }
+    )
+
+
+def _cycle_median(acc: dict[str, np.ndarray]) -> np.ndarray:
+    """Median days from creation to close, before the won/lost factor and the noise."""
+    return CYCLE_DAYS * (acc["employees"] / 120) ** CYCLE_SIZE_POWER
+
+
+def _activity_rate(acc: dict[str, np.ndarray]) -> np.ndarray:
+    """Base activity per 1,096 days, in multiples of BASE_EVENTS: engaged and larger accounts
+    are busier."""
+    return acc["engagement"] * (acc["employees"] / 120) ** 0.15
 
 
 def _mean_deal_value(acc: dict[str, np.ndarray], customer: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.markup import escape
@@ -14,10 +15,11 @@ from rich.table import Table
 
 from features.config import FeatureConfig, IcpConfig, LeakageConfig
 from features.contract import CleaningReport, Problem
-from features.tables import Tables, maturity_cutoff
+from features.tables import Tables
 
-MIN_TRAINING_MONTHS = 3
-"""The time split cuts train / calibration / test on month starts: three months at least."""
+MIN_SLICES = 3
+"""Train, calibration and test: at least one monthly snapshot each."""
+DAYS_PER_MONTH = 30.4375
 
 DATE_COLUMNS = {
     "opportunities": ("created_at", "closed_at"),
@@ -221,11 +223,13 @@ def training_problems(
     features: FeatureConfig | None = None,
     leakage: LeakageConfig | None = None,
     post_outcome: list[str] | None = None,
+    horizon_days: int | None = None,
+    warmup_days: int = 0,
 ) -> list[Problem]:
     """What ``train`` would refuse later, found before it runs: ICP criteria on columns the
-    export lacks, only one outcome among closed deals, too few months of closed deals old
-    enough to have closed (the time split needs three), and (given ``features`` and
-    ``leakage``) the leakage audit of the features training would build."""
+    export lacks, only one outcome among closed deals, (given the training ``horizon_days``)
+    too few monthly snapshots for the time split, and (given ``features`` and ``leakage``) the
+    leakage audit of the features training would build."""
     problems = []
     accounts = tables.accounts
     for criterion in icp.criteria:
@@ -250,22 +254,8 @@ def training_problems(
                     "labels.outcome in the config)",
                 )
             )
-    closed = opps[opps["outcome"].isin(["won", "lost"])]
-    if len(closed) and not problems:
-        mature_before = maturity_cutoff(opps, tables.end_of_data())
-        created = closed.loc[closed["created_at"] < mature_before, "created_at"]
-        months = created.dt.to_period("M").nunique()
-        if months < MIN_TRAINING_MONTHS:
-            problems.append(
-                Problem(
-                    "opportunities",
-                    "created_at",
-                    f"closed deals created before {mature_before:%Y-%m-%d} (older than the time "
-                    f"deals take to close) span {months} month{'s' if months != 1 else ''}; the "
-                    f"time split needs at least {MIN_TRAINING_MONTHS}",
-                    len(created),
-                )
-            )
+    if not problems and horizon_days is not None:
+        problems.extend(_snapshot_problems(tables, horizon_days, warmup_days))
     if not problems and features is not None and leakage is not None:
         problems.extend(_leakage_problems(tables, features, leakage, post_outcome or []))
     return problems
@@ -289,4 +279,34 @@ def _leakage_problems(
             "under [leakage.allow] with the reason it is known before a deal is created)",
         )
         for problem in report.problems
+    ]
+
+
+def _snapshot_problems(tables: Tables, horizon_days: int, warmup_days: int) -> list[Problem]:
+    """Training takes a snapshot of every account on each month start from the first deal plus
+    the warm-up until the last date whose label window (``horizon_days``) ends inside the data,
+    and keeps a gap of the horizon before calibration and before test (training.snapshots)."""
+    created = tables.opportunities["created_at"].dropna()
+    if created.empty:
+        return []
+    end = tables.end_of_data()
+    first = (created.min() + pd.Timedelta(days=warmup_days)).normalize()
+    last = end + pd.Timedelta(days=1) - pd.Timedelta(days=horizon_days)
+    start = first.to_period("M").to_timestamp()
+    if start < first:
+        start = start + pd.offsets.MonthBegin(1)
+    months = len(pd.date_range(start, last, freq="MS"))
+    gap = int(np.ceil(horizon_days / DAYS_PER_MONTH))
+    need = MIN_SLICES + 2 * gap
+    if months >= need:
+        return []
+    return [
+        Problem(
+            "opportunities",
+            "created_at",
+            f"deals from {created.min():%Y-%m-%d} to {end:%Y-%m-%d} give {months} monthly "
+            f"snapshots with a label window of {horizon_days} days; training needs at least "
+            f"{need} (three slices and two gaps of {gap} months): set a shorter "
+            "[training] horizon_days, or export more history",
+        )
     ]

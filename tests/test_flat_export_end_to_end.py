@@ -18,14 +18,16 @@ EXAMPLE = REPO / "examples" / "maven_flat" / "deals.csv"
 WIDE = {"COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"}
 
 
-def deployment_sections(root: Path) -> str:
-    """MLflow store, snapshot and a quick training, all inside the test's folder."""
-    return f"""
-[training]
+QUICK_TRAINING = """
 n_jobs = 1
 num_boost_round = 60
 early_stopping_rounds = 15
+"""
 
+
+def deployment_sections(root: Path) -> str:
+    """MLflow store and snapshot inside the test's folder."""
+    return f"""
 [mlflow]
 tracking_uri = "sqlite:///{root / "store" / "mlflow.db"}"
 artifact_location = "{root / "store" / "artifacts"}"
@@ -49,7 +51,9 @@ def test_the_flat_maven_example_validates_trains_and_scores_from_its_config(
     shipped = (REPO / "configs" / "maven_flat.toml").read_text()
     config = tmp_path / "maven_flat.toml"
     config.write_text(
-        shipped.replace('path = "../examples/', f'path = "{REPO / "examples"}/')
+        shipped.replace('path = "../examples/', f'path = "{REPO / "examples"}/').replace(
+            "[training]\n", "[training]\n" + QUICK_TRAINING
+        )
         + deployment_sections(tmp_path)
     )
 
@@ -119,7 +123,12 @@ label = "Office outside the United States"
 column = "country"
 op = "not_in"
 values = ["United States"]
+
+[training]
+horizon_days = 61
+snapshot_warmup_days = 60
 """
+        + QUICK_TRAINING
         + deployment_sections(tmp_path)
     )
 

@@ -20,6 +20,13 @@ from features.tables import maturity_cutoff
 from tiering_cli import data_cmd
 
 WIDE = {"COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"}
+# The small exports here span months, not years: a four-week horizon and no warm-up leave
+# training enough monthly snapshots.
+SHORT_HORIZON = """
+[training]
+horizon_days = 28
+snapshot_warmup_days = 0
+"""
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -522,11 +529,12 @@ def test_zero_and_negative_won_amounts_are_reported_and_made_unknown(tmp_path: P
 def test_validate_prints_derivations_and_consequences_without_a_traceback(
     tmp_path: Path,
 ) -> None:
-    frame = flat_deals().drop(columns=["Value", "Closed"])
+    frame = flat_deals(deals_each=14).drop(columns=["Value", "Closed"])
     write_flat(tmp_path, frame)
     code, output = validate_output(
         tmp_path,
-        """
+        SHORT_HORIZON
+        + """
 [data]
 closed_after_days = 30
 [data.deals]
@@ -556,7 +564,8 @@ def test_validate_refuses_a_split_training_would_refuse(tmp_path: Path) -> None:
     write_flat(tmp_path, frame)
     code, output = validate_output(
         tmp_path,
-        """
+        SHORT_HORIZON
+        + """
 [data.deals]
 path = "deals.csv"
 date_format = "%d-%b-%y"
@@ -568,7 +577,11 @@ closed_at = "Closed"
 """,
     )
     assert code == 2
-    assert "the time split needs at least 3" in output
+    assert (
+        "opportunities.created_at: deals from 2016-10-03 to 2016-12-14 give 1 monthly snapshots "
+        "with a label window of 28 days; training needs at least 5 (three slices and two gaps "
+        "of 1 months): set a shorter [training] horizon_days, or export more history"
+    ) in output
 
 
 # ------------------------------------------------------------------ gates that empty a tier
@@ -683,11 +696,12 @@ def test_an_opportunities_table_without_ids_gets_generated_ones(tmp_path: Path) 
 
 
 def test_validate_runs_the_leakage_audit_training_would_run(tmp_path: Path) -> None:
-    frame = flat_deals().assign(Result=lambda f: f["Stage"].str.upper())
+    frame = flat_deals(deals_each=14).assign(Result=lambda f: f["Stage"].str.upper())
     write_flat(tmp_path, frame)
     code, output = validate_output(
         tmp_path,
-        """
+        SHORT_HORIZON
+        + """
 [data.deals]
 path = "deals.csv"
 date_format = "%d-%b-%y"

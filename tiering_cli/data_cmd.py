@@ -18,8 +18,8 @@ def validate(config: Path = CONFIG_OPTION) -> None:
 
     Exits with code 2 and a list of every broken rule (table, column, rule, examples) when the
     data breaks the contract, or when training would refuse it later (ICP criteria on columns
-    the export lacks, only one outcome, fewer than three months of closed deals, a feature the
-    leakage audit refuses).
+    the export lacks, only one outcome, too little history for the snapshots' time split, a
+    feature the leakage audit refuses).
     """
     from features.contract import DataContractError, load_tables
     from features.quality import quality_report, render_quality, training_problems
@@ -34,6 +34,8 @@ def validate(config: Path = CONFIG_OPTION) -> None:
             settings.features,
             settings.leakage,
             settings.data.post_outcome,
+            horizon_days=settings.training.horizon_days,
+            warmup_days=settings.training.snapshot_warmup_days,
         )
         if problems:
             raise DataContractError(problems)

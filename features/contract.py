@@ -1371,6 +1371,32 @@ def derive_closed_at(
     return out
 
 
+def default_amounts(
+    opportunities: pd.DataFrame, data: DataConfig, report: CleaningReport
+) -> pd.DataFrame:
+    """No won deal with an amount anywhere in the export: every won deal counts as
+    ``default_deal_value``, so revenue figures and the revenue model count won deals (in units
+    of that value) instead of failing for want of amounts."""
+    won = opportunities["outcome"] == "won"
+    if "amount" in opportunities.columns and bool((opportunities.loc[won, "amount"] > 0).any()):
+        return opportunities
+    out = opportunities.copy()
+    out["amount"] = np.where(won, data.default_deal_value, np.nan)
+    report.add(
+        f"no won deal has an amount: every won deal counts as {data.default_deal_value:,g} "
+        "(data.default_deal_value)",
+        "opportunities",
+        "amount",
+        int(won.sum()),
+    )
+    report.notes.append(
+        f"no amounts on won deals: every won deal counts as {data.default_deal_value:,g} "
+        "(data.default_deal_value), so expected revenue is P(convert) x the won deals expected "
+        "in the horizon x that value, and the revenue figures of train count won deals"
+    )
+    return out
+
+
 def _notes(tables: Tables, data: DataConfig, derived_closed: bool) -> list[str]:
     """What the export lacks and what follows from it, said before anyone trains."""
     notes = []
@@ -1385,16 +1411,6 @@ def _notes(tables: Tables, data: DataConfig, derived_closed: bool) -> list[str]:
             f"no closed_at: a won or lost deal counts as closed {data.closed_after_days} days "
             "after created_at (data.closed_after_days) for deal history, and deals created within "
             "that many days of the end of the data are left out of training as not yet closed"
-        )
-    opps = tables.opportunities
-    won_amounts = 0
-    if "amount" in opps:
-        won_amounts = int(((opps["outcome"] == "won") & (opps["amount"] > 0)).sum())
-    if won_amounts == 0:
-        notes.append(
-            f"no amounts on won deals: no deal-value model is trained; expected revenue uses "
-            f"P(win) x {data.default_deal_value:,g} (data.default_deal_value) for every account, so "
-            "tiers rank by the chance to convert and ICP fit"
         )
     if tables.activities is None:
         notes.append(
@@ -1459,7 +1475,9 @@ def load_tables(data: DataConfig, today: date | None = None) -> LoadResult:
     end = pd.Timestamp(data.as_of) if data.as_of else tables.end_of_data()
     tables = Tables(
         accounts=tables.accounts,
-        opportunities=derive_closed_at(final_opportunities, data, report, end),
+        opportunities=default_amounts(
+            derive_closed_at(final_opportunities, data, report, end), data, report
+        ),
         activities=tables.activities,
     )
     report.notes.extend(_notes(tables, data, derived_closed))

@@ -285,10 +285,13 @@ def test_no_amounts_is_said_before_training(tmp_path: Path) -> None:
     result = load_tables(config)
     notes = quality_report(result.tables, result.report).consequences
     assert (
-        "no amounts on won deals: no deal-value model is trained; expected revenue uses "
-        "P(win) x 5,000 (data.default_deal_value) for every account, so tiers rank by the "
-        "chance to convert and ICP fit"
+        "no amounts on won deals: every won deal counts as 5,000 (data.default_deal_value), so "
+        "expected revenue is P(convert) x the won deals expected in the horizon x that value, "
+        "and the revenue figures of train count won deals"
     ) in notes
+    opps = result.tables.opportunities
+    assert (opps.loc[opps["outcome"] == "won", "amount"] == 5000.0).all()
+    assert opps.loc[opps["outcome"] != "won", "amount"].isna().all()
 
 
 def test_without_amounts_the_revenue_model_is_the_documented_default() -> None:
@@ -556,7 +559,10 @@ created_at = "Created"
     assert (
         "note: no closed_at: a won or lost deal counts as closed 30 days after created_at" in output
     )
-    assert "note: no amounts on won deals: no deal-value model is trained" in output
+    assert (
+        "note: no amounts on won deals: every won deal counts as 1 (data.default_deal_value)"
+        in (output)
+    )
 
 
 def test_validate_refuses_a_split_training_would_refuse(tmp_path: Path) -> None:

@@ -27,6 +27,10 @@ from tiering.stability import (
     stabilise,
 )
 
+# No example database: tests leave nothing behind in the checkout.
+settings.register_profile("tiering", database=None)
+settings.load_profile("tiering")
+
 POLICY = TierPolicy(min_icp_fit_tier1=40)
 CONFIG = StabilityConfig()
 

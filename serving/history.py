@@ -316,9 +316,11 @@ def _records(frame: pd.DataFrame, run: RunRecord, as_of: dt.date) -> list[dict[s
         out["tier_since"] = pd.to_datetime(out["tier_since"]).dt.date
     for col in ("figures", "drivers"):
         if col not in out:
-            out[col] = [{} for _ in range(len(out))]
+            out[col] = pd.Series([{}] * len(out), index=out.index, dtype=object)
     keep = [c for c in ROW_COLUMNS if c in out]
-    records = out[keep].to_dict("records")
+    records: list[dict[str, Any]] = [
+        {str(k): v for k, v in rec.items()} for rec in out[keep].to_dict("records")
+    ]
     for rec in records:
         for key, value in rec.items():
             rec[key] = _plain(value)

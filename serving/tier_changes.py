@@ -150,7 +150,7 @@ class RunHistory:
         if self.extra is None or self.stable is None:
             raise RuntimeError("RunHistory.prepare must run before annotate")
         ids = chunk["account_id"].astype(str).to_numpy()
-        extra = self.extra.loc[ids]
+        extra = self.extra.loc[list(ids)]
         drivers = (
             [drivers_of(r) for r in chunk["reasons"]] if "reasons" in chunk else [{} for _ in ids]
         )
@@ -203,7 +203,7 @@ class RunHistory:
     def _gate_texts(
         self,
         chunk: pd.DataFrame,
-        code: Sequence[str],
+        code: Sequence[str] | np.ndarray,
         tier: np.ndarray,
         prev_tier: np.ndarray,
     ) -> list[str]:

@@ -160,8 +160,8 @@ def stabilise(
             "priority, ceiling, base_tier and previous must have one entry per account"
         )
     pin = np.zeros(n, np.int8)
-    for pos, tier in (pinned or {}).items():
-        pin[pos] = tier
+    for pos, pinned_tier in (pinned or {}).items():
+        pin[pos] = pinned_tier
     seats1 = int((base == 1).sum())
     seats12 = int((base <= 2).sum())
     first = not (previous.tier > 0).any()
@@ -329,11 +329,11 @@ _CAUSES = {
 
 
 def change_texts(
-    change: Sequence[str],
-    tier: Sequence[int],
-    previous_tier: Sequence[int],
-    priority: Sequence[float],
-    previous_priority: Sequence[float],
+    change: Sequence[str] | NDArray[Any],
+    tier: Sequence[int] | NDArray[Any],
+    previous_tier: Sequence[int] | NDArray[Any],
+    priority: Sequence[float] | NDArray[Any],
+    previous_priority: Sequence[float] | NDArray[Any],
     cutoffs: tuple[float | None, float | None],
     *,
     drivers: Sequence[Mapping[str, float] | None] | None = None,

@@ -10,7 +10,7 @@ import os
 
 import typer
 
-from tiering_cli import data_cmd, demo_cmd, icp_cmd, model_cmd, score_cmd
+from tiering_cli import data_cmd, demo_cmd, history_cmd, icp_cmd, model_cmd, report_cmd, score_cmd
 
 app = typer.Typer(
     help="Account tiering: learn from won/lost deals, tier every target account, explain why.",
@@ -39,6 +39,9 @@ app.command("rollback")(model_cmd.rollback)
 app.command("score")(score_cmd.score)
 app.command("serve")(score_cmd.serve)
 app.command("demo")(demo_cmd.demo)
+app.command("explain")(history_cmd.explain)
+app.command("backtest")(history_cmd.backtest)
+app.add_typer(report_cmd.app, name="report")
 
 if __name__ == "__main__":
     app()

@@ -174,10 +174,11 @@ def test_hysteresis_keeps_an_incumbent_until_beaten_by_the_margin() -> None:
     base = np.array([1, 2, 2, 2, 3], np.int8)  # 1 seat in Tier 1
     prev_tier = np.array([2, 1, 2, 2, 3], np.int8)  # account 1 held Tier 1
     prev = _previous(prev_tier, ceiling, np.array([0.6, 0.7, 0.5, 0.4, 0.1]))
-    narrow = stabilise([0.72, 0.70, 0.5, 0.4, 0.1], ceiling, base, prev, CONFIG, review=True)
+    m = CONFIG.review_margin
+    narrow = stabilise([0.69 + m, 0.70, 0.5, 0.4, 0.1], ceiling, base, prev, CONFIG, review=True)
     assert narrow.tier.tolist() == [2, 1, 2, 2, 3]
     assert narrow.hold.tolist() == [True, True, False, False, False]
-    wide = stabilise([0.75, 0.70, 0.5, 0.4, 0.1], ceiling, base, prev, CONFIG, review=True)
+    wide = stabilise([0.71 + m, 0.70, 0.5, 0.4, 0.1], ceiling, base, prev, CONFIG, review=True)
     assert wide.tier.tolist() == [1, 2, 2, 2, 3]
     assert wide.change.tolist() == [CHANGE_REVIEW, CHANGE_REVIEW, "", "", ""]
 

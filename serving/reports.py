@@ -370,6 +370,7 @@ def log_performance(
     experiment: str,
     out_dir: Path,
     threshold: float = PSI_WARNING,
+    artifact_location: str | None = None,
 ) -> str:
     """An MLflow monitoring run with the tables, per-tier metrics of the newest matured run,
     drift warnings and the plots; returns its run id. The plots are also written to
@@ -380,7 +381,11 @@ def log_performance(
     out_dir.mkdir(parents=True, exist_ok=True)
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    exp_id = (
+        exp.experiment_id
+        if exp is not None
+        else client.create_experiment(experiment, artifact_location=artifact_location)
+    )
     run = client.create_run(exp_id, run_name="tier monitoring", tags={"kind": "monitoring"})
     run_id = run.info.run_id
     matured = perf[perf["matured"]]

@@ -79,7 +79,8 @@ def movement(
     matrix = m.matrix.copy()
     matrix.index = [str(i) for i in matrix.index]
     matrix.index.name = "from \\ to"
-    console.print(_table(matrix, f"Tier movement {m.start.date()} -> {m.end.date()}"))
+    console.print(f"[bold]Tier movement {m.start.date()} -> {m.end.date()}[/]")
+    console.print(_table(matrix, "from-tier x to-tier"))
     console.print(
         f"accounts: {int(m.matrix.to_numpy().sum()):,}; dropped from the list: {m.dropped}"
     )
@@ -111,6 +112,7 @@ def performance(
     from features.contract import load_tables
     from serving.model_loader import tracking_uri_for
     from serving.reports import log_performance
+    from training.registry import artifact_root
     from serving.reports import performance as compute
     from serving.tier_changes import open_history
 
@@ -130,6 +132,7 @@ def performance(
                 experiment=f"{cfg.mlflow.experiment}-monitoring",
                 out_dir=out,
                 threshold=psi_warning,
+                artifact_location=artifact_root(cfg.mlflow),
             )
             if log
             else None

@@ -112,9 +112,9 @@ def performance(
     from features.contract import load_tables
     from serving.model_loader import tracking_uri_for
     from serving.reports import log_performance
-    from training.registry import artifact_root
     from serving.reports import performance as compute
     from serving.tier_changes import open_history
+    from training.registry import artifact_root
 
     cfg = read_config(config)
     with _report_errors():

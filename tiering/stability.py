@@ -316,7 +316,7 @@ def driver_shift(
 
 
 _CAUSES = {
-    CHANGE_NEW: "first time on the list",
+    CHANGE_NEW: "new to the list (no earlier run holds it)",
     CHANGE_REVIEW: "re-ranked at the review",
     CHANGE_RISE: "priority rose past the cut-off by more than the change margin",
     CHANGE_FALL: "priority fell below the cut-off by more than the change margin",
@@ -359,6 +359,14 @@ def change_texts(
         if code == CHANGE_NEW:
             out.append(f"Tier {now}: {cause}")
             continue
+        if code == CHANGE_REVIEW:
+            cause = (
+                "promoted at the review: its priority beat an incumbent's by more than the "
+                "hysteresis margin"
+                if now < before
+                else "re-ranked at the review: challengers beat its priority by more than the "
+                "hysteresis margin"
+            )
         parts = [f"Tier {before} -> {now}: {cause}"]
         which = 0 if min(now, before) == 1 else 1
         cut = cutoffs[which]
@@ -371,7 +379,7 @@ def change_texts(
             )
             seg += f", Tier {which + 1} cut-off {cut:.2f}"
             old_cut = None if previous_cutoffs is None else previous_cutoffs[which]
-            if old_cut is not None and abs(old_cut - cut) >= 0.005:
+            if old_cut is not None and f"{old_cut:.2f}" != f"{cut:.2f}":
                 seg += f" (cut-off moved from {old_cut:.2f})"
             parts.append(seg)
         if drivers is not None and previous_drivers is not None:

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from tiering_cli.common import CONFIG_OPTION, console, fail, known_errors, progress, read_config
+from tiering_cli.score_cmd import MODEL_OPTION
 
 
 def explain(
@@ -53,12 +54,7 @@ def explain(
 
 def backtest(
     config: Path = CONFIG_OPTION,
-    model: str = typer.Option(
-        "champion",
-        "--model",
-        "-m",
-        help="Registry alias (champion), version number, models:/ URI, or a saved bundle folder.",
-    ),
+    model: str = MODEL_OPTION,
     months: int = typer.Option(
         12, "--months", min=3, help="Monthly transitions to replay (runs = months + 1)."
     ),

@@ -132,8 +132,9 @@ class RunRecord:
     created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
 
-class HistoryError(RuntimeError):
-    """The history store cannot be reached or written; the message says which and how to fix."""
+class HistoryError(ValueError):
+    """The history store cannot be reached or written; the message says which and how to fix.
+    A ValueError, so commands report it like any other bad input (no traceback)."""
 
 
 def history_url(configured: str | None, mlflow_tracking_uri: str) -> str:
@@ -171,17 +172,17 @@ class HistoryStore:
         try:
             engine = create_engine(self.url)
         except (SQLAlchemyError, ImportError, ValueError) as exc:
-            raise HistoryError(f"history store {self._shown()}: bad URL: {exc}") from exc
+            raise HistoryError(f"history store {self.shown()}: bad URL: {exc}") from exc
         try:
             migrate(engine)
         except SQLAlchemyError as exc:
             raise HistoryError(
-                f"history store {self._shown()}: cannot open or migrate it ({exc.__class__.__name__}: "
+                f"history store {self.shown()}: cannot open or migrate it ({exc.__class__.__name__}: "
                 f"{str(exc).splitlines()[0]}); check [history] url or {HISTORY_URL_ENV}"
             ) from exc
         return engine
 
-    def _shown(self) -> str:
+    def shown(self) -> str:
         """The URL without its password."""
         from sqlalchemy.engine import make_url
 
@@ -209,6 +210,22 @@ class HistoryStore:
         ``figures`` and ``drivers`` (dicts)."""
         frames = [rows] if isinstance(rows, pd.DataFrame) else rows
         as_of = run.as_of.date()
+        try:
+            self._write(run, frames, as_of, progress)
+        except SQLAlchemyError as exc:
+            raise HistoryError(
+                f"history store {self.shown()}: the run of {as_of} was not written, nothing "
+                f"changed ({exc.__class__.__name__}: {str(exc).splitlines()[0]})"
+            ) from exc
+        return run.run_id
+
+    def _write(
+        self,
+        run: RunRecord,
+        frames: Iterable[pd.DataFrame],
+        as_of: dt.date,
+        progress: Callable[[int], None] | None,
+    ) -> None:
         done = 0
         with self.engine.begin() as conn:
             old = select(RunRow.run_id).where(RunRow.as_of == as_of).scalar_subquery()
@@ -235,7 +252,6 @@ class HistoryStore:
                     done += len(records[start : start + INSERT_CHUNK])
                     if progress is not None:
                         progress(done)
-        return run.run_id
 
     # ------------------------------------------------------------------------ reading
     def runs(self) -> pd.DataFrame:

@@ -291,3 +291,25 @@ def open_history(config: Config) -> HistoryStore:
     return HistoryStore(
         history_url(config.history.url, tracking_uri_for(config.mlflow.tracking_uri))
     )
+
+
+def describe_run(config: Config, as_of: pd.Timestamp) -> str:
+    """One line on what the history made of a run: recorded where, review or not, how many
+    accounts changed tier and how many the stability policy held."""
+    if not config.history.enabled:
+        return "history:  off ([history] enabled = false)"
+    store = open_history(config)
+    runs = store.runs()
+    run = runs[runs["as_of"] == pd.Timestamp(as_of).normalize()]
+    if run.empty:
+        return f"history:  no run of {pd.Timestamp(as_of).date()} in {store.shown()}"
+    rows = store.rows(
+        run_id=str(run["run_id"].iloc[0]), columns=["tier", "base_tier", "change_code"]
+    )
+    moved = int((rows["change_code"] != "").sum())
+    held = int((rows["tier"] != rows["base_tier"]).sum())
+    kind = "a review" if bool(run["review"].iloc[0]) else "between reviews"
+    return (
+        f"history:  {store.shown()} ({kind}): {moved:,} accounts changed tier, "
+        f"{held:,} held by the stability policy"
+    )

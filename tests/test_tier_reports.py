@@ -4,8 +4,11 @@ logged to MLflow as a monitoring run, and the stability backtest."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
-from collections.abc import Iterator
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,34 +100,53 @@ def test_explain_shows_the_tiers_over_time_and_why(deployment: Deployment) -> No
 # ------------------------------------------------------------------------------- HTTP
 
 
-@pytest.fixture(scope="module")
-def client(deployment: Deployment) -> Iterator[object]:
-    from starlette.testclient import TestClient
+# BentoML's metrics live in one registry per process: the service gets its own process here,
+# so it can start whatever other service tests ran in this worker.
+HTTP_SCRIPT = """
+import json, sys
+from starlette.testclient import TestClient
+from serving.service import TieringService
 
-    from serving.service import TieringService
+account = sys.argv[1]
+with TestClient(TieringService.to_asgi()) as client:
+    key = {"X-API-Key": sys.argv[2]}
+    answers = {
+        "no_key": client.get(f"/accounts/{account}/history").status_code,
+        "ok": client.get(f"/accounts/{account}/history", headers=key).json(),
+        "missing": [
+            (r.status_code, r.text)
+            for r in [client.get("/accounts/NOPE/history", headers=key)]
+        ][0],
+    }
+print(json.dumps(answers))
+"""
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TIERING_BUNDLE_DIR", str(deployment.bundle_dir))
-        mp.setenv("TIERING_SNAPSHOT", str(deployment.snapshot))
-        mp.setenv("TIERING_API_KEY", API_KEY)
-        mp.setenv("TIERING_AUTH_DISABLED", "false")
-        mp.setenv("TIERING_CONFIG", str(deployment.config_path))
-        mp.delenv("TIERING_HISTORY_URL", raising=False)
-        with TestClient(TieringService.to_asgi()) as test_client:
-            yield test_client
 
-
-def test_history_over_http_needs_the_key_and_lists_every_run(
-    client: object, deployment: Deployment
-) -> None:
-    from starlette.testclient import TestClient
-
-    assert isinstance(client, TestClient)
+def test_history_over_http_needs_the_key_and_lists_every_run(deployment: Deployment) -> None:
     account = str(deployment.last["account_id"].iloc[0])
-    assert client.get(f"/accounts/{account}/history").status_code == 401
-    response = client.get(f"/accounts/{account}/history", headers={"X-API-Key": API_KEY})
-    assert response.status_code == 200, response.text
-    body = response.json()
+    env = {
+        **os.environ,
+        "TIERING_BUNDLE_DIR": str(deployment.bundle_dir),
+        "TIERING_SNAPSHOT": str(deployment.snapshot),
+        "TIERING_API_KEY": API_KEY,
+        "TIERING_AUTH_DISABLED": "false",
+        "TIERING_CONFIG": str(deployment.config_path),
+        "BENTOML_DO_NOT_TRACK": "true",
+    }
+    env.pop("TIERING_HISTORY_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-c", HTTP_SCRIPT, account, API_KEY],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=deployment.root,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    answers = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answers["no_key"] == 401
+    body = answers["ok"]
     assert body["account_id"] == account
     assert [e["as_of"] for e in body["entries"]] == MONTH_ENDS
     row = deployment.last.set_index("account_id").loc[account]
@@ -132,9 +154,8 @@ def test_history_over_http_needs_the_key_and_lists_every_run(
     assert newest["tier"] == int(row["tier"])
     assert newest["change_reason"] == row["change_reason"]
     assert newest["figures"]["p_win"] == pytest.approx(float(row["p_win"]))
-    missing = client.get("/accounts/NOPE/history", headers={"X-API-Key": API_KEY})
-    assert missing.status_code == 404
-    assert "NOPE" in missing.text
+    status, text = answers["missing"]
+    assert status == 404 and "NOPE" in text
 
 
 # --------------------------------------------------------------------------- movement

@@ -53,8 +53,10 @@ def postgres_url() -> Iterator[str]:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(message + "; CI must install them (.ci/run does)")
         pytest.skip(message)
-    root = Path(tempfile.mkdtemp(prefix="tiering-pg-"))
     as_root = os.geteuid() == 0
+    # As root the server runs as `postgres`, which must reach the folder: /tmp, not a TMPDIR
+    # that may sit under root's home.
+    root = Path(tempfile.mkdtemp(prefix="tiering-pg-", dir="/tmp" if as_root else None))
     if as_root:
         shutil.chown(root, "postgres")
 

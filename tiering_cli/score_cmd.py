@@ -55,6 +55,7 @@ def score(
     scores, the CRM write-back CSV and the account snapshot (all atomically)."""
     from serving.batch import score_accounts
     from serving.model_loader import ModelNotFoundError
+    from serving.tier_changes import describe_run
 
     cfg = read_config(config)
     with known_errors():
@@ -81,6 +82,8 @@ def score(
     console.print(tier_summary(result.scores, title=f"Tiers as of {result.as_of.date()}"))
     console.print(f"cut-offs: {result.cutoffs_used}")
     console.print(f"scores:   {result.output}\nCRM:      {result.crm}\nsnapshot: {result.snapshot}")
+    with known_errors():
+        console.print(describe_run(cfg, result.as_of))
 
 
 def tier_summary(scores: pd.DataFrame, title: str = "Tiers") -> Table:

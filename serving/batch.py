@@ -38,6 +38,7 @@ from tiering.config import Config
 
 if TYPE_CHECKING:
     from features.icp import IcpPatterns
+    from serving.tier_changes import RunHistory
     from tiering.policy import TierAssignment
 
 CRM_COLUMNS = (
@@ -49,6 +50,8 @@ CRM_COLUMNS = (
     "open_pipeline",
     "icp_fit",
 )
+# With the tier history on: "previous tier", "tier since", "change reason".
+CRM_HISTORY_COLUMNS = ("previous_tier", "tier_since", "change_reason")
 SNAPSHOT_METADATA_KEY = b"account_tiering"
 # Accounts whose reason texts are phrased at once inside a scoring chunk: the texts and the
 # explainer's working data of only this many accounts are alive together.
@@ -127,6 +130,7 @@ def score_accounts(
     )
     out = Path(out)
     snapshot_path = Path(snapshot) if snapshot is not None else config.scoring.snapshot
+    history = _run_history(config, bundle, when, tables.accounts)
     with atomic_outputs([out, crm_path(out), snapshot_path]) as (out_tmp, crm_tmp, snap_tmp):
         scores, cutoffs_used = write_scores(
             bundle,
@@ -138,12 +142,17 @@ def score_accounts(
             reasons=reasons,
             top_reasons=config.scoring.top_reasons,
             progress=lambda done: report("reasons", done, len(features)),
+            history=history,
         )
-        report("write", 1, 2)
+        report("write", 1, 3)
         write_snapshot(
             features, snap_tmp, as_of=when, model_version=bundle.version, cold_start=cold
         )
-        report("write", 2, 2)
+        report("write", 2, 3)
+        # Last, in one transaction: a failure here leaves the previous files in place too.
+        if history is not None:
+            history.commit()
+        report("write", 3, 3)
     return BatchResult(
         scores=scores,
         output=out,
@@ -152,6 +161,23 @@ def score_accounts(
         as_of=when,
         model_version=bundle.version,
         cutoffs_used=cutoffs_used,
+    )
+
+
+def _run_history(
+    config: Config, bundle: Bundle, when: pd.Timestamp, accounts: pd.DataFrame
+) -> RunHistory | None:
+    from serving.tier_changes import RunHistory, open_history
+
+    if not config.history.enabled:
+        return None
+    return RunHistory(
+        open_history(config),
+        config,
+        when,
+        accounts=accounts,
+        model_version=bundle.version,
+        policy=bundle.policy,
     )
 
 
@@ -321,11 +347,15 @@ def write_scores(
     top_reasons: int = 3,
     progress: Callable[[int], None] = lambda done: None,
     reason_chunk_size: int = REASON_CHUNK_SIZE,
+    history: RunHistory | None = None,
 ) -> tuple[pd.DataFrame, str]:
     """Score the whole list and stream the scores and the CRM rows to disk chunk by chunk, so
     the reason texts of only one chunk are ever in memory. Returns the scores without the
-    texts (``tiering.scoring.OUTPUT_COLUMNS``) and the cut-offs used."""
+    texts (``tiering.scoring.OUTPUT_COLUMNS``) and the cut-offs used. With ``history``, the
+    tiers are those of the stability policy and every row says how its tier changed."""
     population = tier_population(bundle, features, chunk_size)
+    if history is not None:
+        population = history.prepare(population)
     with _ChunkWriter(scores_path, csv=like.suffix.lower() == ".csv") as writer:
         chunks = scored_chunks(
             bundle,
@@ -337,6 +367,8 @@ def write_scores(
             reason_chunk_size=reason_chunk_size,
         )
         for i, chunk in enumerate(chunks):
+            if history is not None:
+                chunk = history.annotate(chunk)
             writer.write(chunk)
             crm_rows(chunk).to_csv(crm_file, mode="a" if i else "w", header=i == 0, index=False)
             progress(min((i + 1) * chunk_size, len(features)))
@@ -372,7 +404,8 @@ def crm_rows(scores: pd.DataFrame) -> pd.DataFrame:
     frame = scores.reset_index(drop=True)
     if "reason_summary" not in frame:
         frame = frame.assign(reason_summary="")
-    return frame.loc[:, list(CRM_COLUMNS)]
+    extra = [c for c in CRM_HISTORY_COLUMNS if c in frame]
+    return frame.loc[:, [*CRM_COLUMNS, *extra]]
 
 
 # ----------------------------------------------------------------------------- writing

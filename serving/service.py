@@ -23,6 +23,7 @@ import bentoml
 from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI
 
+from serving.account_history import AccountTimeline, history_response, service_store
 from serving.schemas import (
     AccountRequest,
     AccountScore,
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 # Endpoints that answer with tiers (internal data): they need the API key. Health, readiness
 # and metrics stay open for the orchestrator.
 PROTECTED_PATHS = frozenset({"/score", "/explain", "/model"})
+PROTECTED_PREFIXES = ("/accounts/",)
 
 # GET /model is a plain route; BentoML's own API routes are POST only.
 model_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
@@ -92,7 +94,10 @@ class ApiKeyMiddleware:
         self.header_name = settings.api_key_header
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if self.key is None or scope["type"] != "http" or scope["path"] not in PROTECTED_PATHS:
+        protected = scope.get("path", "") in PROTECTED_PATHS or str(
+            scope.get("path", "")
+        ).startswith(PROTECTED_PREFIXES)
+        if self.key is None or scope["type"] != "http" or not protected:
             await self.app(scope, receive, send)
             return
         given = dict(scope.get("headers") or []).get(self.header, b"")
@@ -443,6 +448,7 @@ class TieringService:
     def __init__(self) -> None:
         self.settings = ServingSettings()
         self.scorer = OnlineScorer.from_settings(self.settings)
+        self.history = service_store(self.settings.config)
 
     @bentoml.api(route="/score", input_spec=ScoreRequest)
     def score(self, accounts: list[AccountRequest], reasons: bool = True) -> ScoreResponse:
@@ -467,6 +473,11 @@ class TieringService:
     def model(self) -> ModelInfo:
         """Model version, metrics, tier policy and the reference cut-offs."""
         return self.scorer.model_info()
+
+    @model_app.get("/accounts/{account_id}/history", response_model=AccountTimeline)
+    def account_history(self, account_id: str) -> AccountTimeline:
+        """The account's tier in every recorded batch run, with why it changed."""
+        return history_response(self.history, account_id)
 
 
 # @bentoml.service turns the class into a Service object; mypy still sees the class.

@@ -18,7 +18,14 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from serving.batch import CRM_COLUMNS, crm_path, read_snapshot, score_accounts
+from serving.batch import (
+    CRM_COLUMNS,
+    CRM_HISTORY_COLUMNS,
+    crm_path,
+    read_snapshot,
+    score_accounts,
+)
+from serving.tier_changes import HISTORY_COLUMNS
 from tiering.bundle import Bundle
 from tiering.config import Config
 
@@ -50,7 +57,7 @@ def test_outputs_carry_every_promised_column(trained: tuple[Config, Path], tmp_p
     result = score_accounts(config, bundle, out=tmp_path / "tiers.parquet")
 
     scores = pd.read_parquet(result.output)
-    assert list(scores.columns) == OUTPUT_COLUMNS + REASON_COLUMNS
+    assert list(scores.columns) == OUTPUT_COLUMNS + REASON_COLUMNS + HISTORY_COLUMNS
     assert list(result.scores.columns) == OUTPUT_COLUMNS
     assert scores["account_id"].is_unique
     assert scores["tier"].isin([1, 2, 3]).all()
@@ -58,7 +65,7 @@ def test_outputs_carry_every_promised_column(trained: tuple[Config, Path], tmp_p
     assert {"field", "label", "text", "effect_points", "direction"} <= set(drivers[0])
 
     crm = pd.read_csv(result.crm)
-    assert list(crm.columns) == list(CRM_COLUMNS)
+    assert list(crm.columns) == [*CRM_COLUMNS, *CRM_HISTORY_COLUMNS]
     assert len(crm) == len(scores)
     assert crm["reason_summary"].str.startswith("Tier ").all()
 

@@ -19,6 +19,7 @@ from tiering.policy import (
     ev_needed,
     priority,
     reference_cutoffs,
+    reference_sample,
     target_sizes,
     tier_with_cutoffs,
 )
@@ -274,8 +275,23 @@ def test_ev_needed_inverts_priority() -> None:
     ok = np.isfinite(needed) & (needed > 0)
     assert ok.sum() > 100
     assert (priority(needed[ok], icp[ok], ref, weights) >= target[ok] - 1e-12).all()
-    below = np.nextafter(needed[ok], 0)
+    # The percentile is continuous between reference values: a hair less falls short.
+    below = needed[ok] * (1 - 1e-9)
     assert (priority(below, icp[ok], ref, weights) < target[ok]).all()
+
+
+def test_distinct_expected_values_get_distinct_priorities_beyond_the_reference_sample() -> None:
+    """A list larger than the reference sample must not tie at a cut-off (a batch breaks ties by
+    row order, an online request cannot)."""
+    rng = np.random.default_rng(5)
+    ev = rng.lognormal(10, 1, 30_000)
+    ref = reference_sample(ev)
+    assert ref.size < ev.size
+    inside = (ev > ref[0]) & (ev < ref[-1])
+    prio = priority(ev[inside], np.zeros(inside.sum()), ref, PriorityWeights())
+    assert len(np.unique(prio)) == len(np.unique(ev[inside]))
+    order = np.argsort(ev[inside])
+    assert (np.diff(prio[order]) >= 0).all()
 
 
 def test_bad_inputs_get_a_clear_error() -> None:

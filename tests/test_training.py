@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tiering.config import MlflowConfig, SplitConfig, load_config
+from tiering.config import MlflowConfig, SplitConfig, TrainingConfig, load_config
 from training.evaluate import expected_calibration_error, tier_backtest
 from training.fit import choose_calibrator, conformal_interval
 from training.split import SplitError, time_split
@@ -164,8 +164,11 @@ def test_maven_export_shows_the_baselines_and_invents_no_lift(tmp_path: Path) ->
     config = load_config(path)
     config = config.model_copy(
         update={
-            "training": config.training.model_copy(
-                update=FAST_TRAINING.model_dump(exclude={"horizon_days", "snapshot_warmup_days"})
+            "training": TrainingConfig.model_validate(
+                {
+                    **config.training.model_dump(),
+                    **FAST_TRAINING.model_dump(exclude={"horizon_days", "snapshot_warmup_days"}),
+                }
             ),
             "mlflow": MlflowConfig(
                 tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",

@@ -93,10 +93,25 @@ def _sorted_reference(reference_ev: ArrayLike) -> NDArray[np.float64]:
 
 
 def ev_percentile(expected_value: ArrayLike, reference_ev: ArrayLike) -> NDArray[np.float64]:
-    """Share of the reference expected values that are <= each expected value, in [0, 1]."""
+    """Share of the reference expected values that are <= each expected value, in [0, 1],
+    interpolated linearly between neighbouring reference values.
+
+    On a reference value it is exactly the share of values <= it; between two, it rises
+    linearly, so distinct expected values get distinct priorities even when the reference is a
+    sample of quantiles (a list of more than ``MAX_REFERENCE`` accounts): a tie at a cut-off
+    would otherwise be broken by row order in a batch and not at all online.
+    """
     ev = _as_finite(expected_value, "expected_value")
     ref = _sorted_reference(reference_ev)
-    return np.searchsorted(ref, ev, side="right") / ref.size
+    n = ref.size
+    k = np.searchsorted(ref, ev, side="right")
+    lo = ref[np.clip(k - 1, 0, n - 1)]
+    hi = ref[np.clip(k, 0, n - 1)]
+    gap = hi - lo
+    inside = (k > 0) & (k < n) & (gap > 0)
+    frac = np.zeros(ev.shape)
+    np.divide(ev - lo, gap, out=frac, where=inside)
+    return (k + np.clip(frac, 0.0, 1.0)) / n
 
 
 def priority(
@@ -132,14 +147,28 @@ def ev_needed(
         return out
     total = weights.expected_value + weights.icp_fit
     pct_needed = (target * total - weights.icp_fit * fit / 100) / weights.expected_value
-    # percentile(ev) >= pct  <=>  #(ref <= ev) >= ceil(pct * m)  <=>  ev >= ref[ceil(pct * m) - 1];
-    # the epsilon keeps float noise (3.0000000001) from asking for one more reference value.
+    # ev >= ref[ceil(pct * m) - 1] always reaches pct (the share of reference values <= it);
+    # between two reference values the percentile is linear, so the exact inverse is the
+    # interpolated point, kept where it does reach pct (duplicates make steps). The epsilon keeps
+    # float noise (3.0000000001) from asking for one more reference value.
+    m = ref.size
     with np.errstate(invalid="ignore"):
-        k = np.ceil(pct_needed * ref.size - 1e-9)
-    reachable = np.isfinite(k) & (k <= ref.size)
+        t = pct_needed * m
+        k = np.ceil(t - 1e-9)
+    reachable = np.isfinite(k) & (k <= m)
     free = reachable & (k <= 0)
-    idx = np.clip(np.nan_to_num(k, nan=1.0), 1, ref.size).astype(np.int64) - 1
-    out[reachable] = ref[idx[reachable]]
+    idx = np.clip(np.nan_to_num(k, nan=1.0), 1, m).astype(np.int64) - 1
+    sufficient = ref[idx]
+    base = np.clip(np.floor(np.nan_to_num(t, nan=1.0)), 1, m).astype(np.int64)
+    frac = np.clip(np.nan_to_num(t, nan=1.0) - base, 0.0, 1.0)
+    interpolated = ref[base - 1] + frac * (ref[np.minimum(base, m - 1)] - ref[base - 1])
+    for _ in range(4):  # rounding may leave the interpolated point a hair short
+        short = ev_percentile(interpolated, ref) < pct_needed
+        if not short.any():
+            break
+        interpolated = np.where(short, np.nextafter(interpolated, np.inf), interpolated)
+    exact = np.where(ev_percentile(interpolated, ref) >= pct_needed, interpolated, sufficient)
+    out[reachable] = np.minimum(exact, sufficient)[reachable]
     out[free] = 0.0
     return out
 

@@ -21,7 +21,7 @@ from features.config import IcpConfig
 from features.icp import icp_fit
 from tiering.bundle import PREDICTION_COLUMNS
 from tiering.config import Playbook, TierPolicy
-from tiering.explain import reason_columns
+from tiering.explain import fmt_money, reason_columns
 from tiering.policy import (
     ReferenceCutoffs,
     TierAssignment,
@@ -142,7 +142,7 @@ def phrase(
         contributions if contributions is not None else bundle.contributions(features)
     )
     p_base = base_win_probability(bundle, conv_contrib["bias"].to_numpy(dtype=np.float64))
-    return reason_columns(
+    text = reason_columns(
         features,
         conv_contrib,
         revenue_contrib,
@@ -162,6 +162,37 @@ def phrase(
         value_low=ranked["revenue_p10"].to_numpy(dtype=np.float64),
         value_high=ranked["revenue_p90"].to_numpy(dtype=np.float64),
     )
+    pipeline = pipeline_phrases(features, ranked)
+    text["headline"] = [
+        [*head, line] if line else list(head)
+        for head, line in zip(text["headline"], pipeline, strict=True)
+    ]
+    return text
+
+
+def pipeline_phrases(features: pd.DataFrame, ranked: pd.DataFrame) -> list[str]:
+    """ "2 open deals worth $80k, likely to bring $28k" per account ("" without open deals or
+    without a deal-win model to price them)."""
+    n = len(ranked)
+    count = (
+        pd.to_numeric(features["open_deals"], errors="coerce").to_numpy(dtype=float)
+        if "open_deals" in features
+        else np.zeros(n)
+    )
+    amount = (
+        pd.to_numeric(features["open_amount"], errors="coerce").to_numpy(dtype=float)
+        if "open_amount" in features
+        else np.full(n, np.nan)
+    )
+    expected = ranked["open_pipeline"].to_numpy(dtype=float)
+    out = []
+    for k, total, worth in zip(count, amount, expected, strict=True):
+        if not (k > 0 and np.isfinite(worth) and total > 0):
+            out.append("")
+            continue
+        deals = f"{k:.0f} open deal{'s' if k != 1 else ''}"
+        out.append(f"{deals} worth {fmt_money(total)}, likely to bring {fmt_money(worth)}")
+    return out
 
 
 def horizon_label(days: int) -> str:

@@ -10,7 +10,16 @@ import os
 
 import typer
 
-from tiering_cli import backtest_cmd, data_cmd, demo_cmd, icp_cmd, model_cmd, score_cmd
+from tiering_cli import (
+    backtest_cmd,
+    data_cmd,
+    demo_cmd,
+    history_cmd,
+    icp_cmd,
+    model_cmd,
+    report_cmd,
+    score_cmd,
+)
 
 app = typer.Typer(
     help="Account tiering: learn from won/lost deals, tier every target account, explain why.",
@@ -40,6 +49,8 @@ app.command("score")(score_cmd.score)
 app.command("backtest")(backtest_cmd.backtest)
 app.command("serve")(score_cmd.serve)
 app.command("demo")(demo_cmd.demo)
+app.command("explain")(history_cmd.explain)
+app.add_typer(report_cmd.app, name="report")
 
 if __name__ == "__main__":
     app()

@@ -56,6 +56,7 @@ def score(
     scores, the CRM write-back CSV and the account snapshot (all atomically)."""
     from serving.batch import score_accounts
     from serving.model_loader import ModelNotFoundError
+    from serving.tier_changes import describe_run
     from tiering.policy import tier_shortfalls
 
     cfg = read_config(config)
@@ -91,6 +92,8 @@ def score(
     ):
         console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     console.print(f"scores:   {result.output}\nCRM:      {result.crm}\nsnapshot: {result.snapshot}")
+    with known_errors():
+        console.print(describe_run(cfg, result.as_of))
 
 
 def tier_summary(scores: pd.DataFrame, title: str = "Tiers") -> Table:

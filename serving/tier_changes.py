@@ -1,0 +1,315 @@
+"""A batch run against the tier history: the stability policy applied to this run's base
+tiers, "why did my tier change" for every account that moved, and the run recorded.
+
+Batch scoring calls three hooks, in order: :meth:`RunHistory.prepare` once the whole list has
+its base tiers (before any reason text is phrased, so texts speak of the final tier),
+:meth:`RunHistory.annotate` on every scored chunk (adds the history columns of the scores
+file and the CRM write-back, keeps the rows for the store) and :meth:`RunHistory.commit` once
+every chunk is written (one transaction).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from serving.history import TYPED_COLUMNS, HistoryStore, RunRecord
+from tiering.config import Config, TierPolicy
+from tiering.stability import (
+    CHANGE_GATE,
+    HOLD,
+    Previous,
+    StableTiers,
+    change_texts,
+    is_review,
+    stabilise,
+)
+
+if TYPE_CHECKING:
+    from serving.batch import TieredPopulation
+
+HISTORY_COLUMNS = ["base_tier", "previous_tier", "tier_since", "change_reason"]
+"""Added to the scores file after the reason columns."""
+CRM_HISTORY_COLUMNS = ("previous_tier", "tier_since", "change_reason")
+"""Added to the CRM write-back."""
+# Scores columns that are not the model's figures (the figures ride in one JSON column).
+NOT_FIGURES = TYPED_COLUMNS | {"cutoffs_used", "model_version", "account_id"}
+
+
+def drivers_of(reasons: Any) -> dict[str, float]:
+    """The points each reason contributes, by label (what a change reason diffs)."""
+    if not isinstance(reasons, list | tuple | np.ndarray):
+        return {}
+    return {
+        str(d["label"]): round(float(d["effect_points"]), 2)
+        for d in reasons
+        if isinstance(d, Mapping) and "label" in d and "effect_points" in d
+    }
+
+
+class RunHistory:
+    """The history side of one batch run."""
+
+    def __init__(
+        self,
+        store: HistoryStore,
+        config: Config,
+        as_of: pd.Timestamp,
+        *,
+        accounts: pd.DataFrame,
+        model_version: str,
+        policy: TierPolicy,
+        source: str = "batch",
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.as_of = pd.Timestamp(as_of).normalize()
+        self.model_version = model_version
+        self.policy = policy
+        self.source = source
+        cols = [c for c in ("account_id", "owner", "territory") if c in accounts]
+        self.accounts = accounts[cols].drop_duplicates("account_id").set_index("account_id")
+        self.stable: StableTiers | None = None
+        self.extra: pd.DataFrame | None = None
+        self.previous_drivers: dict[str, dict[str, float]] = {}
+        self.previous_cutoffs: tuple[float | None, float | None] | None = None
+        self.parts: list[pd.DataFrame] = []
+
+    # --------------------------------------------------------------------- the policy
+    def prepare(self, population: TieredPopulation) -> TieredPopulation:
+        """The population with its tiers under the stability policy."""
+        from serving.batch import TieredPopulation
+
+        prev_run = self.store.previous_run(self.as_of)
+        prev_rows = None
+        if prev_run is not None:
+            prev_rows = self.store.rows(
+                run_id=str(prev_run["run_id"]),
+                columns=["account_id", "tier", "ceiling", "priority", "tier_since", "drivers"],
+            )
+            self.previous_drivers = dict(
+                zip(prev_rows["account_id"].astype(str), prev_rows["drivers"], strict=True)
+            )
+            cuts = prev_run["cutoffs"] or {}
+            self.previous_cutoffs = (cuts.get("tier1"), cuts.get("tier12"))
+        review = is_review(
+            self.as_of,
+            self.store.last_review(self.as_of),
+            self.config.stability.review_months,
+        )
+        scores = population.scores
+        ids = scores["account_id"].astype(str).to_numpy()
+        previous = Previous.align(list(ids), prev_rows)
+        base = population.assignment
+        stable = stabilise(
+            scores["priority"].to_numpy(dtype=np.float64),
+            base.ceiling,
+            base.tier,
+            previous,
+            self.config.stability,
+            review=review,
+        )
+        self.stable = stable
+        since = pd.Series(self.as_of, index=ids)
+        if prev_rows is not None:
+            kept = pd.Series(
+                pd.to_datetime(prev_rows["tier_since"]).to_numpy(),
+                index=prev_rows["account_id"].astype(str),
+            )
+            same = stable.tier == previous.tier
+            since[same] = kept.reindex(ids[same]).fillna(self.as_of).to_numpy()
+        self.extra = pd.DataFrame(
+            {
+                "base_tier": base.tier.astype(np.int64),
+                "previous_tier": pd.array(
+                    np.where(previous.tier > 0, previous.tier, 0), dtype="Int64"
+                ),
+                "previous_priority": previous.priority,
+                "tier_since": since.to_numpy(),
+                "ceiling": base.ceiling.astype(np.int64),
+                "change_code": stable.change,
+                "hold": stable.hold,
+            },
+            index=ids,
+        )
+        self.extra.loc[previous.tier == 0, "previous_tier"] = pd.NA
+        tiers = stable.tier.astype(np.int64)
+        return TieredPopulation(
+            scores.assign(tier=tiers),
+            population.icp,
+            dataclasses.replace(base, tier=stable.tier.astype(np.int8)),
+        )
+
+    # --------------------------------------------------------------------- per chunk
+    def annotate(self, chunk: pd.DataFrame) -> pd.DataFrame:
+        """The chunk with the history columns, and its rows kept for the store."""
+        if self.extra is None or self.stable is None:
+            raise RuntimeError("RunHistory.prepare must run before annotate")
+        ids = chunk["account_id"].astype(str).to_numpy()
+        extra = self.extra.loc[list(ids)]
+        drivers = (
+            [drivers_of(r) for r in chunk["reasons"]] if "reasons" in chunk else [{} for _ in ids]
+        )
+        prev_drivers = [self.previous_drivers.get(a) for a in ids]
+        code = extra["change_code"].to_numpy(dtype=object)
+        tier = chunk["tier"].to_numpy(dtype=np.int64)
+        prev_tier = extra["previous_tier"].fillna(0).to_numpy(dtype=np.int64)
+        reason = change_texts(
+            code,
+            tier,
+            prev_tier,
+            chunk["priority"].to_numpy(dtype=np.float64),
+            extra["previous_priority"].to_numpy(dtype=np.float64),
+            self.stable.cutoffs,
+            drivers=drivers,
+            previous_drivers=prev_drivers,
+            gate_text=self._gate_texts(chunk, code, tier, prev_tier),
+            previous_cutoffs=self.previous_cutoffs,
+        )
+        out = chunk.assign(
+            base_tier=extra["base_tier"].to_numpy(),
+            previous_tier=extra["previous_tier"].to_numpy(),
+            tier_since=pd.to_datetime(extra["tier_since"]).dt.date.astype(str).to_numpy(),
+            change_reason=reason,
+        )
+        hold = extra["hold"].to_numpy(dtype=bool)
+        if "tier_rule_text" in out and hold.any():
+            notes = out["tier_rule_text"].to_numpy(dtype=object).copy()
+            for i in np.flatnonzero(hold):
+                notes[i] = (
+                    f"{notes[i]}; {self._hold_note(int(tier[i]), int(extra['base_tier'].iloc[i]))}"
+                )
+            out["tier_rule_text"] = notes
+        self.parts.append(self._rows(out, extra, drivers))
+        return out
+
+    def _hold_note(self, tier: int, base: int) -> str:
+        s = self.config.stability
+        if self.stable is not None and self.stable.review:
+            return (
+                f"{HOLD} in Tier {tier} (priority alone gives Tier {base}): at a review an "
+                f"incumbent keeps its seat unless beaten by more than {s.review_margin:.2f}"
+            )
+        return (
+            f"{HOLD} in Tier {tier} until the next review (priority alone gives Tier {base}): "
+            f"between reviews a tier changes only when priority passes the cut-off by more "
+            f"than {s.change_margin:.2f} or a gate changes"
+        )
+
+    def _gate_texts(
+        self,
+        chunk: pd.DataFrame,
+        code: Sequence[str] | np.ndarray,
+        tier: np.ndarray,
+        prev_tier: np.ndarray,
+    ) -> list[str]:
+        p = self.policy
+        fit = chunk["icp_fit"].to_numpy(dtype=np.float64) if "icp_fit" in chunk else None
+        evid = chunk["evidence"].to_numpy(dtype=np.float64) if "evidence" in chunk else None
+        out = []
+        for i, c in enumerate(code):
+            if c != CHANGE_GATE:
+                out.append("")
+                continue
+            facts = []
+            if fit is not None:
+                facts.append(f"ICP fit {fit[i]:.0f} (Tier 1 needs {p.min_icp_fit_tier1:.0f})")
+            if evid is not None:
+                facts.append(f"evidence {evid[i]:.2f} (Tier 1 needs {p.min_evidence_tier1:.2f})")
+            if tier[i] > prev_tier[i]:
+                text = f"a gate no longer allows Tier {prev_tier[i]}"
+            else:
+                text = f"the gate that held it below Tier {tier[i]} opened"
+            out.append(text + (": " + ", ".join(facts) if facts else ""))
+        return out
+
+    def _rows(
+        self, scored: pd.DataFrame, extra: pd.DataFrame, drivers: list[dict[str, float]]
+    ) -> pd.DataFrame:
+        figure_cols = [
+            c
+            for c in scored.columns
+            if c not in NOT_FIGURES
+            and c not in HISTORY_COLUMNS
+            and (pd.api.types.is_numeric_dtype(scored[c]) or c == "tier_rule")
+        ]
+        figures = scored[figure_cols].to_dict("records")
+        ids = scored["account_id"].astype(str)
+        acc = self.accounts.reindex(ids)
+        return pd.DataFrame(
+            {
+                "account_id": ids.to_numpy(),
+                "tier": scored["tier"].to_numpy(dtype=np.int64),
+                "base_tier": extra["base_tier"].to_numpy(dtype=np.int64),
+                "previous_tier": extra["previous_tier"].to_numpy(),
+                "tier_since": extra["tier_since"].to_numpy(),
+                "ceiling": extra["ceiling"].to_numpy(dtype=np.int64),
+                "priority": scored["priority"].to_numpy(dtype=np.float64),
+                "owner": acc["owner"].to_numpy(dtype=object) if "owner" in acc else None,
+                "territory": (
+                    acc["territory"].to_numpy(dtype=object) if "territory" in acc else None
+                ),
+                "change_code": extra["change_code"].to_numpy(dtype=object),
+                "change_reason": scored["change_reason"].to_numpy(dtype=object),
+                "reason_summary": (
+                    scored["reason_summary"].fillna("").to_numpy(dtype=object)
+                    if "reason_summary" in scored
+                    else ""
+                ),
+                "figures": figures,
+                "drivers": drivers,
+            }
+        )
+
+    # --------------------------------------------------------------------- the record
+    def commit(self) -> str:
+        if self.stable is None:
+            raise RuntimeError("RunHistory.prepare must run before commit")
+        run = RunRecord(
+            as_of=self.as_of,
+            model_version=self.model_version,
+            review=self.stable.review,
+            n_accounts=int(self.stable.tier.size),
+            policy={
+                "tiers": self.policy.model_dump(mode="json"),
+                "stability": self.config.stability.model_dump(mode="json"),
+            },
+            cutoffs={"tier1": self.stable.cutoffs[0], "tier12": self.stable.cutoffs[1]},
+            source=self.source,
+        )
+        return self.store.record_run(run, self.parts)
+
+
+def open_history(config: Config) -> HistoryStore:
+    from serving.history import history_url
+    from serving.model_loader import tracking_uri_for
+
+    return HistoryStore(
+        history_url(config.history.url, tracking_uri_for(config.mlflow.tracking_uri))
+    )
+
+
+def describe_run(config: Config, as_of: pd.Timestamp) -> str:
+    """One line on what the history made of a run: recorded where, review or not, how many
+    accounts changed tier and how many the stability policy held."""
+    if not config.history.enabled:
+        return "history:  off ([history] enabled = false)"
+    store = open_history(config)
+    runs = store.runs()
+    run = runs[runs["as_of"] == pd.Timestamp(as_of).normalize()]
+    if run.empty:
+        return f"history:  no run of {pd.Timestamp(as_of).date()} in {store.shown()}"
+    rows = store.rows(
+        run_id=str(run["run_id"].iloc[0]), columns=["tier", "base_tier", "change_code"]
+    )
+    moved = int((rows["change_code"] != "").sum())
+    held = int((rows["tier"] != rows["base_tier"]).sum())
+    kind = "a review" if bool(run["review"].iloc[0]) else "between reviews"
+    return (
+        f"history:  {store.shown()} ({kind}): {moved:,} accounts changed tier, "
+        f"{held:,} held by the stability policy"
+    )

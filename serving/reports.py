@@ -22,7 +22,7 @@ from serving.history import HistoryStore
 from tiering.stability import driver_shift
 
 FROM_NEW = "new"
-PREDICTED_REVENUE_FIGURES = ("expected_revenue", "expected_value")
+PREDICTED_REVENUE_FIGURES = ("expected_revenue",)
 """The figure that says what revenue the model expects of an account, first one present."""
 PSI_WARNING = 0.2
 """A population stability index above this flags a feature or the score as drifted (the

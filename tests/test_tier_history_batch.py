@@ -84,7 +84,7 @@ def test_every_run_is_recorded_and_every_change_names_its_cause(
     last = store.rows(run_id=str(recorded["run_id"].iloc[-1]))
     assert len(last) == len(runs[-1])
     assert set(last["change_code"]) - {""} <= set(CHANGE_CODES)
-    assert {"p_win", "expected_value", "icp_fit"} <= set(last["figures"].iloc[0])
+    assert {"p_convert", "expected_revenue", "icp_fit"} <= set(last["figures"].iloc[0])
     assert last["drivers"].map(len).gt(0).any()
     assert last["owner"].notna().any() and last["territory"].notna().any()
     crm = pd.read_csv(crm_path(tmp_path / f"tiers_{MONTH_ENDS[-1]}.parquet"))

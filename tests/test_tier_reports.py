@@ -153,7 +153,7 @@ def test_history_over_http_needs_the_key_and_lists_every_run(deployment: Deploym
     newest = body["entries"][-1]
     assert newest["tier"] == int(row["tier"])
     assert newest["change_reason"] == row["change_reason"]
-    assert newest["figures"]["p_win"] == pytest.approx(float(row["p_win"]))
+    assert newest["figures"]["p_convert"] == pytest.approx(float(row["p_convert"]))
     status, text = answers["missing"]
     assert status == 404 and "NOPE" in text
 
@@ -235,7 +235,7 @@ def test_performance_by_tier_matches_the_deals_after_each_run(deployment: Deploy
     assert row["won_revenue"] == pytest.approx(expected)
     assert row["predicted_revenue"] == pytest.approx(
         sum(
-            f["expected_value"]
+            f["expected_revenue"]
             for f, t in zip(first["figures"], first["tier"], strict=True)
             if t == 1
         )

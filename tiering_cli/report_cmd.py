@@ -104,8 +104,12 @@ def movement(
 @app.command("performance")
 def performance(
     config: Path = CONFIG_OPTION,
-    horizon: int = typer.Option(
-        90, "--horizon-days", min=1, help="Days after each run in which outcomes count."
+    horizon: int | None = typer.Option(
+        None,
+        "--horizon-days",
+        min=1,
+        help="Days after each run in which outcomes count; default: the model's horizon "
+        "([training] horizon_days), the window its expected revenue speaks of.",
     ),
     psi_warning: float = typer.Option(
         0.2,
@@ -130,6 +134,8 @@ def performance(
     with _report_errors():
         store = open_history(cfg)
         tables = load_tables(cfg.data).tables
+        if horizon is None:
+            horizon = cfg.training.horizon_days
         perf = compute(
             store, tables.opportunities, horizon_days=horizon, end_of_data=tables.end_of_data()
         )

@@ -4,6 +4,7 @@ backend, no display, no global state), which the pipeline logs to MLflow and a n
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -88,24 +89,34 @@ def gain_lift_plot(backtests: Mapping[str, pd.DataFrame]) -> Figure:
 
 def capture_plot(capture: pd.DataFrame) -> Figure:
     """Share of the test window's won revenue captured by the top 5 / 10 / 20 % of accounts,
-    one bar per ranking: the model beside the naive account baselines (and the demo's truth)."""
+    one bar per ranking: the model (greens) beside the naive account baselines (greys and
+    browns) and the demo's truth (outlined)."""
     columns = [c for c in capture.columns if c.startswith("top ")]
-    fig = Figure(figsize=(11, 4.8))
+    fig = Figure(figsize=(13, 4.8))
     ax = fig.subplots()
     n = len(capture)
     width = 0.8 / max(n, 1)
     x = np.arange(len(columns))
+    greens = iter(["#1b7837", "#5aae61", "#a6dba0"])
+    others = iter(["#543005", "#8c510a", "#bf812d", "#878787", "#4d4d4d", "#bababa", "#dfc27d"])
     for i, row in enumerate(capture.to_dict("records")):
         name = str(row["ranking"])
         values = [row[c] for c in columns]
-        color = "#1b7837" if name.startswith("model: priority (") else None
-        ax.bar(x + (i - (n - 1) / 2) * width, values, width=width, label=name, color=color)
+        style: dict[str, Any] = {}
+        if name.startswith("model:"):
+            style["color"] = next(greens, "#1b7837")
+        elif name.startswith("truth"):
+            style.update(color="white", edgecolor="black", hatch="//")
+        else:
+            style["color"] = next(others, "#999999")
+        ax.bar(x + (i - (n - 1) / 2) * width, values, width=width, label=name, **style)
     ax.set_xticks(x, [f"{c} of accounts" for c in columns])
+    ax.set_ylim(0, 1)
     ax.set(
         ylabel="share of the window's won revenue",
         title="Revenue captured by the top accounts (test window)",
     )
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig
 

@@ -22,6 +22,7 @@ Layout of a saved bundle::
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -379,14 +380,6 @@ class Bundle:
     def save(self, directory: str | Path) -> Path:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        header = {
-            "format_version": FORMAT_VERSION,
-            "feature_names": self.feature_names,
-            "categories": self.categories,
-            "value_objective": self.value_objective,
-            "value_smearing": self.value_smearing,
-        }
-        _write_json(out / "bundle.json", header)
         (out / "win_model.txt").write_text(booster_to_text(self.win_model), encoding="utf-8")
         (out / "value_model.txt").write_text(booster_to_text(self.value_model), encoding="utf-8")
         _write_json(out / "calibrator.json", self.calibrator.to_dict())
@@ -396,6 +389,17 @@ class Bundle:
         _write_json(out / "playbook.json", self.playbook.model_dump(mode="json"))
         _write_json(out / "cutoffs.json", self.cutoffs.to_dict())
         _write_json(out / "metadata.json", self.metadata)
+        header = {
+            "format_version": FORMAT_VERSION,
+            "feature_names": self.feature_names,
+            "categories": self.categories,
+            "value_objective": self.value_objective,
+            "value_smearing": self.value_smearing,
+            # Checked before anything is parsed: LightGBM aborts the process natively on a
+            # truncated model file instead of raising.
+            "sha256": {name: _sha256(out / name) for name in BUNDLE_FILES},
+        }
+        _write_json(out / "bundle.json", header)
         return out
 
     @classmethod
@@ -403,10 +407,14 @@ class Bundle:
         src = Path(directory)
         if not (src / "bundle.json").is_file():
             raise BundleError(f"{src}: not a model bundle (no bundle.json)")
-        header = _read_json(src / "bundle.json")
-        found = header.get("format_version")
+        try:
+            header = _read_json(src / "bundle.json")
+            found = header.get("format_version")
+        except (ValueError, AttributeError):
+            raise BundleError(f"{src}/bundle.json: not a bundle header (damaged JSON)") from None
         if found != FORMAT_VERSION:
             raise BundleError(f"{src}: bundle format {found!r}, this code reads {FORMAT_VERSION}")
+        _verify_files(src, header.get("sha256"))
         try:
             return cls(
                 win_model=booster_from_text((src / "win_model.txt").read_text(encoding="utf-8")),
@@ -427,6 +435,41 @@ class Bundle:
             )
         except FileNotFoundError as exc:
             raise BundleError(f"{src}: bundle file missing: {Path(exc.filename).name}") from None
+
+
+BUNDLE_FILES = (
+    "win_model.txt",
+    "value_model.txt",
+    "calibrator.json",
+    "value_interval.json",
+    "icp.json",
+    "policy.json",
+    "playbook.json",
+    "cutoffs.json",
+    "metadata.json",
+)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _verify_files(src: Path, recorded: Any) -> None:
+    """Every file of the bundle is there and is byte for byte what training wrote."""
+    if not isinstance(recorded, dict):
+        raise BundleError(
+            f"{src}/bundle.json records no sha256 of the bundle's files: the bundle cannot be "
+            "verified; save it again with this version (re-train or re-register)"
+        )
+    for name in BUNDLE_FILES:
+        path = src / name
+        if not path.is_file():
+            raise BundleError(f"{src}: bundle file missing: {name}")
+        if _sha256(path) != recorded.get(name):
+            raise BundleError(
+                f"{src}/{name}: sha256 differs from the one recorded in bundle.json (the file "
+                "is damaged or was changed after training); restore it or re-train"
+            )
 
 
 def _write_json(path: Path, data: Any) -> None:

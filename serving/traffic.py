@@ -166,13 +166,25 @@ class OneLineClientErrors(logging.Filter):
         if status is None:
             return True
         path = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = _first_problem(exc)
         record.msg = "%s on %s: %s"
         record.args = (status, path, first[:300])
         record.levelno, record.levelname = logging.INFO, "INFO"
         record.exc_info = None
         record.exc_text = None
         return True
+
+
+def _first_problem(exc: BaseException) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError) and exc.errors():
+        error = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in error["loc"])
+        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        return f"{where}: {error['msg']}{more}"
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _client_status(exc: BaseException) -> int | None:

@@ -59,9 +59,11 @@ def _stop_server(reason: str) -> None:
     process's caller gets the exception."""
     from bentoml._internal.context import server_context
 
-    logger.error("tiering service cannot start: %s", reason)
-    print(f"error: tiering service cannot start: {reason}", file=sys.stderr, flush=True)
-    if server_context.worker_index is not None:
+    if server_context.worker_index is None:
+        logger.error("tiering service cannot start: %s", reason)
+    else:
+        # Straight to the server's stderr: the worker is about to go, log handlers may not flush.
+        print(f"error: tiering service cannot start: {reason}", file=sys.stderr, flush=True)
         parent = os.getppid()
         if parent > 1:
             os.kill(parent, signal.SIGTERM)

@@ -17,9 +17,9 @@ MAX_ACCOUNTS_PER_REQUEST = 1_000
 # 1,000 accounts with every field take about 0.4 MB of JSON: 4 MiB leaves room, and stops a
 # client from making the service buffer (and parse) hundreds of megabytes.
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
-# Scoring requests one worker holds at once (computing or queued for its thread) before it
+# Scoring requests one worker holds at once (one computing in its thread, one queued) before it
 # answers 503: a bounded queue keeps the latency of what is accepted bounded.
-DEFAULT_MAX_CONCURRENCY = 4
+DEFAULT_MAX_CONCURRENCY = 2
 DEFAULT_REQUEST_TIMEOUT_S = 10.0
 
 

@@ -1,21 +1,37 @@
-# Every target creates .venv and installs the project on first use (again when pyproject.toml changes).
+# Every target creates .venv and installs exactly the locked dependency set (uv.lock) on first
+# use, and again when pyproject.toml or uv.lock change. `make lock` refreshes the lock.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= configs/demo.toml
+# uv itself comes from PyPI into the venv, at this version: the installer is pinned too.
+UV_VERSION := 0.13.9
+UV     := $(BIN)/uv
 export BENTOML_DO_NOT_TRACK := true
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 export PYTHONHASHSEED := 0
+export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: demo test test-fast serve bench lint clean
+.PHONY: demo test test-fast serve bench bench-load lint lock lock-check clean
 
-$(STAMP): pyproject.toml
+$(UV):
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required"'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+
+# --frozen: install the lock as it is (never re-resolve); --inexact: leave uv and pip in place.
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --inexact --extra dev --python $(BIN)/python --quiet
 	@touch $(STAMP)
+
+## lock: re-resolve pyproject.toml's dependencies into uv.lock (commit the result)
+lock: | $(UV)
+	$(UV) lock
+
+## lock-check: fail when uv.lock does not match pyproject.toml (what CI checks)
+lock-check: | $(UV)
+	$(UV) lock --check
 
 ## demo: generate the demo CRM, validate it, train and register, score every account, show the tiers
 demo: $(STAMP)
@@ -39,6 +55,10 @@ serve: $(STAMP)
 ## bench: the benchmarks, printed as tables (results also under benchmarks/results/)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
+
+## bench-load: the service under 1x and 3x its capacity on loopback (goodput, p50/p99, 503s)
+bench-load: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_load
 
 ## lint: ruff and mypy
 lint: $(STAMP)

@@ -239,8 +239,8 @@ def _throughput(post: Callable[[], Any], n: int, batch: int) -> float:
 def in_process_row(config: Any, model_uri: str, tracking_uri: str, account_id: str) -> list[Any]:
     """The service's scorer called directly: what a request costs before HTTP and BentoML."""
     from serving.model_loader import load_registered
+    from serving.online import OnlineScorer
     from serving.schemas import AccountRequest
-    from serving.service import OnlineScorer
 
     scorer = OnlineScorer(
         load_registered(model_uri, tracking_uri),

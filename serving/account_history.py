@@ -72,17 +72,15 @@ def account_timeline(store: HistoryStore, account_id: str) -> AccountTimeline | 
 def service_store(config_path: Any) -> HistoryStore | None:
     """The service's history store: TIERING_HISTORY_URL, else the deployment config's."""
     from serving.history import history_url
-    from serving.model_loader import tracking_uri_for
     from tiering.config import load_config
+    from tiering.store import resolve_uri
 
     if os.environ.get(HISTORY_URL_ENV):
         return HistoryStore(os.environ[HISTORY_URL_ENV])
     if config_path is None:
         return None
     config = load_config(config_path)
-    return HistoryStore(
-        history_url(config.history.url, tracking_uri_for(config.mlflow.tracking_uri))
-    )
+    return HistoryStore(history_url(config.history.url, resolve_uri(config.mlflow.tracking_uri)[0]))
 
 
 def history_response(store: HistoryStore | None, account_id: str) -> AccountTimeline:

@@ -33,6 +33,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from serving.snapshot import Snapshot as Snapshot  # re-exported: batch scoring writes it
+from serving.snapshot import jsonable, write_snapshot
+from serving.snapshot import read_snapshot as read_snapshot  # re-exported for callers of batch
 from tiering.bundle import Bundle
 from tiering.config import Config
 
@@ -52,7 +55,6 @@ CRM_COLUMNS = (
 )
 # With the tier history on: "previous tier", "tier since", "change reason".
 CRM_HISTORY_COLUMNS = ("previous_tier", "tier_since", "change_reason")
-SNAPSHOT_METADATA_KEY = b"account_tiering"
 # Accounts whose reason texts are phrased at once inside a scoring chunk: the texts and the
 # explainer's working data of only this many accounts are alive together.
 REASON_CHUNK_SIZE = 10_000
@@ -73,18 +75,6 @@ class BatchResult:
     as_of: pd.Timestamp
     model_version: str
     cutoffs_used: str
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """The account feature rows the service scores accounts by id with."""
-
-    features: pd.DataFrame
-    """Indexed by account_id; columns as_of and the features."""
-    as_of: pd.Timestamp
-    model_version: str
-    cold_start: dict[str, Any]
-    """Feature values of an account with no known history or engagement as of ``as_of``."""
 
 
 def crm_path(out: Path) -> Path:
@@ -474,7 +464,7 @@ class _ChunkWriter:
     def write(self, chunk: pd.DataFrame) -> None:
         flat = chunk.reset_index(drop=True)
         if "reasons" in flat:
-            flat = flat.assign(reasons=[json.dumps(v, default=_jsonable) for v in flat["reasons"]])
+            flat = flat.assign(reasons=[json.dumps(v, default=jsonable) for v in flat["reasons"]])
         if self.csv:
             for col in flat.columns:
                 if flat[col].dtype == object and flat[col].map(_is_list).any():
@@ -514,76 +504,3 @@ def _typed_field(field: Any) -> Any:
 
 def _is_list(value: Any) -> bool:
     return isinstance(value, list | tuple | np.ndarray)
-
-
-def write_snapshot(
-    features: pd.DataFrame,
-    path: Path,
-    *,
-    as_of: pd.Timestamp,
-    model_version: str,
-    cold_start: pd.DataFrame,
-) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.Table.from_pandas(features.reset_index(drop=True), preserve_index=False)
-    cold = {
-        k: (None if _is_missing(v) else v)
-        for k, v in cold_start.drop(columns=["account_id", "as_of"], errors="ignore")
-        .iloc[0]
-        .items()
-    }
-    meta = {
-        "as_of": as_of.date().isoformat(),
-        "model_version": model_version,
-        "cold_start": cold,
-    }
-    table = table.replace_schema_metadata(
-        {
-            **(table.schema.metadata or {}),
-            SNAPSHOT_METADATA_KEY: json.dumps(meta, default=_jsonable),
-        }
-    )
-    pq.write_table(table, path)
-
-
-def read_snapshot(path: Path) -> Snapshot:
-    """Read an account snapshot written by :func:`score_accounts`."""
-    import pyarrow.parquet as pq
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"no account snapshot at {path}: run `tiering score` first")
-    table = pq.read_table(path)
-    raw = (table.schema.metadata or {}).get(SNAPSHOT_METADATA_KEY)
-    if raw is None:
-        raise ValueError(f"{path}: not an account snapshot written by `tiering score`")
-    meta = json.loads(raw)
-    frame = table.to_pandas()
-    # Strings stay plain Python objects, as build_features returns them.
-    for col in frame.columns:
-        if isinstance(frame[col].dtype, pd.StringDtype):
-            frame[col] = frame[col].astype(object).where(frame[col].notna(), np.nan)
-    frame = frame.set_index(frame["account_id"].astype(str), drop=False)
-    frame.index.name = None
-    return Snapshot(
-        features=frame,
-        as_of=pd.Timestamp(meta["as_of"]),
-        model_version=str(meta.get("model_version", "")),
-        cold_start={k: (np.nan if v is None else v) for k, v in meta.get("cold_start", {}).items()},
-    )
-
-
-def _is_missing(value: Any) -> bool:
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, pd.Timestamp):
-        return value.isoformat()
-    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")

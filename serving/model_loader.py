@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tiering.bundle import Bundle, BundleError
+from tiering.store import Store, open_store, version_folder
 
 
 class ModelNotFoundError(LookupError):
@@ -46,18 +47,20 @@ def load_bundle_dir(directory: Path) -> LoadedModel:
     return LoadedModel(bundle=bundle, source=str(directory), version=bundle.version)
 
 
-def load_registered(model_uri: str, tracking_uri: str | None) -> LoadedModel:
-    """Download a registered model's artifacts and load the bundle folder inside them."""
-    import mlflow
+def load_registered(model_uri: str, registry: Store | str) -> LoadedModel:
+    """Download a registered model's artifacts through ``registry`` (a bound store, or a
+    tracking URI to open one) and load the bundle folder inside them."""
     from mlflow.exceptions import MlflowException
 
+    if isinstance(registry, str):
+        registry = open_store(registry, override=("the tracking URI given", registry))
     try:
-        version = _registry_version(model_uri, tracking_uri)
+        version, source = _resolve(model_uri, registry)
         with tempfile.TemporaryDirectory(prefix="tiering-model-") as tmp:
             local = Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=model_uri, dst_path=tmp, tracking_uri=tracking_uri
-                )
+                mlflow_download(source, tmp, registry)
+                if version is None
+                else version_folder(registry.client, _model_name(model_uri), version, Path(tmp))
             )
             folder = find_bundle(local)
             if folder is None:
@@ -69,13 +72,49 @@ def load_registered(model_uri: str, tracking_uri: str | None) -> LoadedModel:
             bundle = Bundle.load(folder)
     except MlflowException as exc:
         raise ModelNotFoundError(
-            f"{model_uri}: not found in the MLflow registry at {tracking_uri or 'the default tracking URI'}"
-            f" ({exc.message.splitlines()[0] if exc.message else type(exc).__name__}); "
+            f"{model_uri}: not found in the MLflow registry at {registry.uri} (set by "
+            f"{registry.source}): {exc.message.splitlines()[0] if exc.message else type(exc).__name__}; "
             "train and register a model first (tiering train)"
         ) from None
     if bundle.version == "unregistered" and version is not None:
         bundle.metadata = {**bundle.metadata, "model_version": version}
     return LoadedModel(bundle=bundle, source=model_uri, version=version or bundle.version)
+
+
+def mlflow_download(artifact_uri: str, dst: str, registry: Store) -> str:
+    import mlflow
+
+    return str(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=artifact_uri,
+            dst_path=dst,
+            tracking_uri=registry.uri,
+            registry_uri=registry.uri,
+        )
+    )
+
+
+def _model_name(model_uri: str) -> str:
+    name_part = model_uri.removeprefix("models:/")
+    return name_part.split("@", 1)[0] if "@" in name_part else name_part.partition("/")[0]
+
+
+def _resolve(model_uri: str, registry: Store) -> tuple[str | None, str]:
+    """(registry version, what to download): the version behind a models:/ URI (alias or
+    number), else None and the URI as it is (runs:/, a folder URI)."""
+    if not model_uri.startswith("models:/"):
+        return None, model_uri
+    name_part = model_uri.removeprefix("models:/")
+    if "@" in name_part:
+        name, alias = name_part.split("@", 1)
+        return str(registry.client.get_model_version_by_alias(name, alias).version), model_uri
+    name, _, ref = name_part.partition("/")
+    if not ref.isdigit():
+        raise ModelNotFoundError(
+            f"{model_uri}: give a version number or an alias (models:/{name}@champion)"
+        )
+    registry.client.get_model_version(name, ref)  # a clear "not found" before downloading
+    return ref, model_uri
 
 
 def find_bundle(root: Path) -> Path | None:
@@ -86,47 +125,15 @@ def find_bundle(root: Path) -> Path | None:
     return found[0].parent if found else None
 
 
-def _registry_version(model_uri: str, tracking_uri: str | None) -> str | None:
-    """The registry version behind a models:/ URI (alias or number); None for other URIs."""
-    from mlflow import MlflowClient
-
-    if not model_uri.startswith("models:/"):
-        return None
-    name_part = model_uri.removeprefix("models:/")
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    if "@" in name_part:
-        name, alias = name_part.split("@", 1)
-        return str(client.get_model_version_by_alias(name, alias).version)
-    name, _, ref = name_part.partition("/")
-    return ref if ref.isdigit() else None
-
-
 def load_model(
     *,
     bundle_dir: Path | None,
     model_uri: str | None,
-    tracking_uri: str | None,
+    registry: Store | str | None,
 ) -> LoadedModel:
     """The bundle folder when one is given, else the registered model."""
     if bundle_dir is not None:
         return load_bundle_dir(Path(bundle_dir))
-    if model_uri is None:
-        raise ModelNotFoundError("no model: give a bundle folder or a models:/ URI")
-    return load_registered(model_uri, tracking_uri)
-
-
-def absolute_tracking_uri(uri: str, base: Path | None = None) -> str:
-    """A relative ``sqlite:///path`` made absolute (against ``base``, default the working
-    directory), so a server started elsewhere reads the same store."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        path = Path(uri.removeprefix(prefix))
-        return prefix + str(((base or Path.cwd()) / path).resolve())
-    return uri
-
-
-def tracking_uri_for(configured: str) -> str:
-    """MLFLOW_TRACKING_URI (a team's server) wins over the config's store."""
-    import os
-
-    return absolute_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or configured)
+    if model_uri is None or registry is None:
+        raise ModelNotFoundError("no model: give a bundle folder or a models:/ URI and its store")
+    return load_registered(model_uri, registry)

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from serving.settings import MAX_ACCOUNTS_PER_REQUEST
 
@@ -47,6 +55,20 @@ class AccountFields(Strict):
     attributes: dict[str, AttributeValue] = Field(
         default_factory=dict, description="Further account columns the model declares as features."
     )
+
+    @model_validator(mode="after")
+    def _attributes_pass_the_field_checks(self) -> AccountFields:
+        """An account field sent under ``attributes`` gets the same checks as sent directly
+        (``{"attributes": {"employees": -5}}`` is as wrong as ``{"employees": -5}``)."""
+        own = set(AccountFields.model_fields) - {"technographics", "attributes"}
+        for key, value in self.attributes.items():
+            if key in own:
+                try:
+                    AccountFields.model_validate({key: value})
+                except ValidationError as exc:
+                    problem = exc.errors(include_url=False)[0]["msg"]
+                    raise ValueError(f"attributes.{key}: {problem}") from None
+        return self
 
     def given(self) -> dict[str, Any]:
         """The account columns this request sets, flattened to canonical column names."""
@@ -192,5 +214,10 @@ class ModelInfo(BaseModel):
     cutoffs: Cutoffs
     snapshot_as_of: str | None = Field(
         default=None, description="Date of the account snapshot in use."
+    )
+    snapshot_problem: str | None = Field(
+        default=None,
+        description="Why the snapshot file on disk is not the one in use (unreadable: the "
+        "last good one is kept); None when it is.",
     )
     max_accounts_per_request: int

@@ -6,6 +6,7 @@ from environment variables rather than function arguments; ``tiering serve`` set
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
@@ -13,6 +14,25 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Hard ceiling of one request: above it a caller should run batch scoring instead.
 MAX_ACCOUNTS_PER_REQUEST = 1_000
+# 1,000 accounts with every field take about 0.4 MB of JSON: 4 MiB leaves room, and stops a
+# client from making the service buffer (and parse) hundreds of megabytes.
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+# Scoring requests one worker holds at once (one computing in its thread, one queued) before it
+# answers 503: a bounded queue keeps the latency of what is accepted bounded.
+DEFAULT_MAX_CONCURRENCY = 2
+DEFAULT_REQUEST_TIMEOUT_S = 10.0
+
+
+def traffic_from_env() -> dict[str, float | int]:
+    """BentoML's own traffic settings of the service, read when ``bentoml serve`` imports it.
+
+    ``timeout`` cancels a request (504) that waits or computes too long; ``max_concurrency``
+    is BentoML's hard ceiling on requests in flight (429 above it), set above the service's
+    own limit so the service sheds load first, with a 503 and Retry-After.
+    """
+    limit = int(os.environ.get("TIERING_MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY))
+    timeout = float(os.environ.get("TIERING_REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT_S))
+    return {"timeout": timeout, "max_concurrency": 2 * limit + 4}
 
 
 class ServingSettings(BaseSettings):
@@ -52,6 +72,24 @@ class ServingSettings(BaseSettings):
     )
     max_accounts_per_request: int = Field(
         default=MAX_ACCOUNTS_PER_REQUEST, ge=1, le=MAX_ACCOUNTS_PER_REQUEST
+    )
+    max_body_bytes: int = Field(
+        default=DEFAULT_MAX_BODY_BYTES,
+        ge=1024,
+        description="Largest request body accepted; larger ones get 413.",
+    )
+    max_concurrency: int = Field(
+        default=DEFAULT_MAX_CONCURRENCY,
+        ge=1,
+        description="Scoring requests in flight per worker; more get 503 with Retry-After.",
+    )
+    request_timeout: float = Field(
+        default=DEFAULT_REQUEST_TIMEOUT_S,
+        gt=0,
+        description="Seconds a request may wait and compute before it is cancelled (504).",
+    )
+    retry_after_s: int = Field(
+        default=1, ge=1, description="Retry-After of a 503 when the service is full."
     )
 
     @model_validator(mode="after")

@@ -286,11 +286,9 @@ class RunHistory:
 
 def open_history(config: Config) -> HistoryStore:
     from serving.history import history_url
-    from serving.model_loader import tracking_uri_for
+    from tiering.store import resolve_uri
 
-    return HistoryStore(
-        history_url(config.history.url, tracking_uri_for(config.mlflow.tracking_uri))
-    )
+    return HistoryStore(history_url(config.history.url, resolve_uri(config.mlflow.tracking_uri)[0]))
 
 
 def describe_run(config: Config, as_of: pd.Timestamp) -> str:

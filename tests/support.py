@@ -219,3 +219,39 @@ class TrainedBundle:
         """The config with the account snapshot written under ``folder``."""
         scoring = self.config.scoring.model_copy(update={"snapshot": folder / "snapshot.parquet"})
         return self.config.model_copy(update={"scoring": scoring})
+
+
+# ------------------------------------------------------------------------------- notebooks
+NOTEBOOKS_DIR = REPO / "notebooks"
+
+
+def execute_notebook(notebook: Path, env: dict[str, str]) -> list[dict[str, object]]:
+    """Run a notebook headless (kernel environment = this process's plus ``env``, restored
+    afterwards); returns the outputs of its code cells. Raises on the first failing cell."""
+    import os
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        nb = nbformat.read(notebook, as_version=4)
+        NotebookClient(
+            nb,
+            timeout=600,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(notebook.parent)}},
+        ).execute()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return [
+        output
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+    ]

@@ -157,7 +157,7 @@ snapshot_warmup_days = 60
     # The service's /model answer says it too, from the cut-offs frozen in the bundle. (The
     # HTTP layer is test_service's: a second BentoML app in one process would register its
     # metrics twice.)
-    from serving.service import OnlineScorer
+    from serving.online import OnlineScorer
     from serving.settings import ServingSettings
     from tiering.config import load_config
 

@@ -3,13 +3,19 @@ restores the wrong version, or an alias moves without the reason being recorded.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tiering.config import MlflowConfig, PromotionGate
+from tiering.store import StoreNotFoundError
 from training import registry
 from training.registry import GateMetrics, RegistryError, gate_decision
 
@@ -45,8 +51,8 @@ def test_first_model_passes_the_gate() -> None:
 # --------------------------------------------------------------------------- the registry
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    # One store for the module (creating the sqlite schema takes seconds); each test
-    # registers its own model name.
+    # One temporary store for the module (creating the sqlite schema takes seconds); each
+    # test registers its own model name.
     tmp_path = tmp_path_factory.mktemp("mlflow")
     config = MlflowConfig(
         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
@@ -55,7 +61,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Any:
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         client = registry.connect(config)
-    registry.ensure_experiment(client, config)
+        client.experiment_id = registry.ensure_experiment(client, config)
     return client
 
 
@@ -70,11 +76,11 @@ def name(request: pytest.FixtureRequest) -> str:
 
 
 def new_version(client: Any, name: str, metrics: GateMetrics) -> str:
-    """A registered version with the given test figures (the artifact itself does not matter)."""
-    import mlflow
-
-    with mlflow.start_run() as run:
-        mlflow.log_text("stand-in", "model/README.txt")
+    """A registered version with the given test figures (the artifact itself does not matter),
+    written through the client alone: nothing lands in MLflow's default store."""
+    run = client.create_run(client.experiment_id)
+    client.log_text(run.info.run_id, "stand-in", "model/README.txt")
+    client.set_terminated(run.info.run_id)
     figures = {
         "test_auc": metrics.auc,
         "test_ece": metrics.ece,
@@ -203,12 +209,145 @@ def test_training_gates_the_challenger_against_the_champion_on_its_own_window(
     assert any("AUC" in r and "FAIL" in r for r in second.gate.reasons)
     # the champion was re-evaluated on the challenger's test window: its figures there are
     # exactly its own (same data, same window), logged in the challenger's run
-    import mlflow
-
-    run = mlflow.get_run(second.run_id)
+    client = registry.connect(config.mlflow, create=False)
+    run = client.get_run(second.run_id)
     assert run.data.metrics["champion_v1_test_auc"] == pytest.approx(first.all_metrics["test_auc"])
-    client = registry.connect(config.mlflow)
     assert registry.alias_version(client, config.mlflow.registered_model, registry.CHAMPION) == "1"
     assert (
         registry.alias_version(client, config.mlflow.registered_model, registry.CHALLENGER) == "2"
     )
+
+
+# --------------------------------------------------------------------------- one way in
+def test_reading_a_missing_store_names_the_setting_and_creates_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    config = MlflowConfig(tracking_uri="sqlite:///nowhere/mlflow.db")
+    with pytest.raises(StoreNotFoundError) as refused:
+        registry.connect(config, create=False)
+    assert "[mlflow] tracking_uri" in str(refused.value)
+    assert "MLFLOW_TRACKING_URI" in str(refused.value)
+    assert str(tmp_path / "nowhere" / "mlflow.db") in str(refused.value)
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'team' / 'mlflow.db'}")
+    with pytest.raises(StoreNotFoundError, match="environment variable MLFLOW_TRACKING_URI"):
+        registry.connect(config, create=False)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == []
+
+
+def test_connecting_sets_no_process_wide_mlflow_state(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    client = registry.connect(MlflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    assert client.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert client._registry_uri == client.tracking_uri
+    assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == before
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+
+
+# --------------------------------------------------------------------------- interrupted work
+def test_a_promotion_cut_short_is_finished_by_the_repair(client: Any, name: str) -> None:
+    v1 = new_version(client, name, CHAMPION)
+    registry.promote(client, name, v1, "first", by="gate")
+    v2 = new_version(client, name, CHAMPION)
+    # What a kill after the first step of the old promotion left: v2 holds both aliases
+    # while the history still says ["1"].
+    client.set_registered_model_alias(name, registry.CHAMPION, v2)
+    assert registry.alias_version(client, name, registry.CHALLENGER) == v2
+
+    assert registry.repair_promotion(client, name)
+    assert registry.alias_version(client, name, registry.CHAMPION) == v2
+    assert registry.alias_version(client, name, registry.CHALLENGER) is None
+    assert json.loads(client.get_registered_model(name).tags[registry.HISTORY_TAG]) == [v1, v2]
+    assert registry.repair_promotion(client, name) is None  # consistent now: nothing to do
+
+
+def test_a_recorded_move_interrupted_before_any_step_is_applied_whole(
+    client: Any, name: str
+) -> None:
+    v1 = new_version(client, name, CHAMPION)
+    registry.promote(client, name, v1, "first", by="gate")
+    v2 = new_version(client, name, CHAMPION)
+    move = {
+        "champion": v2,
+        "history": [v1, v2],
+        "tags": {v2: {"promotion_reason": "better"}, v1: {"demoted_reason": "replaced"}},
+    }
+    client.set_registered_model_tag(name, registry.PENDING_TAG, json.dumps(move))
+
+    assert "interrupted" in (registry.repair_promotion(client, name) or "")
+    assert registry.alias_version(client, name, registry.CHAMPION) == v2
+    assert registry.alias_version(client, name, registry.CHALLENGER) is None
+    assert client.get_model_version(name, v2).tags["promotion_reason"] == "better"
+    assert client.get_model_version(name, v1).tags["demoted_reason"] == "replaced"
+    assert registry.PENDING_TAG not in client.get_registered_model(name).tags
+    # and the rollback walks back along the repaired history
+    assert registry.rollback(client, name, "undo") == (v2, v1)
+
+
+def test_a_run_whose_process_is_gone_is_marked_failed(client: Any) -> None:
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = gone.stdout.strip()
+    run = client.create_run(
+        client.experiment_id,
+        tags={registry.OWNER_HOST_TAG: socket.gethostname(), registry.OWNER_PID_TAG: dead_pid},
+    )
+    alive = client.create_run(
+        client.experiment_id,
+        tags={
+            registry.OWNER_HOST_TAG: socket.gethostname(),
+            registry.OWNER_PID_TAG: str(os.getpid()),
+        },
+    )
+
+    reaped = registry.reap_orphaned_runs(client, client.experiment_id)
+
+    assert run.info.run_id in reaped and alive.info.run_id not in reaped
+    assert client.get_run(run.info.run_id).info.status == "FAILED"
+    assert client.get_run(alive.info.run_id).info.status == "RUNNING"
+    client.set_terminated(alive.info.run_id)
+
+
+RUN_UNTIL_KILLED = """
+import sys, time
+from tiering.config import MlflowConfig
+from training import registry
+config = MlflowConfig(tracking_uri=sys.argv[1], artifact_location=sys.argv[2])
+client = registry.connect(config)
+experiment = registry.ensure_experiment(client, config)
+with registry.training_run(client, experiment_id=experiment, run_name="killed", model_name="m") as run:
+    print(run.info.run_id, flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_training_run_killed_by_a_signal_is_marked_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sig: signal.Signals
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    process = subprocess.Popen(
+        [sys.executable, "-c", RUN_UNTIL_KILLED, uri, str(tmp_path / "artifacts")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert process.stdout is not None
+    run_id = process.stdout.readline().strip()
+    assert run_id, process.stderr.read() if process.stderr else ""
+    process.send_signal(sig)
+    process.wait(timeout=60)
+
+    assert process.returncode != 0
+    client = registry.connect(MlflowConfig(tracking_uri=uri), create=False)
+    assert client.get_run(run_id).info.status == "KILLED"

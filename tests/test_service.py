@@ -445,3 +445,185 @@ def test_serve_refuses_to_run_open_on_a_public_interface_or_without_a_key(
     assert env["TIERING_AUTH_DISABLED"] == "true" and env["BENTOML_DO_NOT_TRACK"] == "true"
     assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
     assert Path(env["TIERING_SNAPSHOT"]).is_absolute()
+
+
+# --------------------------------------------------------------------------- request validation
+@pytest.mark.parametrize(
+    ("attributes", "rule"),
+    [({"employees": "x"}, "valid number"), ({"employees": -5}, "greater than or equal to 0")],
+    ids=["text-for-a-number", "negative"],
+)
+def test_account_fields_sent_as_attributes_get_the_same_checks(
+    client: TestClient, attributes: dict[str, Any], rule: str
+) -> None:
+    body = {"accounts": [{"industry": "software", "attributes": attributes}]}
+    response = client.post("/score", json=body)
+    assert response.status_code == 400, response.text
+    assert "attributes.employees" in _errors(response) and rule in _errors(response)
+
+
+def test_a_body_that_is_not_json_is_a_415(client: TestClient) -> None:
+    for content_type in ("multipart/form-data", "text/plain"):
+        response = client.post("/score", content=b"--x--", headers={"Content-Type": content_type})
+        assert response.status_code == 415, (content_type, response.text)
+        assert "application/json" in response.json()["error"]
+
+
+def test_a_body_over_the_size_cap_is_a_413_whether_declared_or_streamed(
+    client: TestClient,
+) -> None:
+    from serving.settings import DEFAULT_MAX_BODY_BYTES
+
+    big = b'{"accounts": [' + b" " * (DEFAULT_MAX_BODY_BYTES + 10) + b"]}"
+    declared = client.post("/score", content=big, headers={"Content-Type": "application/json"})
+    assert declared.status_code == 413 and "TIERING_MAX_BODY_BYTES" in declared.text
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the cap holds while reading
+        for start in range(0, len(big), 1 << 20):
+            yield big[start : start + (1 << 20)]
+
+    streamed = client.post("/score", content=chunks(), headers={"Content-Type": "application/json"})
+    assert streamed.status_code == 413
+
+
+def test_a_client_error_is_logged_as_one_line(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO"):
+        response = client.post("/score", json={"accounts": [{"employees": "many"}]})
+    assert response.status_code == 400
+    records = [r for r in caplog.records if r.name == "bentoml._internal.server.http_app"]
+    assert len(records) == 1, [r.getMessage() for r in caplog.records]
+    assert records[0].exc_info is None and "\n" not in records[0].getMessage()
+    assert records[0].getMessage().startswith("400 on /score: accounts.0.employees")
+
+
+# --------------------------------------------------------------------------- a damaged snapshot
+def test_a_damaged_snapshot_keeps_the_last_good_one_and_says_so(
+    client: TestClient, deployment: Deployment
+) -> None:
+    good = deployment.snapshot.read_bytes()
+    known = deployment.account_ids[0]
+    before = client.post("/score", json={"accounts": [{"account_id": known}]}).json()
+    try:
+        deployment.snapshot.write_bytes(good[: len(good) // 3])
+        os.utime(deployment.snapshot, (time.time() + 5, time.time() + 5))
+        after = client.post("/score", json={"accounts": [{"account_id": known}]})
+        assert after.status_code == 200, after.text
+        assert after.json()["accounts"] == before["accounts"]
+        new = client.post("/score", json={"accounts": [NEW_ACCOUNT]})
+        assert new.status_code == 200
+        info = client.get("/model").json()
+        assert "unreadable" in info["snapshot_problem"] and "kept" in info["snapshot_problem"]
+        assert info["snapshot_as_of"] is not None
+        assert client.get("/readyz").status_code == 200
+    finally:
+        deployment.snapshot.write_bytes(good)
+        os.utime(deployment.snapshot, (time.time() + 10, time.time() + 10))
+    assert client.get("/model").json()["snapshot_problem"] is None
+
+
+def test_a_service_that_never_had_a_snapshot_is_not_ready(tmp_path: Path) -> None:
+    from serving.snapshot import SnapshotCache, SnapshotError
+
+    garbage = tmp_path / "snapshot.parquet"
+    garbage.write_bytes(b"PAR1 not really")
+    cache = SnapshotCache(garbage)
+    with pytest.raises(SnapshotError, match="unreadable"):
+        cache.load()  # at startup: a reason not to start
+    assert cache.current() is None and not cache.ready
+    assert SnapshotCache(tmp_path / "absent.parquet").ready  # none written yet: by fields only
+
+
+# --------------------------------------------------------------------------- load shedding
+def _drive(app: Any, messages: list[dict[str, Any]], gone: Any = None) -> Any:
+    """One request through an ASGI app: the body, then (if ``gone`` is set) a disconnect."""
+    import asyncio
+
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        if gone is not None:
+            await gone.wait()
+        else:
+            await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/score",
+        "headers": [(b"content-type", b"application/json")],
+        "server": ("127.0.0.1", 3000),
+    }
+    return app(scope, receive, send), sent
+
+
+def test_a_full_service_answers_503_with_retry_after_at_once_and_drops_work_of_gone_clients(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    from serving.traffic import RequestLimits
+
+    monkeypatch.setenv("TIERING_API_KEY", API_KEY)
+    monkeypatch.setenv("TIERING_MAX_CONCURRENCY", "1")
+    computed: list[str] = []
+    release = asyncio.Event()
+
+    async def slow_app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await release.wait()  # waiting for the worker thread
+        computed.append("answer")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    limits = RequestLimits(slow_app)
+
+    async def scenario() -> None:
+        nonlocal release
+        release = asyncio.Event()
+        body = {"type": "http.request", "body": b"{}", "more_body": False}
+        gone = asyncio.Event()
+        first, first_sent = _drive(limits, [dict(body)], gone)
+        first_task = asyncio.ensure_future(first)
+        await asyncio.sleep(0.05)
+        assert limits.in_flight == 1
+        second, second_sent = _drive(limits, [dict(body)])
+        started = time.monotonic()
+        await asyncio.wait_for(second, timeout=1)
+        assert time.monotonic() - started < 1
+        assert second_sent[0]["status"] == 503
+        assert (b"retry-after", b"1") in second_sent[0]["headers"]
+        # The first client leaves before its answer: its work is dropped, never computed.
+        gone.set()
+        await asyncio.wait_for(first_task, timeout=5)
+        assert first_sent == [] and limits.dropped == 1 and limits.in_flight == 0
+        release.set()
+        third, third_sent = _drive(limits, [dict(body)])
+        await asyncio.wait_for(third, timeout=5)
+        assert third_sent[0]["status"] == 200
+
+    asyncio.run(scenario())
+    assert computed == ["answer"]
+
+
+def test_open_service_is_refused_on_anything_but_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving.auth import OpenServiceRefused, refuse_open_service
+    from serving.settings import ServingSettings
+
+    monkeypatch.delenv("TIERING_API_KEY", raising=False)
+    monkeypatch.setenv("TIERING_AUTH_DISABLED", "true")
+    settings = ServingSettings()
+    refuse_open_service(settings, ["127.0.0.1", "::1"])
+    for address in ("0.0.0.0", "192.0.2.10", "::"):
+        with pytest.raises(OpenServiceRefused, match="loopback only"):
+            refuse_open_service(settings, ["127.0.0.1", address])
+    monkeypatch.setenv("TIERING_API_KEY", API_KEY)
+    monkeypatch.setenv("TIERING_AUTH_DISABLED", "false")
+    refuse_open_service(ServingSettings(), ["0.0.0.0"])  # with a key: fine anywhere

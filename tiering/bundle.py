@@ -33,6 +33,7 @@ Layout of a saved bundle::
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -549,25 +550,35 @@ class Bundle:
     def save(self, directory: str | Path) -> Path:
         out = Path(directory)
         (out / "models").mkdir(parents=True, exist_ok=True)
+        files: list[str] = []
+
+        def write_json(name: str, data: Any) -> None:
+            _write_json(out / name, data)
+            files.append(name)
+
+        for name, model in self.models.items():
+            if model.booster is not None:
+                (out / "models" / f"{name}.txt").write_text(
+                    booster_to_text(model.booster), encoding="utf-8"
+                )
+                files.append(f"models/{name}.txt")
+            write_json(f"models/{name}.json", model.to_dict())
+        write_json("icp.json", self.icp.model_dump(mode="json"))
+        write_json("policy.json", self.policy.model_dump(mode="json"))
+        write_json("playbook.json", self.playbook.model_dump(mode="json"))
+        write_json("cutoffs.json", self.cutoffs.to_dict())
+        write_json("metadata.json", self.metadata)
         header = {
             "format_version": FORMAT_VERSION,
             "feature_names": self.feature_names,
             "categories": self.categories,
             "horizon_days": self.horizon_days,
             "models": {name: model.kind for name, model in self.models.items()},
+            # Checked before anything is parsed: LightGBM aborts the process natively on a
+            # truncated model file instead of raising.
+            "sha256": {name: _sha256(out / name) for name in files},
         }
         _write_json(out / "bundle.json", header)
-        for name, model in self.models.items():
-            if model.booster is not None:
-                (out / "models" / f"{name}.txt").write_text(
-                    booster_to_text(model.booster), encoding="utf-8"
-                )
-            _write_json(out / "models" / f"{name}.json", model.to_dict())
-        _write_json(out / "icp.json", self.icp.model_dump(mode="json"))
-        _write_json(out / "policy.json", self.policy.model_dump(mode="json"))
-        _write_json(out / "playbook.json", self.playbook.model_dump(mode="json"))
-        _write_json(out / "cutoffs.json", self.cutoffs.to_dict())
-        _write_json(out / "metadata.json", self.metadata)
         return out
 
     @classmethod
@@ -575,19 +586,34 @@ class Bundle:
         src = Path(directory)
         if not (src / "bundle.json").is_file():
             raise BundleError(f"{src}: not a model bundle (no bundle.json)")
-        header = _read_json(src / "bundle.json")
-        found = header.get("format_version")
+        try:
+            header = _read_json(src / "bundle.json")
+            found = header.get("format_version")
+        except (ValueError, AttributeError):
+            raise BundleError(f"{src}/bundle.json: not a bundle header (damaged JSON)") from None
         if found != FORMAT_VERSION:
             raise BundleError(
                 f"{src}: bundle format {found!r}, this code reads {FORMAT_VERSION}; "
                 "retrain with `tiering train` to get a bundle this version can serve"
             )
+        recorded = _verify_files(src, header.get("sha256"))
+        names = header.get("models") if isinstance(header.get("models"), dict) else {}
+        unrecorded = [
+            f for f in (*REQUIRED_FILES, *(f"models/{n}.json" for n in names)) if f not in recorded
+        ]
+        if unrecorded:
+            raise BundleError(
+                f"{src}/bundle.json: no sha256 recorded for {unrecorded}; the bundle is "
+                "incomplete or was edited by hand; re-train"
+            )
         try:
             models: dict[str, Model] = {}
             for name in header["models"]:
-                text = src / "models" / f"{name}.txt"
+                text = f"models/{name}.txt"
                 booster = (
-                    booster_from_text(text.read_text(encoding="utf-8")) if text.is_file() else None
+                    booster_from_text((src / text).read_text(encoding="utf-8"))
+                    if text in recorded
+                    else None
                 )
                 models[name] = _model_from_dict(
                     _read_json(src / "models" / f"{name}.json"), booster
@@ -605,6 +631,34 @@ class Bundle:
             )
         except FileNotFoundError as exc:
             raise BundleError(f"{src}: bundle file missing: {Path(exc.filename).name}") from None
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _verify_files(src: Path, recorded: Any) -> dict[str, str]:
+    """Every file bundle.json records is there and is byte for byte what training wrote;
+    returns the record (file -> sha256)."""
+    if not isinstance(recorded, dict) or not recorded:
+        raise BundleError(
+            f"{src}/bundle.json records no sha256 of the bundle's files: the bundle cannot be "
+            "verified; save it again with this version (re-train or re-register)"
+        )
+    for name in recorded:
+        path = src / name
+        if not path.is_file():
+            raise BundleError(f"{src}: bundle file missing: {name}")
+        if _sha256(path) != recorded.get(name):
+            raise BundleError(
+                f"{src}/{name}: sha256 differs from the one recorded in bundle.json (the file "
+                "is damaged or was changed after training); restore it or re-train"
+            )
+    return {str(k): str(v) for k, v in recorded.items()}
+
+
+REQUIRED_FILES = ("icp.json", "policy.json", "playbook.json", "cutoffs.json", "metadata.json")
+"""Files every bundle has besides its models (``models/<name>.json``, ``.txt``)."""
 
 
 def _write_json(path: Path, data: Any) -> None:

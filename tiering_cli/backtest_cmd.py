@@ -25,16 +25,12 @@ def backtest(
     and show the share of the next horizon's won revenue that the top 5 / 10 / 20 % of
     accounts and Tier 1 booked, for the model and for each naive account ranking."""
     from features.contract import load_tables
-    from serving.model_loader import ModelNotFoundError
     from training.backtest import BacktestError
     from training.backtest import backtest as run_backtest
 
     cfg = read_config(config)
     with known_errors():
-        try:
-            loaded = resolve_model(cfg, model)
-        except ModelNotFoundError as exc:
-            raise fail(str(exc)) from None
+        loaded = resolve_model(cfg, model)
         tables = load_tables(cfg.data).tables
         for date in as_of:
             try:

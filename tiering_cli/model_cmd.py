@@ -27,6 +27,7 @@ def _training_errors() -> Iterator[None]:
     from demo.truth import TruthError
     from features.leakage import LeakageError
     from tiering.bundle import BundleError
+    from tiering.store import StoreNotFoundError
     from training.fit import TrainingDataError
     from training.registry import RegistryError
     from training.split import SplitError
@@ -41,6 +42,7 @@ def _training_errors() -> Iterator[None]:
             TruthError,
             RegistryError,
             BundleError,
+            StoreNotFoundError,
         ) as exc:
             raise fail(str(exc)) from None
 
@@ -139,7 +141,12 @@ def train(config: Path = CONFIG_OPTION) -> None:
         def report(step: str, done: int, total: int) -> None:
             bar.update(task, description=step, completed=done, total=total)
 
-        result = run_training(settings, progress=report)
+        try:
+            result = run_training(settings, progress=report)
+        except KeyboardInterrupt as exc:  # Ctrl+C, or SIGTERM (TrainingInterrupted)
+            raise fail(
+                f"training stopped ({exc or 'interrupted'}): its MLflow run is marked KILLED", 130
+            ) from None
         bar.update(task, description="Done", completed=len(STEPS))
 
     console.print(_split_table(result.split))
@@ -166,7 +173,7 @@ def models(config: Path = CONFIG_OPTION) -> None:
 
     settings = read_config(config)
     with _training_errors():
-        client = registry.connect(settings.mlflow)
+        client = registry.connect(settings.mlflow, create=False)
         frame = _versions(client, settings.mlflow.registered_model)
     if frame.empty:
         console.print(
@@ -215,7 +222,7 @@ def promote(
     settings = read_config(config)
     name = settings.mlflow.registered_model
     with _training_errors():
-        client = registry.connect(settings.mlflow)
+        client = registry.connect(settings.mlflow, create=False)
         previous = registry.promote(client, name, version, reason, by="manual")
     was = f" (was v{previous})" if previous and previous != version else ""
     console.print(f"[green]{name} v{version} is champion[/]{was}; reason recorded: {reason}")
@@ -228,7 +235,7 @@ def rollback(reason: str = REASON_OPTION, config: Path = CONFIG_OPTION) -> None:
     settings = read_config(config)
     name = settings.mlflow.registered_model
     with _training_errors():
-        client = registry.connect(settings.mlflow)
+        client = registry.connect(settings.mlflow, create=False)
         demoted, restored = registry.rollback(client, name, reason)
     console.print(
         f"[green]{name} v{restored} is champion again[/] (v{demoted} demoted); "

@@ -124,10 +124,10 @@ def performance(
     size, cycle length, pipeline created, lift, predicted vs realised revenue; drift (PSI)
     of each feature and of the score between runs. Logged to MLflow as a monitoring run."""
     from features.contract import load_tables
-    from serving.model_loader import tracking_uri_for
     from serving.reports import log_performance
     from serving.reports import performance as compute
     from serving.tier_changes import open_history
+    from tiering.store import resolve_uri
     from training.registry import artifact_root
 
     cfg = read_config(config)
@@ -144,7 +144,7 @@ def performance(
             log_performance(
                 perf,
                 drifted,
-                tracking_uri=tracking_uri_for(cfg.mlflow.tracking_uri),
+                tracking_uri=resolve_uri(cfg.mlflow.tracking_uri)[0],
                 experiment=f"{cfg.mlflow.experiment}-monitoring",
                 out_dir=out,
                 threshold=psi_warning,
@@ -245,16 +245,12 @@ def stability(
     import pandas as pd
 
     from features.contract import load_tables
-    from serving.model_loader import ModelNotFoundError
     from serving.replay import backtest as run_backtest
     from serving.replay import month_ends
 
     cfg = read_config(config)
     with known_errors():
-        try:
-            loaded = resolve_model(cfg, model)
-        except ModelNotFoundError as exc:
-            raise fail(str(exc)) from None
+        loaded = resolve_model(cfg, model)
         try:
             last = pd.Timestamp(end) if end else load_tables(cfg.data).tables.end_of_data()
         except ValueError:

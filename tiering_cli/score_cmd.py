@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import ipaddress
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from serving.auth import is_loopback
 from tiering.config import TIER_NAMES, Config
 from tiering_cli.common import CONFIG_OPTION, console, fail, known_errors, progress, read_config
 
@@ -55,16 +57,12 @@ def score(
     """Tier every account of the list with the champion model, with reasons, and write the
     scores, the CRM write-back CSV and the account snapshot (all atomically)."""
     from serving.batch import score_accounts
-    from serving.model_loader import ModelNotFoundError
     from serving.tier_changes import describe_run
     from tiering.policy import tier_shortfalls
 
     cfg = read_config(config)
     with known_errors():
-        try:
-            loaded = resolve_model(cfg, model)
-        except ModelNotFoundError as exc:
-            raise fail(str(exc)) from None
+        loaded = resolve_model(cfg, model)
         console.print(f"model [bold]{loaded.version}[/] from {loaded.source}")
         with progress() as bar:
             tasks: dict[str, TaskID] = {}
@@ -125,15 +123,23 @@ def tier_summary(scores: pd.DataFrame, title: str = "Tiers") -> Table:
 
 
 def resolve_model(cfg: Config, model: str) -> LoadedModel:
-    from serving.model_loader import champion_uri, load_model, tracking_uri_for
+    """A saved bundle folder as it is, else the version of the registry in the config's store
+    (which must exist: reading never creates one). What cannot be had ends the command with
+    its reason."""
+    from serving.model_loader import ModelNotFoundError, champion_uri, load_model
+    from tiering.bundle import BundleError
+    from tiering.store import StoreNotFoundError, open_store
 
-    if Path(model).is_dir():
-        return load_model(bundle_dir=Path(model), model_uri=None, tracking_uri=None)
-    return load_model(
-        bundle_dir=None,
-        model_uri=champion_uri(cfg.mlflow.registered_model, model),
-        tracking_uri=tracking_uri_for(cfg.mlflow.tracking_uri),
-    )
+    try:
+        if Path(model).is_dir():
+            return load_model(bundle_dir=Path(model), model_uri=None, registry=None)
+        return load_model(
+            bundle_dir=None,
+            model_uri=champion_uri(cfg.mlflow.registered_model, model),
+            registry=open_store(cfg.mlflow.tracking_uri),
+        )
+    except (ModelNotFoundError, StoreNotFoundError, BundleError) as exc:
+        raise fail(str(exc)) from None
 
 
 def serve(
@@ -148,24 +154,92 @@ def serve(
     ),
 ) -> None:
     """Serve POST /score, POST /explain and GET /model with BentoML (plus /healthz, /readyz,
-    /metrics). Callers send the key of TIERING_API_KEY in the X-API-Key header."""
+    /metrics). Callers send the key of TIERING_API_KEY in the X-API-Key header.
+
+    SIGTERM or Ctrl+C stops the server and its workers. A service that cannot start (no
+    champion, a damaged model or snapshot) ends this command with its reason and a non-zero
+    exit code.
+    """
+    from tiering.store import StoreNotFoundError, open_store
+
     cfg = read_config(config)
-    if no_auth and not _is_loopback(host):
-        raise fail(f"--no-auth is for local use only; {host} is not a loopback address")
-    if not no_auth and not os.environ.get("TIERING_API_KEY"):
+    auth_disabled = no_auth or os.environ.get("TIERING_AUTH_DISABLED", "").lower() in (
+        "1",
+        "true",
+        "yes",
+    )
+    if auth_disabled and not is_loopback(host):
+        raise fail(
+            f"serving without an API key (--no-auth / TIERING_AUTH_DISABLED) is for local use "
+            f"only; {host} is not a loopback address"
+        )
+    if not auth_disabled and not os.environ.get("TIERING_API_KEY"):
         raise fail(
             "set TIERING_API_KEY (the key callers send in X-API-Key), or pass --no-auth for local use"
         )
-    env = service_env(cfg, config, model=model, auth_disabled=no_auth)
+    if not Path(model).is_dir():
+        try:
+            open_store(cfg.mlflow.tracking_uri)  # say now, not from a worker, that it is missing
+        except StoreNotFoundError as exc:
+            raise fail(str(exc)) from None
+    env = service_env(cfg, config, model=model, auth_disabled=auth_disabled)
     bentoml = Path(sys.executable).parent / "bentoml"
     command = [str(bentoml), "serve", SERVICE, "--port", str(port), "--host", host]
     console.print(f"serving on http://{host}:{port} (Ctrl+C stops)")
-    try:
-        code = subprocess.call(command, env=env)
-    except KeyboardInterrupt:
-        code = 0
+    code = run_until_stopped(command, env)
     if code:
-        raise typer.Exit(code)
+        raise fail(f"the service stopped with exit code {code} (its reason is logged above)", code)
+
+
+def run_until_stopped(command: list[str], env: dict[str, str]) -> int:
+    """Run the server in its own process group; SIGTERM / SIGINT to this process stop the
+    whole group (server, workers), gracefully first. Returns 0 when stopped by a signal,
+    else the server's exit code (1 if it exited 0 on its own: a server is not meant to)."""
+    child = subprocess.Popen(command, env=env, start_new_session=True)
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        _signal_group(child, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while True:
+            try:
+                code = child.wait()
+                break
+            except KeyboardInterrupt:  # a second Ctrl+C while waiting
+                stopping = True
+                _signal_group(child, signal.SIGTERM)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _reap_group(child)
+    if stopping:
+        return 0
+    return code if code != 0 else 1
+
+
+def _signal_group(child: subprocess.Popen[bytes], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, sig)
+
+
+def _reap_group(child: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
+    """Whatever of the server's group is still there (workers outliving their arbiter) gets
+    SIGTERM, then SIGKILL after a grace period."""
+    import time
+
+    _signal_group(child, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(child.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    _signal_group(child, signal.SIGKILL)
 
 
 def service_env(
@@ -173,14 +247,15 @@ def service_env(
 ) -> dict[str, str]:
     """The environment `bentoml serve` needs: absolute paths (the server may resolve them from
     another folder), the model source, no telemetry, and the venv's tools on PATH."""
-    from serving.model_loader import champion_uri, tracking_uri_for
+    from serving.model_loader import champion_uri
+    from tiering.store import resolve_uri
 
     env = dict(os.environ)
     env["BENTOML_DO_NOT_TRACK"] = "true"
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["TIERING_CONFIG"] = str(config_path.resolve())
     env["TIERING_SNAPSHOT"] = str(cfg.scoring.snapshot.resolve())
-    env["TIERING_TRACKING_URI"] = tracking_uri_for(cfg.mlflow.tracking_uri)
+    env["TIERING_TRACKING_URI"] = resolve_uri(cfg.mlflow.tracking_uri)[0]
     if Path(model).is_dir():
         env["TIERING_BUNDLE_DIR"] = str(Path(model).resolve())
     else:
@@ -189,12 +264,3 @@ def service_env(
     if auth_disabled:
         env["TIERING_AUTH_DISABLED"] = "true"
     return env
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

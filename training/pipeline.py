@@ -625,7 +625,9 @@ def train(config: Config, *, progress: Progress | None = None) -> TrainResult:
     outcome.bundle.metadata["model_version"] = _next_version(client, name)
     with tempfile.TemporaryDirectory(prefix="tiering-train-") as tmp:
         run_name = f"{config.name} {outcome.split.test_start.date()} seed {config.training.seed}"
-        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        with registry.training_run(
+            client, experiment_id=experiment_id, run_name=run_name, model_name=name
+        ) as run:
             outcome.bundle.metadata["run_id"] = run.info.run_id
             model_info = _log_run(outcome, Path(tmp))
             run_id = run.info.run_id

@@ -12,6 +12,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from tiering import store
 from tiering.config import MlflowConfig, PromotionGate
 
 CHAMPION = "champion"
@@ -34,14 +40,9 @@ class RegistryError(ValueError):
 
 # --------------------------------------------------------------------------- tracking
 def tracking_uri(config: MlflowConfig) -> str:
-    """``MLFLOW_TRACKING_URI`` wins over the config (e.g. a team's tracking server)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or config.tracking_uri
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri.removeprefix("sqlite:///"))
+    """``MLFLOW_TRACKING_URI`` wins over the config (e.g. a team's tracking server); a relative
+    sqlite path is made absolute against the working directory."""
+    return store.resolve_uri(config.tracking_uri)[0]
 
 
 def artifact_root(config: MlflowConfig) -> str | None:
@@ -57,7 +58,7 @@ def artifact_root(config: MlflowConfig) -> str | None:
     if "://" in location:
         return location
     path = Path(location)
-    db = _sqlite_path(tracking_uri(config))
+    db = store.sqlite_path(tracking_uri(config))
     if path.is_absolute():
         return path.as_uri()
     if db is not None:
@@ -65,28 +66,11 @@ def artifact_root(config: MlflowConfig) -> str | None:
     return None
 
 
-def connect(config: MlflowConfig) -> Any:
-    """Point MLflow at the configured store (creating a local sqlite folder if needed) and
-    return an ``MlflowClient``. Called at run time only, never at import."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    # Downloads of model artifacts would otherwise draw progress bars into the CLI's output.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    uri = tracking_uri(config)
-    db = _sqlite_path(uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-    user_env = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    # set_tracking_uri also exports MLFLOW_TRACKING_URI; left there, it would override the
-    # next config's store in this process (the environment wins over the config, above).
-    if user_env is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = user_env
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+def connect(config: MlflowConfig, *, create: bool = True) -> Any:
+    """An ``MlflowClient`` bound to the configured store (tracking and registry URI), with no
+    process-wide MLflow state set. ``create=False`` for commands that only read: a missing
+    store is then a ``StoreNotFoundError`` naming the setting, not a new empty store."""
+    return store.open_store(config.tracking_uri, create=create).client
 
 
 def ensure_experiment(client: Any, config: MlflowConfig) -> str:
@@ -264,32 +248,91 @@ def _check_version(client: Any, name: str, version: str) -> None:
         ) from None
 
 
+# An alias move touches several registry objects (the alias, version tags, the history tag,
+# the challenger alias). Each move is first written whole as this tag on the registered model,
+# then applied, then the tag is removed: a move cut short by a kill is finished by the next
+# ``repair_promotion`` (which every training run calls first), never left half-done.
+PENDING_TAG = "pending_alias_move"
+
+
+def _apply_move(client: Any, name: str, move: dict[str, Any]) -> None:
+    """Apply a recorded alias move; every step is idempotent, so applying twice is harmless."""
+    champion = str(move["champion"])
+    client.set_registered_model_alias(name, CHAMPION, champion)
+    for version, tags in move.get("tags", {}).items():
+        for key, value in tags.items():
+            client.set_model_version_tag(name, str(version), key, str(value)[:4900])
+    _set_history(client, name, [str(v) for v in move["history"]])
+    if alias_version(client, name, CHALLENGER) == champion:
+        client.delete_registered_model_alias(name, CHALLENGER)
+    client.delete_registered_model_tag(name, PENDING_TAG)
+
+
+def _move(client: Any, name: str, move: dict[str, Any]) -> None:
+    client.set_registered_model_tag(name, PENDING_TAG, json.dumps(move))
+    _apply_move(client, name, move)
+
+
+def repair_promotion(client: Any, name: str) -> str | None:
+    """Finish an alias move a killed process left half-done; returns what was repaired.
+
+    A recorded move is applied again whole. Without one (e.g. a store written by an older
+    version), the invariants are restored: the champion is not also the challenger, and it is
+    the last entry of ``champion_history``.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        return None  # nothing registered yet
+    pending = model.tags.get(PENDING_TAG)
+    if pending:
+        move = json.loads(pending)
+        _apply_move(client, name, move)
+        return f"finished the interrupted move of {CHAMPION!r} to v{move['champion']}"
+    champion = alias_version(client, name, CHAMPION)
+    if champion is None:
+        return None
+    repaired = []
+    if alias_version(client, name, CHALLENGER) == champion:
+        client.delete_registered_model_alias(name, CHALLENGER)
+        repaired.append(f"v{champion} no longer {CHALLENGER!r} as well as {CHAMPION!r}")
+    history = _history(client, name)
+    if not history or history[-1] != champion:
+        _set_history(client, name, [*history, champion])
+        repaired.append(f"v{champion} recorded in {HISTORY_TAG}")
+    return "; ".join(repaired) or None
+
+
 def promote(client: Any, name: str, version: str, reason: str, *, by: str = "manual") -> str | None:
-    """Move ``champion`` to ``version`` and record why; returns the previous champion."""
+    """Move ``champion`` to ``version`` and record why, as one recorded step (see
+    ``PENDING_TAG``); returns the previous champion."""
     version = str(version)
     _check_version(client, name, version)
     previous = alias_version(client, name, CHAMPION)
-    client.set_registered_model_alias(name, CHAMPION, version)
-    client.set_model_version_tag(name, version, "promotion_reason", reason)
-    client.set_model_version_tag(name, version, "promoted_at", _now())
-    client.set_model_version_tag(name, version, "promoted_by", by)
-    _note(client, name, version, f"champion ({by}): {reason}")
+    now = _now()
+    tags: dict[str, dict[str, str]] = {
+        version: {
+            "promotion_reason": reason,
+            "promoted_at": now,
+            "promoted_by": by,
+            "last_event": f"{now} champion ({by}): {reason}",
+        }
+    }
     if previous is not None and previous != version:
         demoted = f"replaced by v{version}: {reason}"
-        client.set_model_version_tag(name, previous, "demoted_reason", demoted)
-        _note(client, name, previous, demoted)
+        tags[previous] = {"demoted_reason": demoted, "last_event": f"{now} {demoted}"}
     history = _history(client, name)
     if not history or history[-1] != version:
         history.append(version)
-    _set_history(client, name, history)
-    if alias_version(client, name, CHALLENGER) == version:
-        client.delete_registered_model_alias(name, CHALLENGER)
+    _move(client, name, {"champion": version, "history": history, "tags": tags})
     return previous
 
 
 def rollback(client: Any, name: str, reason: str) -> tuple[str, str]:
-    """Give ``champion`` back to the version that held it before the current one.
-    Returns (demoted version, restored version)."""
+    """Give ``champion`` back to the version that held it before the current one, as one
+    recorded step. Returns (demoted version, restored version)."""
     history = _history(client, name)
     current = alias_version(client, name, CHAMPION)
     if current is None:
@@ -301,14 +344,17 @@ def rollback(client: Any, name: str, reason: str) -> tuple[str, str]:
     if not history:
         raise RegistryError(f"model {name!r}: no previous champion recorded before v{current}")
     restored = history[-1]
-    client.set_registered_model_alias(name, CHAMPION, restored)
-    client.set_model_version_tag(name, restored, "rollback_reason", reason)
-    client.set_model_version_tag(name, restored, "restored_at", _now())
+    now = _now()
     demoted = f"rolled back to v{restored}: {reason}"
-    client.set_model_version_tag(name, current, "demoted_reason", demoted)
-    _note(client, name, restored, f"champion again (rollback from v{current}): {reason}")
-    _note(client, name, current, demoted)
-    _set_history(client, name, history)
+    tags = {
+        restored: {
+            "rollback_reason": reason,
+            "restored_at": now,
+            "last_event": f"{now} champion again (rollback from v{current}): {reason}",
+        },
+        current: {"demoted_reason": demoted, "last_event": f"{now} {demoted}"},
+    }
+    _move(client, name, {"champion": restored, "history": history, "tags": tags})
     return current, restored
 
 
@@ -354,9 +400,8 @@ def list_versions(client: Any, name: str) -> pd.DataFrame:
 def download_bundle(
     client: Any, name: str, *, alias: str | None = None, version: str | None = None, dst: str | Path
 ) -> Path:
-    """Download a registered version's model and return the path of its bundle folder."""
-    import mlflow
-
+    """Download a registered version's model through ``client``'s store and return the path
+    of its bundle folder."""
     if (alias is None) == (version is None):
         raise ValueError("pass exactly one of alias or version")
     if alias is not None:
@@ -365,12 +410,104 @@ def download_bundle(
             raise RegistryError(f"model {name!r} has no version aliased {alias!r}")
         version = found
     _check_version(client, name, str(version))
-    local = Path(
-        mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}/{version}", dst_path=str(dst)
-        )
-    )
+    local = store.version_folder(client, name, str(version), Path(dst))
     found_bundles = sorted(p.parent for p in local.rglob("bundle.json"))
     if not found_bundles:
         raise RegistryError(f"model {name!r} v{version}: no bundle in its artifacts")
     return found_bundles[0]
+
+
+# --------------------------------------------------------------------------- run lifecycle
+# Who owns a run: a later training marks RUNNING runs whose owner process is gone as FAILED.
+OWNER_HOST_TAG = "tiering.host"
+OWNER_PID_TAG = "tiering.pid"
+# A RUNNING run without an owner (written by other tools or older versions) counts as
+# orphaned only once it is older than this.
+UNOWNED_RUN_TIMEOUT_S = 24 * 3600
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGTERM during training: handled like Ctrl+C (the run is marked KILLED)."""
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def reap_orphaned_runs(client: Any, experiment_id: str) -> list[str]:
+    """Mark as FAILED the runs left RUNNING by a training process that no longer exists
+    (killed with SIGKILL, or its machine went down); returns their ids."""
+    from mlflow.entities import RunStatus, ViewType
+
+    host = socket.gethostname()
+    now_ms = time.time() * 1000
+    reaped = []
+    for run in client.search_runs(
+        [experiment_id], filter_string="attributes.status = 'RUNNING'", run_view_type=ViewType.ALL
+    ):
+        tags = run.data.tags
+        owner_pid = tags.get(OWNER_PID_TAG)
+        if owner_pid is None:
+            orphaned = now_ms - run.info.start_time > UNOWNED_RUN_TIMEOUT_S * 1000
+        else:
+            orphaned = tags.get(OWNER_HOST_TAG) == host and not _process_alive(int(owner_pid))
+        if orphaned:
+            client.set_tag(run.info.run_id, "tiering.end_reason", "orphaned: its process is gone")
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+            reaped.append(run.info.run_id)
+    return reaped
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises ``TrainingInterrupted`` in the main thread for the block's duration."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise TrainingInterrupted(f"stopped by signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def training_run(
+    client: Any, *, experiment_id: str, run_name: str, model_name: str
+) -> Iterator[Any]:
+    """One training run in ``client``'s store, ended with the status that is true.
+
+    Before it starts: runs orphaned by killed trainings are marked FAILED and a half-finished
+    alias move is completed. Inside the block MLflow's fluent API writes to ``client``'s store
+    (and only there, only for the block). The run ends FINISHED, FAILED on an error, or KILLED
+    on Ctrl+C / SIGTERM (which then propagate).
+    """
+    import mlflow
+    from mlflow.entities import RunStatus
+
+    reap_orphaned_runs(client, experiment_id)
+    repair_promotion(client, model_name)
+    owner = {OWNER_HOST_TAG: socket.gethostname(), OWNER_PID_TAG: str(os.getpid())}
+    with store.fluent_bound_to(client.tracking_uri), _sigterm_interrupts():
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=owner)
+        try:
+            yield run
+        except KeyboardInterrupt:
+            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+            raise
+        except BaseException:
+            mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+            raise
+        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))

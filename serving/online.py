@@ -1,0 +1,218 @@
+"""The online scorer: one loaded bundle, the account snapshot (with its last-good cache) and
+the request -> feature rows step, answering score, explain and model requests.
+
+Plain Python (no BentoML), so it can be used and tested on its own; ``serving.service`` is
+the HTTP shell around it. A single request cannot see the population, so it is tiered against
+the reference cut-offs frozen in the bundle, and every answer says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.config import FeatureConfig
+from serving.model_loader import LoadedModel
+from serving.request_features import RequestFeatures
+from serving.schemas import (
+    AccountRequest,
+    AccountScore,
+    Cutoffs,
+    Driver,
+    ExplainResponse,
+    ModelInfo,
+    Reasons,
+    ScoreResponse,
+)
+from serving.settings import ServingSettings
+from serving.snapshot import SnapshotCache
+from tiering.config import TIER_NAMES
+
+TIERING_TRACKING_URI = "the environment variable TIERING_TRACKING_URI"
+
+
+class OnlineScorer:
+    """Scores request accounts against the reference cut-offs."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        snapshot_path: Path | None,
+        feature_config: FeatureConfig,
+        max_accounts: int,
+        top_reasons: int = 3,
+    ) -> None:
+        self.bundle = loaded.bundle
+        self.source = loaded.source
+        self.version = loaded.version
+        self.max_accounts = max_accounts
+        self.top_reasons = top_reasons
+        self.features = RequestFeatures(self.bundle, feature_config)
+        self.snapshots = SnapshotCache(snapshot_path)
+        # A damaged snapshot at startup is a reason not to start (SnapshotError).
+        self.snapshots.load()
+
+    @classmethod
+    def from_settings(cls, settings: ServingSettings) -> OnlineScorer:
+        from serving.model_loader import champion_uri, load_model
+        from tiering.config import load_config
+        from tiering.store import open_store
+
+        config = load_config(settings.config) if settings.config is not None else None
+        model_uri = settings.model_uri
+        if model_uri is None and config is not None:
+            model_uri = champion_uri(config.mlflow.registered_model)
+        registry = None
+        if settings.bundle_dir is None:
+            if config is None and settings.tracking_uri is None:
+                raise ValueError(
+                    "no model source: set TIERING_BUNDLE_DIR, or TIERING_CONFIG / "
+                    "TIERING_TRACKING_URI for the MLflow registry"
+                )
+            registry = open_store(
+                config.mlflow.tracking_uri if config is not None else "",
+                override=(TIERING_TRACKING_URI, settings.tracking_uri or ""),
+            )
+        loaded = load_model(bundle_dir=settings.bundle_dir, model_uri=model_uri, registry=registry)
+        snapshot = settings.snapshot or (config.scoring.snapshot if config is not None else None)
+        if config is not None:
+            features = config.features
+        else:
+            stored = loaded.bundle.metadata.get("feature_config")
+            features = (
+                FeatureConfig.model_validate(stored)
+                if isinstance(stored, dict)
+                else FeatureConfig.model_validate({})
+            )
+        return cls(
+            loaded,
+            snapshot_path=snapshot,
+            feature_config=features,
+            max_accounts=settings.max_accounts_per_request,
+            top_reasons=config.scoring.top_reasons if config is not None else 3,
+        )
+
+    # ------------------------------------------------------------------ answers
+    def score(self, accounts: list[AccountRequest], *, reasons: bool = True) -> ScoreResponse:
+        from tiering.scoring import score
+
+        features, sources = self.features.rows(accounts, self.snapshots.current())
+        scored = score(
+            self.bundle, features, reasons=reasons, population=False, top_reasons=self.top_reasons
+        )
+        return ScoreResponse(
+            model_version=self.version,
+            cutoffs=self.cutoffs(str(scored["cutoffs_used"].iloc[0])),
+            accounts=[
+                _account_score(row, source, reasons)
+                for row, source in zip(scored.to_dict("records"), sources, strict=True)
+            ],
+        )
+
+    def explain(self, account: AccountRequest) -> ExplainResponse:
+        from tiering.explain import drivers
+        from tiering.scoring import base_win_probability, score
+
+        features, sources = self.features.rows([account], self.snapshots.current(), path="account")
+        win_contrib, value_contrib = self.bundle.contributions(features)
+        scored = score(
+            self.bundle,
+            features,
+            reasons=True,
+            population=False,
+            top_reasons=self.top_reasons,
+            contributions=(win_contrib, value_contrib),
+        )
+        every = drivers(
+            features,
+            win_contrib,
+            value_contrib,
+            scored["p_convert"].to_numpy(),
+            base_win_probability(self.bundle, win_contrib["bias"].to_numpy(dtype=np.float64)),
+            top=len(self.bundle.feature_names),
+        )[0]
+        return ExplainResponse(
+            model_version=self.version,
+            cutoffs=self.cutoffs(str(scored["cutoffs_used"].iloc[0])),
+            account=_account_score(scored.to_dict("records")[0], sources[0], True),
+            drivers=[Driver.model_validate(d) for d in every],
+        )
+
+    def cutoffs(self, description: str) -> Cutoffs:
+        ref = self.bundle.cutoffs
+        return Cutoffs(
+            kind="reference",
+            method=ref.method,
+            frozen_at=ref.as_of,
+            n_accounts=ref.n_accounts,
+            tier1_min_priority=ref.tier1_priority,
+            tier2_min_priority=ref.tier2_priority,
+            description=description,
+            warnings=list(ref.warnings),
+        )
+
+    def model_info(self) -> ModelInfo:
+        meta = self.bundle.metadata
+        ref = self.bundle.cutoffs
+        snapshot = self.snapshots.status()
+        description = (
+            f"reference {ref.method} cut-offs as of {ref.as_of} ({ref.n_accounts:,} accounts)"
+        )
+        return ModelInfo(
+            model_version=self.version,
+            source=self.source,
+            trained={k: v for k, v in meta.items() if k != "metrics"},
+            metrics=meta.get("metrics", {}),
+            policy=self.bundle.policy.model_dump(mode="json"),
+            cutoffs=self.cutoffs(description),
+            snapshot_as_of=snapshot.as_of,
+            snapshot_problem=snapshot.problem,
+            max_accounts_per_request=self.max_accounts,
+        )
+
+
+def _finite_or_none(value: Any) -> float | None:
+    number = float(value)
+    return number if np.isfinite(number) else None
+
+
+def _account_score(row: Mapping[Any, Any], source: str, with_reasons: bool) -> AccountScore:
+    tier = int(row["tier"])
+    reasons = None
+    if with_reasons:
+        items = [Driver.model_validate(d) for d in row["reasons"]]
+        reasons = Reasons(
+            headline=list(row["headline"]),
+            summary=row["reason_summary"],
+            positives=[d for d in items if d.direction == "positive"],
+            negatives=[d for d in items if d.direction == "negative"],
+            icp_met=list(row["icp_met"]),
+            icp_missed=list(row["icp_missed"]),
+            tier_rule=row["tier_rule_text"],
+            next_tier=row["next_tier_hint"] or None,
+            playbook=list(row["playbook"]),
+        )
+    account_id = row["account_id"]
+    return AccountScore(
+        account_id=None if account_id is None or pd.isna(account_id) else str(account_id),
+        source=source,
+        p_convert=row["p_convert"],
+        revenue_if_converts=row["revenue_if_converts"],
+        revenue_p10=row["revenue_p10"],
+        revenue_p90=row["revenue_p90"],
+        expected_revenue=row["expected_revenue"],
+        p_win_deal=_finite_or_none(row["p_win_deal"]),
+        open_pipeline=_finite_or_none(row["open_pipeline"]),
+        icp_fit=row["icp_fit"],
+        evidence=row["evidence"],
+        priority=row["priority"],
+        tier=tier,
+        tier_name=TIER_NAMES[tier],
+        tier_rule=str(row["tier_rule"]),
+        reasons=reasons,
+    )

@@ -216,9 +216,12 @@ class TrainedBundle:
     bundle_dir: Path
 
     def config_writing_to(self, folder: Path) -> Config:
-        """The config with the account snapshot written under ``folder``."""
+        """The config with the account snapshot and the tier history written under ``folder``."""
         scoring = self.config.scoring.model_copy(update={"snapshot": folder / "snapshot.parquet"})
-        return self.config.model_copy(update={"scoring": scoring})
+        history = self.config.history.model_copy(
+            update={"url": f"sqlite:///{folder / 'history.db'}"}
+        )
+        return self.config.model_copy(update={"scoring": scoring, "history": history})
 
 
 # ------------------------------------------------------------------------------- notebooks

@@ -22,7 +22,7 @@ from starlette.testclient import TestClient
 
 from tiering.config import Config
 
-from support import serving_config, small_training, train_bundle
+from support import TrainedBundle
 
 API_KEY = "test-key-0123456789"
 
@@ -36,13 +36,15 @@ class Deployment:
 
 
 @pytest.fixture(scope="session")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
+def deployment(
+    trained_bundle: TrainedBundle, tmp_path_factory: pytest.TempPathFactory
+) -> Deployment:
     from serving.batch import score_accounts
     from tiering.bundle import Bundle
 
     root = tmp_path_factory.mktemp("deployment")
-    config = small_training(serving_config(root))
-    bundle_dir = train_bundle(config, root / "bundle")
+    config = trained_bundle.config_writing_to(root / "outputs")
+    bundle_dir = trained_bundle.bundle_dir
     result = score_accounts(config, Bundle.load(bundle_dir), out=root / "outputs" / "tiers.parquet")
     return Deployment(
         config=config,
@@ -162,9 +164,12 @@ def test_score_by_id_matches_the_snapshot_and_says_which_cutoffs(
     assert body["model_version"] == "test-1"
     for account in body["accounts"]:
         assert account["source"] == "snapshot"
-        assert 0 < account["p_win"] < 1
-        assert account["value_p10"] <= account["deal_value"] <= account["value_p90"]
-        assert account["expected_value"] == pytest.approx(account["p_win"] * account["deal_value"])
+        assert 0 < account["p_convert"] < 1
+        assert account["revenue_p10"] <= account["revenue_if_converts"] <= account["revenue_p90"]
+        assert account["expected_revenue"] == pytest.approx(
+            account["p_convert"] * account["revenue_if_converts"]
+        )
+        assert account["reasons"]["headline"][0].startswith("likely to buy in the next ")
         assert account["tier"] in (1, 2, 3)
         assert account["reasons"]["summary"].startswith(f"Tier {account['tier']}")
         assert account["reasons"]["playbook"]
@@ -179,9 +184,9 @@ def test_online_prediction_equals_batch_prediction_for_the_same_account(
         "/score", json={"accounts": [{"account_id": i} for i in ids], "reasons": False}
     ).json()
     for account in body["accounts"]:
-        assert account["p_win"] == pytest.approx(batch.loc[account["account_id"], "p_win"])
-        assert account["expected_value"] == pytest.approx(
-            batch.loc[account["account_id"], "expected_value"]
+        assert account["p_convert"] == pytest.approx(batch.loc[account["account_id"], "p_convert"])
+        assert account["expected_revenue"] == pytest.approx(
+            batch.loc[account["account_id"], "expected_revenue"]
         )
         assert account["reasons"] is None
 
@@ -219,9 +224,9 @@ def test_fields_given_with_a_known_id_override_the_snapshot(
     ).json()["accounts"][0]
     assert small["source"] == big["source"] == "snapshot+fields"
     assert big["icp_fit"] >= small["icp_fit"]
-    assert (small["p_win"], small["deal_value"]) != (
-        big["p_win"],
-        big["deal_value"],
+    assert (small["p_convert"], small["revenue_if_converts"]) != (
+        big["p_convert"],
+        big["revenue_if_converts"],
     ) or plain == small
 
 

@@ -16,21 +16,23 @@ from pathlib import Path
 import psutil
 import pytest
 
-from support import serving_config, small_training, train_bundle
+from support import TrainedBundle
 
 BIN = Path(sys.executable).parent
 API_KEY = "startup-key-0123456789"
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def deployment(
+    trained_bundle: TrainedBundle, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
     """A bundle folder and its account snapshot."""
     from serving.batch import score_accounts
     from tiering.bundle import Bundle
 
     root = tmp_path_factory.mktemp("startup")
-    config = small_training(serving_config(root))
-    bundle = train_bundle(config, root / "bundle")
+    config = trained_bundle.config_writing_to(root)
+    bundle = trained_bundle.bundle_dir
     result = score_accounts(config, Bundle.load(bundle), out=root / "outputs" / "tiers.parquet")
     return bundle, result.snapshot
 
@@ -66,8 +68,8 @@ def _exits(command: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str
 def _damaged(bundle: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "damaged"
     shutil.copytree(bundle, copy)
-    text = (copy / "win_model.txt").read_bytes()
-    (copy / "win_model.txt").write_bytes(text[: len(text) // 2])
+    text = (copy / "models" / "conversion.txt").read_bytes()
+    (copy / "models" / "conversion.txt").write_bytes(text[: len(text) // 2])
     return copy
 
 
@@ -83,7 +85,7 @@ def test_bentoml_serve_stops_with_one_line_when_the_service_cannot_start(
         "a truncated model file": (
             ["--host", "127.0.0.1"],
             {"TIERING_BUNDLE_DIR": str(_damaged(bundle, tmp_path)), "TIERING_API_KEY": API_KEY},
-            "win_model.txt: sha256 differs",
+            "models/conversion.txt: sha256 differs",
         ),
         "a garbage snapshot": (
             ["--host", "127.0.0.1"],
@@ -135,7 +137,7 @@ def test_tiering_serve_exits_non_zero_without_a_champion_or_with_a_damaged_model
     code, output = _exits(
         [tiering, "serve", "--port", str(_port()), "--model", str(damaged)], env, tmp_path
     )
-    assert code != 0 and "win_model.txt: sha256 differs" in output, output[-2000:]
+    assert code != 0 and "models/conversion.txt: sha256 differs" in output, output[-2000:]
     assert output.count("tiering service cannot start") == 1, output[-3000:]
     assert "Traceback" not in output.split("tiering service cannot start")[0]
 

@@ -16,16 +16,17 @@ from tiering.bundle import Bundle
 from tiering.config import Config, HistoryConfig, StabilityConfig
 from tiering.stability import CHANGE_CODES
 
-from support import serving_config, small_training, train_bundle
+from support import TrainedBundle
 
 MONTH_ENDS = ["2026-03-31", "2026-04-30", "2026-05-31", "2026-06-30"]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, Path]:
-    root = tmp_path_factory.mktemp("history-batch")
-    config = small_training(serving_config(root))
-    return config, train_bundle(config, root / "bundle")
+def trained(
+    trained_bundle: TrainedBundle, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Config, Path]:
+    config = trained_bundle.config_writing_to(tmp_path_factory.mktemp("history-batch"))
+    return config, trained_bundle.bundle_dir
 
 
 def _with_history(config: Config, folder: Path, **stability: object) -> Config:

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import settings
 
 from support import TrainedBundle
+
+# Hypothesis keeps its example database in ./.hypothesis by default: tests write nothing into
+# the checkout, so examples are not stored between runs (the seeds are in the test reports).
+settings.register_profile("no-database", database=None)
+settings.load_profile("no-database")
 
 
 @pytest.fixture(autouse=True)

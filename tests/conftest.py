@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import tempfile
+
 import pytest
-from hypothesis import settings
+from hypothesis import configuration, settings
 
 from support import TrainedBundle
 
-# Hypothesis keeps its example database in ./.hypothesis by default: tests write nothing into
-# the checkout, so examples are not stored between runs (the seeds are in the test reports).
+# Hypothesis keeps its example database and caches in ./.hypothesis by default: tests write
+# nothing into the checkout, so its folder is a temporary one and examples are not stored
+# between runs (a failure's seed is in the test report).
+configuration.set_hypothesis_home_dir(tempfile.mkdtemp(prefix="hypothesis-"))
 settings.register_profile("no-database", database=None)
 settings.load_profile("no-database")
 

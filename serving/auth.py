@@ -56,9 +56,10 @@ def refuse_open_service(settings: ServingSettings, addresses: list[str]) -> None
         )
 
 
-async def _send_json(
+async def send_json(
     send: Any, status: HTTPStatus, body: dict[str, Any], headers: list[Any]
 ) -> None:
+    """Answer an ASGI request with a JSON body (the service's middlewares' one way to refuse)."""
     payload = json.dumps(body).encode("utf-8")
     await send(
         {
@@ -100,7 +101,7 @@ class ApiKeyMiddleware:
             if _is_ip(server) and not is_loopback(server):
                 # The startup check covers the listening socket; this covers a server whose
                 # socket could not be inspected.
-                await _send_json(
+                await send_json(
                     send,
                     HTTPStatus.FORBIDDEN,
                     {"error": "this service runs without an API key: loopback callers only"},
@@ -114,7 +115,7 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         problem = "missing" if not given else "wrong"
-        await _send_json(
+        await send_json(
             send,
             HTTPStatus.UNAUTHORIZED,
             {"error": f"{problem} API key: send it in the {self.header_name} header"},

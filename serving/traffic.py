@@ -13,14 +13,15 @@ BentoML's own traffic settings (``timeout``, ``max_concurrency``) stay in force 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from http import HTTPStatus
 from typing import Any
 
+from serving.auth import send_json
 from serving.settings import ServingSettings
 
 logger = logging.getLogger("tiering.service")
+
 
 LIMITED_PATHS = frozenset({"/score", "/explain"})
 
@@ -28,19 +29,7 @@ LIMITED_PATHS = frozenset({"/score", "/explain"})
 async def _answer(
     send: Any, status: HTTPStatus, error: str, headers: list[Any] | None = None
 ) -> None:
-    payload = json.dumps({"error": error}).encode("utf-8")
-    await send(
-        {
-            "type": "http.response.start",
-            "status": int(status),
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
+    await send_json(send, status, {"error": error}, headers or [])
 
 
 class RequestLimits:

@@ -206,6 +206,26 @@ def build_features(tables: Tables, requests: pd.DataFrame, config: FeatureConfig
     )
 
 
+def account_features(
+    accounts: pd.DataFrame, as_of: pd.Timestamp, config: FeatureConfig
+) -> pd.DataFrame:
+    """Features of accounts known only by their own fields (a new account in an online
+    request): no deals and no activities with us, as of ``as_of``. The same builder as every
+    other path, so the fields are cleaned and typed exactly as training saw them."""
+    no_deals = pd.DataFrame(
+        {
+            "opportunity_id": pd.Series(dtype=object),
+            "account_id": pd.Series(dtype=object),
+            "created_at": pd.Series(dtype="datetime64[ns]"),
+            "closed_at": pd.Series(dtype="datetime64[ns]"),
+            "outcome": pd.Series(dtype=object),
+            "amount": pd.Series(dtype=float),
+        }
+    )
+    tables = Tables(accounts=accounts, opportunities=no_deals)
+    return build_features(tables, scoring_requests(accounts, as_of), config)
+
+
 def feature_columns(frame: pd.DataFrame) -> list[str]:
     """The model inputs: every column but the request's ``account_id`` and ``as_of``
     (and the training labels, should they ride along)."""

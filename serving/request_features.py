@@ -31,20 +31,6 @@ class RequestRejected(Exception):
         self.status = status
 
 
-def _no_opportunities() -> pd.DataFrame:
-    """A new account's deal history: none (the canonical columns, no rows)."""
-    return pd.DataFrame(
-        {
-            "opportunity_id": pd.Series(dtype=object),
-            "account_id": pd.Series(dtype=object),
-            "created_at": pd.Series(dtype="datetime64[ns]"),
-            "closed_at": pd.Series(dtype="datetime64[ns]"),
-            "outcome": pd.Series(dtype=object),
-            "amount": pd.Series(dtype=float),
-        }
-    )
-
-
 class RequestFeatures:
     """Feature rows for request accounts, for one bundle and feature config."""
 
@@ -145,19 +131,14 @@ class RequestFeatures:
     ) -> None:
         """Put the given fields through the feature builder and write them over the base
         rows, cell by cell."""
-        from features.build import build_features, scoring_requests
-        from features.tables import Tables
+        from features.build import account_features
 
         rows = [i for i, g in enumerate(given) if g]
         accounts = pd.DataFrame([{"account_id": f"request-{i}", **given[i]} for i in rows])
         for name in self.account_features:
             if name not in accounts:
                 accounts[name] = np.nan
-        built = build_features(
-            Tables(accounts=accounts, opportunities=_no_opportunities()),
-            scoring_requests(accounts, as_of),
-            self.feature_config,
-        )
+        built = account_features(accounts, as_of, self.feature_config)
         for j, i in enumerate(rows):
             for name in given[i]:
                 value = built[name].iloc[j]

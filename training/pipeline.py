@@ -663,7 +663,11 @@ def train(config: Config, *, progress: Progress | None = None) -> TrainResult:
                 ) as exc:  # a champion that cannot be evaluated must not be replaced blindly
                     decision = GateDecision(
                         False,
-                        [f"champion v{champion} could not be re-evaluated on this window: {exc}"],
+                        [
+                            f"champion v{champion} could not be re-evaluated on this window: "
+                            f"{exc}; compare the runs and promote by hand if this version should "
+                            f"serve (tiering promote {version} --reason ...)"
+                        ],
                     )
             # Not reasons to refuse the model, but nobody should promote it without reading them.
             decision.reasons.extend(f"warning: {w}" for w in outcome.bundle.cutoffs.warnings)

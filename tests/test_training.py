@@ -12,10 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tiering.config import MlflowConfig, SplitConfig, TrainingConfig, load_config
-from training.evaluate import expected_calibration_error, tier_backtest
+from tiering.config import MlflowConfig, TrainingConfig, load_config
+from training.evaluate import expected_calibration_error
 from training.fit import choose_calibrator, conformal_interval
-from training.split import SplitError, time_split
 
 from support import FAST_TRAINING, training_config, write_small_demo
 
@@ -25,32 +24,6 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_small_demo(tmp_path_factory.mktemp("demo"))
-
-
-# --------------------------------------------------------------------------- split
-def deals_over(months: int, per_month: int = 30) -> pd.DataFrame:
-    dates = pd.date_range("2024-01-01", periods=months * per_month, freq=f"{30 * 24 // per_month}h")
-    return pd.DataFrame({"as_of": dates, "won": np.arange(len(dates)) % 3 == 0})
-
-
-def test_split_is_ordered_in_time_and_cut_on_month_starts() -> None:
-    deals = deals_over(24)
-    split = time_split(deals, SplitConfig(test_share=0.2, calibration_share=0.15))
-    assert split.train["as_of"].max() < split.calibration_start <= split.calibration["as_of"].min()
-    assert split.calibration["as_of"].max() < split.test_start <= split.test["as_of"].min()
-    for cut in (split.calibration_start, split.test_start):
-        assert cut == cut.normalize() and cut.day == 1
-    assert len(split.train) + len(split.calibration) + len(split.test) == len(deals)
-    assert abs(len(split.test) / len(deals) - 0.2) < 0.05
-    assert abs(len(split.calibration) / len(deals) - 0.15) < 0.05
-
-
-def test_split_refuses_deals_from_too_few_months() -> None:
-    deals = pd.DataFrame(
-        {"as_of": pd.to_datetime(["2024-01-03", "2024-01-09", "2024-01-20"]), "won": [1, 0, 1]}
-    )
-    with pytest.raises(SplitError, match="months"):
-        time_split(deals, SplitConfig())
 
 
 # --------------------------------------------------------------------------- calibration, range
@@ -82,22 +55,6 @@ def test_ece_uses_equal_mass_bins() -> None:
     y = np.r_[np.zeros(810), np.ones(90), np.ones(90), np.zeros(10)]
     assert expected_calibration_error(y, p) == pytest.approx(0.0)
     assert expected_calibration_error(y, np.clip(p + 0.05, 0, 1)) == pytest.approx(0.05)
-
-
-def test_tier_backtest_lift_is_revenue_share_over_account_share() -> None:
-    tiers = pd.DataFrame({"account_id": list("abcde"), "tier": [1, 2, 2, 3, 3]})
-    deals = pd.DataFrame(
-        {
-            "account_id": list("aabce"),
-            "won": [1, 0, 1, 0, 1],
-            "amount": [600.0, np.nan, 300.0, np.nan, 100.0],
-        }
-    )
-    table = tier_backtest(tiers, deals).set_index("tier")
-    assert table.loc[1, "revenue_share"] == pytest.approx(0.6)
-    assert table.loc[1, "lift"] == pytest.approx(0.6 / 0.2)
-    assert table.loc[1, "win_rate"] == pytest.approx(0.5)
-    assert table["won_revenue"].sum() == pytest.approx(1000.0)
 
 
 # --------------------------------------------------------------------------- the pipeline

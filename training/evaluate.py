@@ -1,20 +1,22 @@
-"""Evaluation on the test slice: discrimination, calibration, deal value, and a tier backtest
-(tiers as of the test window's start against the revenue won in the window); on demo data the
-same figures for the generator's ground truth, so "good" has a ceiling to be measured against.
+"""Evaluation on the test snapshots: discrimination and calibration of P(convert in H), the
+revenue model, and the revenue captured by the top accounts and by Tier 1 under the model's
+ranking beside the naive account rankings (and, on demo data, the generator's truth).
 
 Definitions (what the numbers mean):
 - ECE: expected calibration error over 10 *equal-mass* bins of the predicted probability
-  (cut at its deciles, so each bin holds ~10 % of the deals; tied probabilities share a bin): sum over bins of (deals in bin / deals) x |mean
-  predicted - observed win rate|. Equal mass rather than equal width because win
-  probabilities crowd into a narrow range; equal-width bins would be mostly empty.
-- Tier 1 capture: the share of the test window's won revenue booked by accounts that were in
-  Tier 1 when the window began. Lift of a tier: its share of won revenue / its share of
-  accounts (1 = no better than chance).
-- Truth (demo only): AUC of the true win probabilities on the same test deals; the truth's
-  Tier 1 is the tier policy run on the true expected values at the snapshot equal to the test
-  start (same ICP fit, evidence and gates as the model's run), so the comparison isolates the
-  model. "Top by EV" compares rankings without the policy: the model's Tier 1 headcount of
-  accounts with the highest expected value (model's, truth's, or the segment baseline's).
+  (cut at its deciles, so each bin holds ~10 % of the rows; tied probabilities share a bin):
+  sum over bins of (rows in bin / rows) x |mean predicted - observed rate|. Equal mass rather
+  than equal width because probabilities crowd into a narrow range; equal-width bins would be
+  mostly empty.
+- Capture at the top k %: the share of the won revenue booked in the H days after a test date
+  by the k % of accounts a ranking puts on top as of that date (ties share a seat), averaged
+  over the test dates.
+- Tier 1 (policy gates): Tier 1's seats filled by a ranking among the accounts the ICP and
+  evidence gates admit, so the model's tiers and a naive ranking meet under the same rule. Lift
+  of a tier: its share of the won revenue / its share of the accounts (1 = no better than
+  chance).
+- Truth (demo only): the generator's expected won revenue in H for the same accounts and dates
+  (``demo.truth.horizon_truth``), ranked like the others.
 """
 
 from __future__ import annotations
@@ -103,53 +105,6 @@ def value_metrics(
         inside = (amount >= np.asarray(p10)) & (amount <= np.asarray(p90))
         out["coverage_p10_p90"] = float(inside.mean()) if len(amount) else float("nan")
     return out
-
-
-# --------------------------------------------------------------------------- tiers
-def tier_backtest(tiers: pd.DataFrame, deals: pd.DataFrame) -> pd.DataFrame:
-    """Per tier: accounts, closed deals, won deals, win rate, won revenue, share of the won
-    revenue, share of accounts and lift (revenue share / account share).
-
-    tiers: ``account_id``, ``tier`` (every account scored); deals: the window's closed deals
-    (``account_id``, ``won``, ``amount``).
-    """
-    tier_of = pd.Series(tiers["tier"].to_numpy(), index=tiers["account_id"].astype(str))
-    deal_tier = deals["account_id"].astype(str).map(tier_of)
-    revenue = np.where(
-        deals["won"].to_numpy() == 1, deals["amount"].fillna(0).to_numpy(dtype=float), 0.0
-    )
-    frame = pd.DataFrame(
-        {"tier": deal_tier.to_numpy(), "won": deals["won"].to_numpy(), "revenue": revenue}
-    )
-    per_tier = frame.groupby("tier").agg(
-        deals=("won", "size"), won=("won", "sum"), won_revenue=("revenue", "sum")
-    )
-    accounts = tiers.groupby("tier").size().rename("accounts")
-    table = pd.concat([accounts, per_tier], axis=1).reindex([1, 2, 3]).fillna(0)
-    table.index.name = "tier"
-    total_revenue = table["won_revenue"].sum()
-    total_accounts = table["accounts"].sum()
-    table["win_rate"] = table["won"] / table["deals"].where(table["deals"] > 0)
-    table["revenue_share"] = table["won_revenue"] / total_revenue if total_revenue > 0 else np.nan
-    table["account_share"] = table["accounts"] / total_accounts if total_accounts > 0 else np.nan
-    table["lift"] = table["revenue_share"] / table["account_share"].where(
-        table["account_share"] > 0
-    )
-    return table.reset_index()
-
-
-def top_accounts_capture(score: pd.Series, deals: pd.DataFrame, n_top: int) -> float:
-    """Share of the deals' won revenue booked by the ``n_top`` accounts with the highest
-    ``score`` (indexed by account_id); ties broken by account id for determinism."""
-    ranked = score.rename("score").rename_axis("account_id").reset_index()
-    ranked["account_id"] = ranked["account_id"].astype(str)
-    ranked = ranked.sort_values(["score", "account_id"], ascending=[False, True], kind="stable")
-    top = set(ranked["account_id"].head(n_top))
-    won = deals[deals["won"].to_numpy() == 1]
-    total = float(won["amount"].fillna(0).sum())
-    if total <= 0:
-        return float("nan")
-    return float(won.loc[won["account_id"].astype(str).isin(top), "amount"].fillna(0).sum() / total)
 
 
 # --------------------------------------------------------------------------- accounts

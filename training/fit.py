@@ -536,12 +536,6 @@ def fit_revenue(
     return model, table, segment, notes
 
 
-def won_with_amount(frame: pd.DataFrame) -> np.ndarray:
-    """Mask of won deals with a positive amount."""
-    amount = pd.to_numeric(frame["amount"], errors="coerce").to_numpy(dtype=float)
-    return (frame["won"].to_numpy() == 1) & np.isfinite(amount) & (amount > 0)
-
-
 def fit_models(
     train: pd.DataFrame,
     calibration: pd.DataFrame,

@@ -78,3 +78,25 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
             indent=2,
         )
     )
+
+
+def demo_config(root: Path, paths: dict[str, Path]) -> Any:
+    """The repository's demo config pointed at a demo export the benchmark wrote into ``root``
+    (``paths`` as ``demo.write_demo`` returns them), with the account snapshot beside it."""
+    from tiering.config import load_config
+
+    base = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.toml")
+    data = base.data.model_copy(
+        update={
+            "accounts": base.data.accounts.model_copy(update={"path": paths["accounts"]}),
+            "opportunities": base.data.opportunities.model_copy(
+                update={"path": paths["opportunities"]}
+            ),
+            "activities": base.data.activities.model_copy(update={"path": paths["activities"]})
+            if base.data.activities is not None
+            else None,
+            "truth_dir": paths["accounts"].parent / "truth",
+        }
+    )
+    scoring = base.scoring.model_copy(update={"snapshot": root / "snapshot.parquet"})
+    return base.model_copy(update={"data": data, "scoring": scoring})

@@ -36,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks._util import print_table
+from benchmarks._util import demo_config, print_table
 
 SECONDS = float(os.environ.get("BENCH_LOAD_SECONDS", "20"))
 ACCOUNTS_PER_REQUEST = 100
@@ -89,29 +89,12 @@ def _deployment(root: Path) -> tuple[Path, Path, list[str]]:
     from features.demo import write_demo
     from serving.batch import score_accounts
     from tiering.bundle import Bundle
-    from tiering.config import load_config
     from training.pipeline import fit_and_evaluate
 
     paths = write_demo(root / "data", n_accounts=N_DEMO_ACCOUNTS, seed=7, workers=1)
-    base = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.toml")
-    data = base.data.model_copy(
-        update={
-            "accounts": base.data.accounts.model_copy(update={"path": paths["accounts"]}),
-            "opportunities": base.data.opportunities.model_copy(
-                update={"path": paths["opportunities"]}
-            ),
-            "activities": base.data.activities.model_copy(update={"path": paths["activities"]})
-            if base.data.activities is not None
-            else None,
-            "truth_dir": root / "data" / "truth",
-        }
-    )
-    config = base.model_copy(
-        update={
-            "data": data,
-            "training": base.training.model_copy(update={"n_jobs": 2}),
-            "scoring": base.scoring.model_copy(update={"snapshot": root / "snapshot.parquet"}),
-        }
+    config = demo_config(root, paths)
+    config = config.model_copy(
+        update={"training": config.training.model_copy(update={"n_jobs": 2})}
     )
     bundle = fit_and_evaluate(config).bundle
     bundle.metadata["model_version"] = "bench"

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks._util import median_time, peak_rss_mib, print_table, run_isolated
+from benchmarks._util import demo_config, median_time, peak_rss_mib, print_table, run_isolated
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = os.environ.get("BENCH_SERVING_QUICK") == "1"
@@ -73,30 +73,16 @@ API_KEY = "bench-key"
 
 def _config(root: Path) -> Any:
     from demo import write_demo
-    from tiering.config import load_config
 
-    base = load_config(ROOT / "configs" / "demo.toml")
     paths = write_demo(root / "data", n_accounts=N_DEMO_ACCOUNTS, seed=11, dirt_rate=0.02)
-    data = base.data.model_copy(
-        update={
-            "accounts": base.data.accounts.model_copy(update={"path": paths["accounts"]}),
-            "opportunities": base.data.opportunities.model_copy(
-                update={"path": paths["opportunities"]}
-            ),
-            "activities": base.data.activities.model_copy(update={"path": paths["activities"]})
-            if base.data.activities is not None
-            else None,
-            "truth_dir": root / "data" / "truth",
-        }
-    )
-    mlflow = base.mlflow.model_copy(
+    config = demo_config(root, paths)
+    mlflow = config.mlflow.model_copy(
         update={
             "tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
             "artifact_location": str(root / "artifacts"),
         }
     )
-    scoring = base.scoring.model_copy(update={"snapshot": root / "snapshot.parquet"})
-    return base.model_copy(update={"data": data, "mlflow": mlflow, "scoring": scoring})
+    return config.model_copy(update={"mlflow": mlflow})
 
 
 def _resample(features: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:

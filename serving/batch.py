@@ -42,6 +42,7 @@ from tiering.config import Config
 if TYPE_CHECKING:
     from features.icp import IcpPatterns
     from serving.tier_changes import RunHistory
+    from tiering.capacity import CapacityPlan, GroupedTiers
     from tiering.policy import TierAssignment
 
 CRM_COLUMNS = (
@@ -121,6 +122,7 @@ def score_accounts(
     out = Path(out)
     snapshot_path = Path(snapshot) if snapshot is not None else config.scoring.snapshot
     history = _run_history(config, bundle, when, tables.accounts)
+    plan = _capacity_plan(config, bundle, features, tables.accounts)
     with atomic_outputs([out, crm_path(out), snapshot_path]) as (out_tmp, crm_tmp, snap_tmp):
         scores, cutoffs_used = write_scores(
             bundle,
@@ -133,6 +135,7 @@ def score_accounts(
             top_reasons=config.scoring.top_reasons,
             progress=lambda done: report("reasons", done, len(features)),
             history=history,
+            capacity=plan,
         )
         report("write", 1, 3)
         write_snapshot(
@@ -169,6 +172,24 @@ def _run_history(
         model_version=bundle.version,
         policy=bundle.policy,
     )
+
+
+def _capacity_plan(
+    config: Config, bundle: Bundle, features: pd.DataFrame, accounts: pd.DataFrame
+) -> CapacityPlan | None:
+    from tiering.capacity import plan_capacity, read_reps
+
+    cap = config.capacity
+    if cap.within == "global" and cap.elevation_share <= 0:
+        return None
+    keyed = accounts.drop_duplicates("account_id").set_index(accounts["account_id"].astype(str))
+    ids = features["account_id"].astype(str)
+
+    def column(name: str) -> pd.Series | None:
+        return keyed[name].reindex(ids) if name in keyed else None
+
+    reps = read_reps(cap.reps) if cap.reps is not None else None
+    return plan_capacity(column("owner"), column("territory"), cap, bundle.policy, reps)
 
 
 def _scoring_date(
@@ -208,15 +229,27 @@ class TieredPopulation:
     icp: IcpPatterns
     """ICP fit of every account, labels kept per pattern until a chunk's texts need them."""
     assignment: TierAssignment
+    grouped: GroupedTiers | None = None
+    """Tiers within owners or territories ([capacity]); None for the global policy."""
 
     @property
     def cutoffs_used(self) -> str:
+        if self.grouped is not None:
+            from tiering.capacity import describe_plan
+
+            return describe_plan(self.grouped)
         return self.assignment.describe_cutoffs()
 
 
-def tier_population(bundle: Bundle, features: pd.DataFrame, chunk_size: int) -> TieredPopulation:
+def tier_population(
+    bundle: Bundle,
+    features: pd.DataFrame,
+    chunk_size: int,
+    capacity: CapacityPlan | None = None,
+) -> TieredPopulation:
     """``tiering.scoring.score(population=True)`` without the texts: the model runs chunk by
-    chunk, the tiers are assigned once over every account."""
+    chunk, the tiers are assigned once over every account (within the groups of
+    ``capacity``, when given)."""
     from features.icp import IcpPatterns, icp_patterns
     from tiering.scoring import OUTPUT_COLUMNS, model_version, rank, tier
 
@@ -230,12 +263,27 @@ def tier_population(bundle: Bundle, features: pd.DataFrame, chunk_size: int) -> 
         parts.append(part)
         fits.append(fit)
     scored = pd.concat(parts)
-    assignment = tier(scored, bundle, population=True)
+    grouped = None
+    if capacity is None:
+        assignment = tier(scored, bundle, population=True)
+        described: Any = assignment.describe_cutoffs()
+    else:
+        from tiering.capacity import assign_within
+
+        grouped = assign_within(
+            scored["priority"].to_numpy(dtype=np.float64),
+            scored["icp_fit"].to_numpy(dtype=np.float64),
+            scored["evidence"].to_numpy(dtype=np.float64),
+            bundle.policy,
+            capacity,
+        )
+        assignment = grouped.assignment
+        described = grouped.describe_rows()
     scored["tier"] = assignment.tier.astype(np.int64)
     scored["tier_rule"] = assignment.rule
-    scored["cutoffs_used"] = assignment.describe_cutoffs()
+    scored["cutoffs_used"] = described
     scored["model_version"] = model_version(bundle)
-    return TieredPopulation(scored[OUTPUT_COLUMNS], IcpPatterns.concat(fits), assignment)
+    return TieredPopulation(scored[OUTPUT_COLUMNS], IcpPatterns.concat(fits), assignment, grouped)
 
 
 def scored_chunks(
@@ -280,15 +328,34 @@ def _phrased(
     """The scores of ``rows`` with every text field."""
     part = population.scores.iloc[rows]
     fit = population.icp.rows(rows)
-    text = _chunk_reasons(
-        bundle,
-        features.iloc[rows],
-        part,
-        fit.shared_missed(),
-        population.assignment,
-        rows,
-        top,
-    )
+    if population.grouped is None:
+        text = _chunk_reasons(
+            bundle,
+            features.iloc[rows],
+            part,
+            fit.shared_missed(),
+            population.assignment,
+            rows,
+            top,
+        )
+    else:
+        from tiering.capacity import grouped_reasons
+
+        text = grouped_reasons(
+            population.grouped,
+            population.assignment,
+            rows,
+            fit.shared_missed(),
+            lambda sub, assignment, missed: _chunk_reasons(
+                bundle,
+                features.iloc[rows].iloc[sub],
+                part.iloc[sub],
+                missed,
+                assignment,
+                slice(None),
+                top,
+            ),
+        )
     met, missed = fit.label_lists()
     return part.assign(
         headline=text["headline"].to_numpy(),
@@ -338,12 +405,13 @@ def write_scores(
     progress: Callable[[int], None] = lambda done: None,
     reason_chunk_size: int = REASON_CHUNK_SIZE,
     history: RunHistory | None = None,
+    capacity: CapacityPlan | None = None,
 ) -> tuple[pd.DataFrame, str]:
     """Score the whole list and stream the scores and the CRM rows to disk chunk by chunk, so
     the reason texts of only one chunk are ever in memory. Returns the scores without the
     texts (``tiering.scoring.OUTPUT_COLUMNS``) and the cut-offs used. With ``history``, the
     tiers are those of the stability policy and every row says how its tier changed."""
-    population = tier_population(bundle, features, chunk_size)
+    population = tier_population(bundle, features, chunk_size, capacity)
     if history is not None:
         population = history.prepare(population)
     with _ChunkWriter(scores_path, csv=like.suffix.lower() == ".csv") as writer:

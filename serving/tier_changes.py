@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from serving.history import TYPED_COLUMNS, HistoryStore, RunRecord
+from tiering.capacity import Pin, PinnedTiers, stabilise_within
 from tiering.config import Config, TierPolicy
 from tiering.stability import (
     CHANGE_GATE,
@@ -26,7 +27,6 @@ from tiering.stability import (
     StableTiers,
     change_texts,
     is_review,
-    stabilise,
 )
 
 if TYPE_CHECKING:
@@ -78,6 +78,43 @@ class RunHistory:
         self.previous_drivers: dict[str, dict[str, float]] = {}
         self.previous_cutoffs: tuple[float | None, float | None] | None = None
         self.parts: list[pd.DataFrame] = []
+        self.pinned: PinnedTiers | None = None
+        self.position: dict[str, int] = {}
+        self.pin_tiers: dict[str, int] = {}
+        self.elevations: dict[int, Pin] = {}
+        """Positions elevated by intent signals this run (set before :meth:`prepare`)."""
+        self.ended_elevations: dict[str, str] = {}
+        """Elevations of the previous run that expired by this run (set before prepare)."""
+
+    def _pins(
+        self, ids: np.ndarray, prev_run: pd.Series | None, base_tier: np.ndarray
+    ) -> tuple[dict[int, Pin], dict[int, str]]:
+        """Overrides in force on this run's date (and elevations), and the pins of the
+        previous run that ended since."""
+        from serving.overrides import active_overrides, ended_overrides
+
+        self.position = {a: i for i, a in enumerate(ids)}
+        day = self.as_of.date()
+        pins: dict[int, Pin] = dict(self.elevations)
+        for o in active_overrides(self.store, today=day):
+            pos = self.position.get(o.account_id)
+            if pos is not None:
+                pins[pos] = Pin(o.tier, o.describe(), "override")
+                self.pin_tiers[o.account_id] = o.tier
+        ended: dict[int, str] = {}
+        if prev_run is not None:
+            gone = ended_overrides(
+                self.store,
+                since_as_of=pd.Timestamp(prev_run["as_of"]).date(),
+                since=prev_run["created_at"],
+                as_of=day,
+            )
+            gone.update(self.ended_elevations)
+            for account, text in gone.items():
+                pos = self.position.get(account)
+                if pos is not None and pos not in pins:
+                    ended[pos] = text
+        return pins, ended
 
     # --------------------------------------------------------------------- the policy
     def prepare(self, population: TieredPopulation) -> TieredPopulation:
@@ -105,14 +142,20 @@ class RunHistory:
         ids = scores["account_id"].astype(str).to_numpy()
         previous = Previous.align(list(ids), prev_rows)
         base = population.assignment
-        stable = stabilise(
+        pins, ended = self._pins(ids, prev_run, base.tier)
+        pinned = stabilise_within(
             scores["priority"].to_numpy(dtype=np.float64),
             base.ceiling,
             base.tier,
             previous,
             self.config.stability,
             review=review,
+            group=population.grouped.plan.group if population.grouped is not None else None,
+            pins=pins,
+            ended=ended,
         )
+        stable = pinned.stable
+        self.pinned = pinned
         self.stable = stable
         since = pd.Series(self.as_of, index=ids)
         if prev_rows is not None:
@@ -158,6 +201,16 @@ class RunHistory:
         code = extra["change_code"].to_numpy(dtype=object)
         tier = chunk["tier"].to_numpy(dtype=np.int64)
         prev_tier = extra["previous_tier"].fillna(0).to_numpy(dtype=np.int64)
+        pos = [self.position[a] for a in ids]
+        pin_text = [self.pinned.pin_text[p] for p in pos] if self.pinned is not None else None
+        account_cutoffs = (
+            [
+                tuple(None if not np.isfinite(c) else float(c) for c in self.pinned.cutoffs[p])
+                for p in pos
+            ]
+            if self.pinned is not None
+            else None
+        )
         reason = change_texts(
             code,
             tier,
@@ -169,6 +222,8 @@ class RunHistory:
             previous_drivers=prev_drivers,
             gate_text=self._gate_texts(chunk, code, tier, prev_tier),
             previous_cutoffs=self.previous_cutoffs,
+            pin_text=pin_text,
+            account_cutoffs=account_cutoffs,  # type: ignore[arg-type]  # pairs of floats
         )
         out = chunk.assign(
             base_tier=extra["base_tier"].to_numpy(),
@@ -177,12 +232,15 @@ class RunHistory:
             change_reason=reason,
         )
         hold = extra["hold"].to_numpy(dtype=bool)
-        if "tier_rule_text" in out and hold.any():
+        pinned = self.pinned.pinned[pos] if self.pinned is not None else np.zeros(len(ids), bool)
+        if "tier_rule_text" in out and (hold.any() or pinned.any()):
             notes = out["tier_rule_text"].to_numpy(dtype=object).copy()
             for i in np.flatnonzero(hold):
                 notes[i] = (
                     f"{notes[i]}; {self._hold_note(int(tier[i]), int(extra['base_tier'].iloc[i]))}"
                 )
+            for i in np.flatnonzero(pinned):
+                notes[i] = f"Tier {int(tier[i])} by {pin_text[i]}"  # type: ignore[index]
             out["tier_rule_text"] = notes
         self.parts.append(self._rows(out, extra, drivers))
         return out

@@ -19,6 +19,7 @@ from features.config import (
     IcpConfig,
     LeakageConfig,
     StrictModel,
+    TableSource,
 )
 
 ValueObjective = Literal["log_l2", "gamma", "tweedie"]
@@ -239,6 +240,46 @@ class StabilityConfig(StrictModel):
     )
 
 
+class CapacityConfig(StrictModel):
+    """Tiers within each rep's book or each territory instead of across the whole list
+    (``tiering.capacity``). The rule for accounts without an owner (or territory) is
+    ``unowned``; a run reports how many there were."""
+
+    within: Literal["global", "owner", "territory"] = Field(
+        "global",
+        description="global: one ranking of the whole list ([tiers] as configured); owner: each "
+        "owner's Tier 1 / Tier 2 hold at most that rep's capacity, filled by priority among the "
+        "owner's accounts; territory: [tiers] method applied inside each territory (quantile "
+        "shares of the territory, or the capacity of the territory's reps).",
+    )
+    tier1_per_rep: int = Field(
+        25, ge=0, description="Tier 1 accounts a rep serves unless the reps table says otherwise."
+    )
+    tier2_per_rep: int = Field(
+        150, ge=0, description="Tier 2 accounts a rep serves unless the reps table says otherwise."
+    )
+    reps: TableSource | None = Field(
+        None,
+        description="Optional reps table (owner, territory, tier1_capacity, tier2_capacity; "
+        "mapped like the other tables). Without it every owner of the account list is a rep "
+        "with the default capacities.",
+    )
+    unowned: Literal["pool", "tier3"] = Field(
+        "pool",
+        description="Accounts without an owner (within = owner) or territory (within = "
+        "territory): pool = one extra group '(unowned)' tiered like a rep with the default "
+        "capacity (territory: the [tiers] policy over the pool); tier3 = no rep serves them, "
+        "so they stay in Tier 3 until assigned.",
+    )
+    elevation_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of each group's Tier 1 seats reserved for intent-based elevations "
+        "([elevation]); the policy fills the rest.",
+    )
+
+
 class Config(StrictModel):
     name: str = "account-tiering"
     data: DataConfig
@@ -252,6 +293,7 @@ class Config(StrictModel):
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     history: HistoryConfig = Field(default_factory=HistoryConfig)
     stability: StabilityConfig = Field(default_factory=StabilityConfig)
+    capacity: CapacityConfig = Field(default_factory=CapacityConfig)
 
 
 class ConfigError(ValueError):
@@ -288,4 +330,10 @@ def resolve_paths(config: Config, base: Path) -> Config:
     }
     if data.truth_dir is not None:
         sources["truth_dir"] = resolve(data.truth_dir)  # type: ignore[assignment]  # a Path, not a source
-    return config.model_copy(update={"data": data.model_copy(update=sources)})
+    update: dict[str, object] = {"data": data.model_copy(update=sources)}
+    reps = config.capacity.reps
+    if reps is not None:
+        update["capacity"] = config.capacity.model_copy(
+            update={"reps": reps.model_copy(update={"path": resolve(reps.path)})}
+        )
+    return config.model_copy(update=update)

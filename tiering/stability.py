@@ -52,6 +52,8 @@ CHANGE_DISPLACED = "displaced"
 CHANGE_VACANCY = "vacancy"
 CHANGE_RERANK = "rerank"
 CHANGE_PIN = "pinned"
+CHANGE_SEAT_TO_PIN = "seat_to_pin"
+CHANGE_PIN_ENDED = "pin_ended"
 CHANGE_CODES = (
     CHANGE_NEW,
     CHANGE_REVIEW,
@@ -62,12 +64,15 @@ CHANGE_CODES = (
     CHANGE_VACANCY,
     CHANGE_RERANK,
     CHANGE_PIN,
+    CHANGE_SEAT_TO_PIN,
+    CHANGE_PIN_ENDED,
 )
 """Why a tier changed: new to the list; re-ranked at a review; its priority passed the next
 cut-off by more than the change margin (up or down); a gate (ICP fit, evidence) opened or
 closed; pushed down because its tier's seats were taken; moved up to fill a freed seat;
 re-ranked with no stability policy (priority against this run's cut-offs); pinned by an
-override or an elevation."""
+override or an elevation; its seat went to an override (capacity holds); an override or
+elevation ended and the account is back at the tier the policy gives it."""
 
 HOLD = "held"
 """The code of an account whose tier differs from its base tier because the policy kept it."""
@@ -325,6 +330,9 @@ _CAUSES = {
     CHANGE_VACANCY: "filled a seat freed in its tier (capacity holds)",
     CHANGE_RERANK: "re-ranked against this run's cut-offs",
     CHANGE_PIN: "pinned",
+    CHANGE_SEAT_TO_PIN: "its seat went to a rep override into Tier 1 (capacity holds; it was "
+    "the lowest-priority Tier 1 account of its group without an override)",
+    CHANGE_PIN_ENDED: "an override or elevation ended; back at the tier the policy gives it",
 }
 
 
@@ -341,10 +349,12 @@ def change_texts(
     gate_text: Sequence[str] | None = None,
     pin_text: Sequence[str] | None = None,
     previous_cutoffs: tuple[float | None, float | None] | None = None,
+    account_cutoffs: Sequence[tuple[float | None, float | None]] | None = None,
 ) -> list[str]:
     """One sentence per account that names why its tier changed ("" where it did not): the
     cause, the priority against the cut-off it crossed, a cut-off move, and the drivers whose
-    contributions moved most."""
+    contributions moved most. ``account_cutoffs`` gives each account its own group's
+    cut-offs (tiers within owners or territories)."""
     out: list[str] = []
     for i, code in enumerate(change):
         if not code:
@@ -354,7 +364,7 @@ def change_texts(
         cause = _CAUSES[code]
         if code == CHANGE_GATE and gate_text is not None and gate_text[i]:
             cause = gate_text[i]
-        if code == CHANGE_PIN and pin_text is not None and pin_text[i]:
+        if code in (CHANGE_PIN, CHANGE_PIN_ENDED) and pin_text is not None and pin_text[i]:
             cause = pin_text[i]
         if code == CHANGE_NEW:
             out.append(f"Tier {now}: {cause}")
@@ -369,7 +379,7 @@ def change_texts(
             )
         parts = [f"Tier {before} -> {now}: {cause}"]
         which = 0 if min(now, before) == 1 else 1
-        cut = cutoffs[which]
+        cut = cutoffs[which] if account_cutoffs is None else account_cutoffs[i][which]
         p_now, p_before = float(priority[i]), float(previous_priority[i])
         if cut is not None and np.isfinite(p_now):
             seg = (

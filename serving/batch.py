@@ -76,6 +76,10 @@ class BatchResult:
     as_of: pd.Timestamp
     model_version: str
     cutoffs_used: str
+    capacity_warnings: tuple[str, ...] | None = None
+    """With [capacity] within owner or territory: the groups' warnings (None: global)."""
+    books: pd.DataFrame | None = None
+    """Owner and territory of each scored account (same order as ``scores``)."""
 
 
 def crm_path(out: Path) -> Path:
@@ -146,6 +150,7 @@ def score_accounts(
         if history is not None:
             history.commit()
         report("write", 3, 3)
+    grouped = _write_group_cutoffs(plan, bundle, scores, snapshot_path, when)
     return BatchResult(
         scores=scores,
         output=out,
@@ -154,6 +159,12 @@ def score_accounts(
         as_of=when,
         model_version=bundle.version,
         cutoffs_used=cutoffs_used,
+        capacity_warnings=(
+            None
+            if grouped is None or grouped.plan.within == "global"
+            else tuple(grouped.assignment.warnings)
+        ),
+        books=_books(tables.accounts, scores["account_id"]),
     )
 
 
@@ -182,7 +193,8 @@ def _capacity_plan(
     cap = config.capacity
     if cap.within == "global" and cap.elevation_share <= 0:
         return None
-    keyed = accounts.drop_duplicates("account_id").set_index(accounts["account_id"].astype(str))
+    unique = accounts.drop_duplicates("account_id")
+    keyed = unique.set_index(unique["account_id"].astype(str))
     ids = features["account_id"].astype(str)
 
     def column(name: str) -> pd.Series | None:
@@ -190,6 +202,37 @@ def _capacity_plan(
 
     reps = read_reps(cap.reps) if cap.reps is not None else None
     return plan_capacity(column("owner"), column("territory"), cap, bundle.policy, reps)
+
+
+def _write_group_cutoffs(
+    plan: CapacityPlan | None,
+    bundle: Bundle,
+    scores: pd.DataFrame,
+    snapshot: Path,
+    when: pd.Timestamp,
+) -> GroupedTiers | None:
+    """The groups' cut-offs beside the snapshot, for single online requests."""
+    from serving.group_cutoffs import write_group_cutoffs
+    from tiering.capacity import assign_within
+
+    grouped = None
+    if plan is not None:
+        grouped = assign_within(
+            scores["priority"].to_numpy(dtype=np.float64),
+            scores["icp_fit"].to_numpy(dtype=np.float64),
+            scores["evidence"].to_numpy(dtype=np.float64),
+            bundle.policy,
+            plan,
+        )
+    write_group_cutoffs(grouped, scores["account_id"].to_numpy(), snapshot, when)
+    return grouped
+
+
+def _books(accounts: pd.DataFrame, ids: pd.Series) -> pd.DataFrame:
+    unique = accounts.drop_duplicates("account_id")
+    keyed = unique.set_index(unique["account_id"].astype(str))
+    cols = [c for c in ("owner", "territory") if c in keyed]
+    return keyed[cols].reindex(ids.astype(str)).reset_index(drop=True)
 
 
 def _scoring_date(

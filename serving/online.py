@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from features.config import FeatureConfig
+from serving.group_cutoffs import GroupCutoffsCache
 from serving.model_loader import LoadedModel
 from serving.request_features import RequestFeatures
 from serving.schemas import (
@@ -54,6 +55,7 @@ class OnlineScorer:
         self.top_reasons = top_reasons
         self.features = RequestFeatures(self.bundle, feature_config)
         self.snapshots = SnapshotCache(snapshot_path)
+        self.groups = GroupCutoffsCache(snapshot_path)
         # A damaged snapshot at startup is a reason not to start (SnapshotError).
         self.snapshots.load()
 
@@ -102,14 +104,29 @@ class OnlineScorer:
         from tiering.scoring import score
 
         features, sources = self.features.rows(accounts, self.snapshots.current())
-        scored = score(
-            self.bundle, features, reasons=reasons, population=False, top_reasons=self.top_reasons
-        )
+        groups = self.groups.current()
+        if groups is not None:
+            from serving.online_groups import score_in_groups
+
+            scored = score_in_groups(
+                self.bundle, features, accounts, groups, reasons=reasons, top=self.top_reasons
+            )
+        else:
+            scored = score(
+                self.bundle,
+                features,
+                reasons=reasons,
+                population=False,
+                top_reasons=self.top_reasons,
+            )
+        used = scored["cutoffs_used"].unique()
         return ScoreResponse(
             model_version=self.version,
-            cutoffs=self.cutoffs(str(scored["cutoffs_used"].iloc[0])),
+            cutoffs=self.cutoffs(
+                str(used[0]) if len(used) == 1 else "per account: see each account's cutoffs_used"
+            ),
             accounts=[
-                _account_score(row, source, reasons)
+                _account_score(row, source, reasons, grouped=groups is not None)
                 for row, source in zip(scored.to_dict("records"), sources, strict=True)
             ],
         )
@@ -120,14 +137,23 @@ class OnlineScorer:
 
         features, sources = self.features.rows([account], self.snapshots.current(), path="account")
         win_contrib, value_contrib = self.bundle.contributions(features)
+        groups = self.groups.current()
+        bundle = self.bundle
+        if groups is not None:
+            from serving.online_groups import bundle_for
+
+            bundle = bundle_for(self.bundle, groups, [account])[0]
         scored = score(
-            self.bundle,
+            bundle,
             features,
             reasons=True,
             population=False,
             top_reasons=self.top_reasons,
             contributions=(win_contrib, value_contrib),
         )
+        if groups is not None:
+            key = groups.group_of(account.account_id, account.owner, account.territory)
+            scored = scored.assign(cutoffs_used=groups.describe(key))
         every = drivers(
             features,
             win_contrib,
@@ -139,7 +165,9 @@ class OnlineScorer:
         return ExplainResponse(
             model_version=self.version,
             cutoffs=self.cutoffs(str(scored["cutoffs_used"].iloc[0])),
-            account=_account_score(scored.to_dict("records")[0], sources[0], True),
+            account=_account_score(
+                scored.to_dict("records")[0], sources[0], True, grouped=groups is not None
+            ),
             drivers=[Driver.model_validate(d) for d in every],
         )
 
@@ -181,7 +209,9 @@ def _finite_or_none(value: Any) -> float | None:
     return number if np.isfinite(number) else None
 
 
-def _account_score(row: Mapping[Any, Any], source: str, with_reasons: bool) -> AccountScore:
+def _account_score(
+    row: Mapping[Any, Any], source: str, with_reasons: bool, *, grouped: bool = False
+) -> AccountScore:
     tier = int(row["tier"])
     reasons = None
     if with_reasons:
@@ -215,4 +245,5 @@ def _account_score(row: Mapping[Any, Any], source: str, with_reasons: bool) -> A
         tier_name=TIER_NAMES[tier],
         tier_rule=str(row["tier_rule"]),
         reasons=reasons,
+        cutoffs_used=str(row["cutoffs_used"]) if grouped else None,
     )

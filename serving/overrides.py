@@ -195,12 +195,15 @@ def set_override(
     return Override(account, int(tier), text, name, now, until)
 
 
-def clear_override(store: HistoryStore, account_id: str, *, by: str) -> Override:
+def clear_override(
+    store: HistoryStore, account_id: str, *, by: str, today: dt.date | None = None
+) -> Override:
     """Clear the account's override in force (the record stays, marked cleared)."""
     name = (by or "").strip()
     if not name:
         raise OverrideError("by", "by: missing; give the name of who clears the override")
-    current = active_override(store, account_id)
+    day = _today(today)
+    current = active_override(store, account_id, today=day)
     if current is None:
         raise OverrideError(
             "account_id",
@@ -213,7 +216,7 @@ def clear_override(store: HistoryStore, account_id: str, *, by: str) -> Override
         with store.engine.begin() as conn:
             conn.execute(
                 update(OverrideRow)
-                .where((OverrideRow.account_id == current.account_id) & _in_force(_today(None)))
+                .where((OverrideRow.account_id == current.account_id) & _in_force(day))
                 .values(cleared_by=name, cleared_at=now)
             )
 

@@ -188,6 +188,10 @@ class AccountScore(BaseModel):
         description="priority, icp_gate, evidence_gate or icp_and_evidence_gate."
     )
     reasons: Reasons | None = None
+    cutoffs_used: str | None = Field(
+        default=None,
+        description="With tiers within owners or territories: whose cut-offs placed this account.",
+    )
 
 
 class ScoreResponse(BaseModel):

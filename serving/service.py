@@ -26,6 +26,12 @@ from fastapi import FastAPI
 from serving.account_history import AccountTimeline, history_response, service_store
 from serving.auth import ApiKeyMiddleware, listening_addresses, refuse_open_service
 from serving.online import OnlineScorer
+from serving.override_api import (
+    OverrideRequest,
+    OverrideResponse,
+    delete_override,
+    put_override,
+)
 from serving.request_features import RequestRejected
 from serving.schemas import (
     AccountRequest,
@@ -126,6 +132,19 @@ class TieringService:
     def account_history(self, account_id: str) -> AccountTimeline:
         """The account's tier in every recorded batch run, with why it changed."""
         return history_response(self.history, account_id)
+
+    @model_app.put("/accounts/{account_id}/override", response_model=OverrideResponse)
+    def set_override(self, account_id: str, body: OverrideRequest) -> OverrideResponse:
+        """Set a rep override (tier 1-3, reason, by, optional until); the next batch run
+        applies it after the policy."""
+        snapshot = self.scorer.snapshots.current()
+        ids = None if snapshot is None else snapshot.features.index
+        return put_override(self.history, ids, account_id, body)
+
+    @model_app.delete("/accounts/{account_id}/override", response_model=OverrideResponse)
+    def clear_override(self, account_id: str, by: str = "") -> OverrideResponse:
+        """Clear the account's override in force (``?by=NAME``); the record stays."""
+        return delete_override(self.history, account_id, by)
 
 
 # @bentoml.service turns the class into a Service object; mypy still sees the class.

@@ -185,6 +185,7 @@ class RunHistory:
             scores.assign(tier=tiers),
             population.icp,
             dataclasses.replace(base, tier=stable.tier.astype(np.int8)),
+            population.grouped,
         )
 
     # --------------------------------------------------------------------- per chunk

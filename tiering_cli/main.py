@@ -17,6 +17,7 @@ from tiering_cli import (
     history_cmd,
     icp_cmd,
     model_cmd,
+    override_cmd,
     report_cmd,
     score_cmd,
 )
@@ -51,6 +52,7 @@ app.command("serve")(score_cmd.serve)
 app.command("demo")(demo_cmd.demo)
 app.command("explain")(history_cmd.explain)
 app.add_typer(report_cmd.app, name="report")
+app.add_typer(override_cmd.app, name="override")
 
 if __name__ == "__main__":
     app()

@@ -59,6 +59,7 @@ def score(
     from serving.batch import score_accounts
     from serving.tier_changes import describe_run
     from tiering.policy import tier_shortfalls
+    from tiering_cli.capacity_view import book_breakdown
 
     cfg = read_config(config)
     with known_errors():
@@ -80,14 +81,21 @@ def score(
             except ValueError as exc:
                 raise fail(str(exc)) from None
     console.print(tier_summary(result.scores, title=f"Tiers as of {result.as_of.date()}"))
+    for breakdown in book_breakdown(result.scores, result.books):
+        console.print(breakdown)
     console.print(f"cut-offs: {result.cutoffs_used}")
-    for warning in tier_shortfalls(
-        result.scores["tier"],
-        result.scores["priority"],
-        result.scores["icp_fit"],
-        result.scores["evidence"],
-        loaded.bundle.policy,
-    ):
+    warnings = result.capacity_warnings
+    if warnings is None:
+        warnings = tuple(
+            tier_shortfalls(
+                result.scores["tier"],
+                result.scores["priority"],
+                result.scores["icp_fit"],
+                result.scores["evidence"],
+                loaded.bundle.policy,
+            )
+        )
+    for warning in warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     console.print(f"scores:   {result.output}\nCRM:      {result.crm}\nsnapshot: {result.snapshot}")
     with known_errors():

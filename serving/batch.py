@@ -127,6 +127,10 @@ def score_accounts(
     snapshot_path = Path(snapshot) if snapshot is not None else config.scoring.snapshot
     history = _run_history(config, bundle, when, tables.accounts)
     plan = _capacity_plan(config, bundle, features, tables.accounts)
+    if history is not None and config.elevation.enabled:
+        from serving.elevations import intent_signal_of
+
+        history.signal = intent_signal_of(config, tables.activities, features["account_id"], when)
     with atomic_outputs([out, crm_path(out), snapshot_path]) as (out_tmp, crm_tmp, snap_tmp):
         scores, cutoffs_used = write_scores(
             bundle,
@@ -191,7 +195,12 @@ def _capacity_plan(
     from tiering.capacity import plan_capacity, read_reps
 
     cap = config.capacity
-    if cap.within == "global" and cap.elevation_share <= 0:
+    reserved = (
+        config.elevation.reserved_share
+        if config.elevation.enabled and config.history.enabled
+        else 0.0
+    )
+    if cap.within == "global" and reserved <= 0:
         return None
     unique = accounts.drop_duplicates("account_id")
     keyed = unique.set_index(unique["account_id"].astype(str))
@@ -201,7 +210,9 @@ def _capacity_plan(
         return keyed[name].reindex(ids) if name in keyed else None
 
     reps = read_reps(cap.reps) if cap.reps is not None else None
-    return plan_capacity(column("owner"), column("territory"), cap, bundle.policy, reps)
+    return plan_capacity(
+        column("owner"), column("territory"), cap, bundle.policy, reps, reserved_share=reserved
+    )
 
 
 def _write_group_cutoffs(

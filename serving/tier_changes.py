@@ -20,6 +20,7 @@ import pandas as pd
 from serving.history import TYPED_COLUMNS, HistoryStore, RunRecord
 from tiering.capacity import Pin, PinnedTiers, stabilise_within
 from tiering.config import Config, TierPolicy
+from tiering.elevation import Elevation
 from tiering.stability import (
     CHANGE_GATE,
     HOLD,
@@ -81,13 +82,60 @@ class RunHistory:
         self.pinned: PinnedTiers | None = None
         self.position: dict[str, int] = {}
         self.pin_tiers: dict[str, int] = {}
-        self.elevations: dict[int, Pin] = {}
-        """Positions elevated by intent signals this run (set before :meth:`prepare`)."""
-        self.ended_elevations: dict[str, str] = {}
-        """Elevations of the previous run that expired by this run (set before prepare)."""
+        self.signal: pd.DataFrame | None = None
+        """This run's intent signal per account (``tiering.elevation.intent_signal``), set
+        before :meth:`prepare` when elevation is on."""
+        self.started: list[Elevation] = []
+        self.elevated: list[Elevation] = []
+        """Every elevation holding a seat this run (running and started)."""
+
+    def _elevations(
+        self, ids: np.ndarray, base_tier: np.ndarray, population: TieredPopulation
+    ) -> dict[int, Pin]:
+        """Running elevations and new ones in the free reserved seats of each group."""
+        from serving.elevations import running_elevations
+        from tiering.elevation import select_elevations
+
+        if self.signal is None:
+            return {}
+        grouped = population.grouped
+        group = grouped.plan.group if grouped is not None else np.full(ids.size, "all", object)
+        reserved = (
+            dict(zip(grouped.groups["group"], grouped.groups["reserved"], strict=True))
+            if grouped is not None
+            else {}
+        )
+        running = running_elevations(self.store, self.as_of.date())
+        pins: dict[int, Pin] = {}
+        taken: dict[str, int] = {}
+        for e in running:
+            pos = self.position.get(e.account_id)
+            if pos is not None:
+                self.elevated.append(e)
+                pins[pos] = Pin(1, e.describe(), "elevation")
+                taken[str(group[pos])] = taken.get(str(group[pos]), 0) + 1
+        free = {str(k): int(v) - taken.get(str(k), 0) for k, v in reserved.items()}
+        signal = self.signal.set_index("account_id").reindex(ids).reset_index()
+        self.started = select_elevations(
+            signal,
+            base_tier,
+            group,
+            free,
+            self.as_of,
+            self.config.elevation,
+            running={e.account_id for e in running},
+        )
+        for e in self.started:
+            pins[self.position[e.account_id]] = Pin(1, e.describe(), "elevation")
+        self.elevated.extend(self.started)
+        return pins
 
     def _pins(
-        self, ids: np.ndarray, prev_run: pd.Series | None, base_tier: np.ndarray
+        self,
+        ids: np.ndarray,
+        prev_run: pd.Series | None,
+        base_tier: np.ndarray,
+        population: TieredPopulation,
     ) -> tuple[dict[int, Pin], dict[int, str]]:
         """Overrides in force on this run's date (and elevations), and the pins of the
         previous run that ended since."""
@@ -95,7 +143,7 @@ class RunHistory:
 
         self.position = {a: i for i, a in enumerate(ids)}
         day = self.as_of.date()
-        pins: dict[int, Pin] = dict(self.elevations)
+        pins = self._elevations(ids, base_tier, population)
         for o in active_overrides(self.store, today=day):
             pos = self.position.get(o.account_id)
             if pos is not None:
@@ -109,7 +157,13 @@ class RunHistory:
                 since=prev_run["created_at"],
                 as_of=day,
             )
-            gone.update(self.ended_elevations)
+            if self.signal is not None:
+                from serving.elevations import ended_elevations as ended_elev
+
+                for account, text in ended_elev(
+                    self.store, pd.Timestamp(prev_run["as_of"]).date(), day
+                ).items():
+                    gone.setdefault(account, text)
             for account, text in gone.items():
                 pos = self.position.get(account)
                 if pos is not None and pos not in pins:
@@ -142,7 +196,7 @@ class RunHistory:
         ids = scores["account_id"].astype(str).to_numpy()
         previous = Previous.align(list(ids), prev_rows)
         base = population.assignment
-        pins, ended = self._pins(ids, prev_run, base.tier)
+        pins, ended = self._pins(ids, prev_run, base.tier, population)
         pinned = stabilise_within(
             scores["priority"].to_numpy(dtype=np.float64),
             base.ceiling,
@@ -241,8 +295,11 @@ class RunHistory:
                     f"{notes[i]}; {self._hold_note(int(tier[i]), int(extra['base_tier'].iloc[i]))}"
                 )
             for i in np.flatnonzero(pinned):
-                notes[i] = f"Tier {int(tier[i])} by {pin_text[i]}"  # type: ignore[index]
+                notes[i] = f"Tier {int(tier[i])}: {pin_text[i]}"  # type: ignore[index]
             out["tier_rule_text"] = notes
+        if self.signal is not None:
+            until = {e.account_id: e.until.date().isoformat() for e in self.elevated}
+            out = out.assign(elevated_until=[until.get(a, "") for a in ids])
         self.parts.append(self._rows(out, extra, drivers))
         return out
 
@@ -340,7 +397,12 @@ class RunHistory:
             cutoffs={"tier1": self.stable.cutoffs[0], "tier12": self.stable.cutoffs[1]},
             source=self.source,
         )
-        return self.store.record_run(run, self.parts)
+        run_id = self.store.record_run(run, self.parts)
+        if self.signal is not None:
+            from serving.elevations import record_elevations
+
+            record_elevations(self.store, self.as_of.date(), self.started)
+        return run_id
 
 
 def open_history(config: Config) -> HistoryStore:

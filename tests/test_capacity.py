@@ -117,10 +117,9 @@ def test_unowned_accounts_follow_the_documented_rule_and_are_reported(rule: str)
 def test_reserved_elevation_seats_are_kept_back_from_the_policy() -> None:
     prio, fit, evidence, owner, territory = _book(600, 3, seed=6)
     policy = TierPolicy(**NO_GATES)
-    cap = CapacityConfig(within="owner", tier1_per_rep=10, elevation_share=0.2)
-    grouped = assign_within(
-        prio, fit, evidence, policy, plan_capacity(owner, territory, cap, policy)
-    )
+    cap = CapacityConfig(within="owner", tier1_per_rep=10)
+    plan = plan_capacity(owner, territory, cap, policy, reserved_share=0.2)
+    grouped = assign_within(prio, fit, evidence, policy, plan)
     for name in np.unique(owner):
         assert (grouped.assignment.tier[owner == name] == 1).sum() == 10 - reserved_seats(10, 0.2)
     assert reserved_seats(10, 0.2) == 2

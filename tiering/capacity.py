@@ -23,7 +23,7 @@ Unowned accounts (no owner, or no territory under ``territory``)
     Either way a run reports how many there were.
 
 Reserved elevation seats
-    ``elevation_share`` of each group's Tier 1 seats (rounded half up) is kept back from the
+    ``reserved_share`` ([elevation], while enabled) of each group's Tier 1 seats (rounded half up) is kept back from the
     policy for intent-based elevations; seats no elevation takes stay empty.
 
 Ties
@@ -175,11 +175,13 @@ def plan_capacity(
     config: CapacityConfig,
     policy: TierPolicy,
     reps: pd.DataFrame | None = None,
+    *,
+    reserved_share: float = 0.0,
 ) -> CapacityPlan | None:
     """The groups and seats of a list under ``config``; None for ``within = "global"`` without
-    reserved seats (the global path, unchanged)."""
+    reserved elevation seats (the global path, unchanged)."""
     if config.within == "global":
-        if config.elevation_share <= 0:
+        if reserved_share <= 0:
             return None
         n = len(owner) if owner is not None else len(territory) if territory is not None else 0
         return CapacityPlan(
@@ -188,7 +190,7 @@ def plan_capacity(
             {"all": None},
             config.unowned,
             0,
-            config.elevation_share,
+            reserved_share,
             {"all": 1},
         )
     column = owner if config.within == "owner" else territory
@@ -248,7 +250,7 @@ def plan_capacity(
         seats=seats,
         unowned_rule=config.unowned,
         n_unowned=int((group == UNOWNED).sum()),
-        reserved_share=config.elevation_share,
+        reserved_share=reserved_share,
         reps=n_reps,
     )
 

@@ -271,12 +271,41 @@ class CapacityConfig(StrictModel):
         "capacity (territory: the [tiers] policy over the pool); tier3 = no rep serves them, "
         "so they stay in Tier 3 until assigned.",
     )
-    elevation_share: float = Field(
-        0.0,
+
+
+class ElevationConfig(StrictModel):
+    """Intent-based temporary elevation (``tiering.elevation``): a strong, recent buying
+    signal gives Tier 1 treatment for a limited time, in seats reserved for it. Off by
+    default: on the demo, elevated accounts did not convert more than their base-tier peers
+    (benchmarks/bench_capacity.py); replay your own data before turning it on."""
+
+    enabled: bool = Field(False, description="Elevate accounts at batch runs (needs the history).")
+    window_days: int = Field(30, ge=7, le=180, description="N: the recent window of the signal.")
+    history_windows: int = Field(
+        6, ge=2, le=24, description="Earlier windows of N days the recent one is set against."
+    )
+    min_z: float = Field(3.0, gt=0, description="z-score of recent engagement that elevates.")
+    min_recent: float = Field(
+        5.0, ge=0, description="Engagement (activity counts + intent strengths) at least this."
+    )
+    elevated_days: int = Field(30, ge=1, le=365, description="How long an elevation lasts.")
+    reserved_share: float = Field(
+        0.1,
         ge=0,
         lt=1,
-        description="Share of each group's Tier 1 seats reserved for intent-based elevations "
-        "([elevation]); the policy fills the rest.",
+        description="Share of each group's Tier 1 seats kept back from the policy for "
+        "elevations (while enabled); seats no elevation takes stay empty.",
+    )
+    activity_types: list[str] = Field(
+        default_factory=list, description="Activity types that count; empty = all."
+    )
+    intent: TableSource | None = Field(
+        None,
+        description="Optional intent-signal table (account_id, date, topic, strength), mapped "
+        "like the other tables.",
+    )
+    intent_weight: float = Field(
+        1.0, ge=0, description="Engagement one unit of intent strength counts as."
     )
 
 
@@ -294,6 +323,7 @@ class Config(StrictModel):
     history: HistoryConfig = Field(default_factory=HistoryConfig)
     stability: StabilityConfig = Field(default_factory=StabilityConfig)
     capacity: CapacityConfig = Field(default_factory=CapacityConfig)
+    elevation: ElevationConfig = Field(default_factory=ElevationConfig)
 
 
 class ConfigError(ValueError):
@@ -335,5 +365,10 @@ def resolve_paths(config: Config, base: Path) -> Config:
     if reps is not None:
         update["capacity"] = config.capacity.model_copy(
             update={"reps": reps.model_copy(update={"path": resolve(reps.path)})}
+        )
+    intent = config.elevation.intent
+    if intent is not None:
+        update["elevation"] = config.elevation.model_copy(
+            update={"intent": intent.model_copy(update={"path": resolve(intent.path)})}
         )
     return config.model_copy(update=update)

@@ -180,14 +180,8 @@ def main(config_path: str = "configs/demo.toml") -> None:
         w = g["elevated"].to_numpy()
         pw = g["peers"].to_numpy()
 
-        def pooled(col: str, weights: np.ndarray) -> float:
-            vals = g[col].to_numpy(dtype=float)
-            ok = np.isfinite(vals) & (weights > 0)
-            return (
-                float((vals[ok] * weights[ok]).sum() / weights[ok].sum())
-                if ok.any()
-                else float("nan")
-            )
+        def pooled(col: str, weights: np.ndarray, g: pd.DataFrame = g) -> float:
+            return _pooled(g[col].to_numpy(dtype=float), weights)
 
         out.append(
             [
@@ -213,6 +207,12 @@ def main(config_path: str = "configs/demo.toml") -> None:
         ],
         out,
     )
+
+
+def _pooled(values: np.ndarray, weights: np.ndarray) -> float:
+    """Weighted mean over the dates (each date's mean weighted by its accounts)."""
+    ok = np.isfinite(values) & (weights > 0)
+    return float((values[ok] * weights[ok]).sum() / weights[ok].sum()) if ok.any() else np.nan
 
 
 class _NoSegment:

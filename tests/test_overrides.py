@@ -43,8 +43,12 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HistorySto
         else request.getfixturevalue("postgres_url")
     )
     hist = HistoryStore(url)
+    from serving.history import RunRow, TierRow
+
     with hist.engine.begin() as conn:
         conn.execute(OverrideRow.__table__.delete())
+        conn.execute(TierRow.__table__.delete())
+        conn.execute(RunRow.__table__.delete())
     yield hist
     hist.close()
 
@@ -270,3 +274,45 @@ def test_cli_override_set_list_clear(trained_bundle: TrainedBundle, tmp_path: Pa
         run.invoke(app, ["override", "clear", "A-1", "--by", "Ben", "-c", str(toml)]).exit_code == 0
     )
     assert "no overrides in force" in run.invoke(app, ["override", "list", "-c", str(toml)]).output
+
+
+def test_the_performance_report_sets_overrides_against_the_models_expectation(
+    store: HistoryStore,
+) -> None:
+    from serving.history import RunRecord
+    from serving.override_report import book_performance, override_outcomes
+
+    set_override(store, "A-1", tier=1, reason="exec sponsor", by="Ana", today=APRIL)
+    rows = pd.DataFrame(
+        {
+            "account_id": ["A-1", "A-2", "A-3", "A-4"],
+            "tier": [1, 3, 3, 1],
+            "base_tier": [3, 3, 3, 1],
+            "priority": [0.1, 0.1, 0.1, 0.9],
+            "ceiling": [1, 1, 1, 1],
+            "territory": ["EU", "EU", "US", "US"],
+            "figures": [
+                {"p_convert": p, "expected_revenue": 100.0 * p} for p in (0.1, 0.1, 0.2, 0.8)
+            ],
+        }
+    )
+    store.record_run(RunRecord(pd.Timestamp("2026-01-31"), "v1", True, 4), rows)
+    opps = pd.DataFrame(
+        {
+            "account_id": ["A-1", "A-2", "A-4"],
+            "outcome": ["won", "lost", "won"],
+            "created_at": pd.to_datetime(["2026-01-01"] * 3),
+            "closed_at": pd.to_datetime(["2026-02-15", "2026-02-20", "2026-06-15"]),
+            "amount": [5_000.0, 0.0, 9_000.0],
+        }
+    )
+    end = pd.Timestamp("2026-09-30")
+    got = override_outcomes(store, opps, horizon_days=90, end_of_data=end)
+    assert got[["direction", "accounts"]].values.tolist() == [["up", 1]]
+    row = got.iloc[0]
+    assert row["model_p_convert"] == pytest.approx(0.1)
+    assert row["realised_conversion"] == 1.0 and row["base_tier_peers_conversion"] == 0.0
+    assert row["realised_revenue"] == 5_000.0 and row["matured"]
+    book = book_performance(store, opps, by="territory", horizon_days=182, end_of_data=end)
+    us1 = book[(book["territory"] == "US") & (book["tier"] == 1)].iloc[0]
+    assert us1["won_revenue"] == 9_000.0 and us1["conversion"] == 1.0

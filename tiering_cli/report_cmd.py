@@ -185,6 +185,7 @@ def performance(
             },
         )
     )
+    _book_views(store, tables, horizon)
     warned = drifted[drifted["warning"]] if len(drifted) else drifted
     console.print(
         f"drift: {len(warned)} of {len(drifted)} feature/score comparisons above PSI {psi_warning}"
@@ -196,6 +197,47 @@ def performance(
     )
     if run_id is not None:
         console.print(f"MLflow monitoring run {run_id}; plots in {out}")
+
+
+def _book_views(store: Any, tables: Any, horizon: int) -> None:
+    """Overrides against what the model expected, and the territory and owner breakdown."""
+    from serving.override_report import book_performance, override_outcomes
+
+    end = tables.end_of_data()
+    overridden = override_outcomes(
+        store, tables.opportunities, horizon_days=horizon, end_of_data=end
+    )
+    if overridden.empty:
+        console.print("overrides: none in force at any recorded run")
+    else:
+        console.print(
+            _table(
+                overridden.set_index(["as_of", "direction"]),
+                f"Overridden accounts in the {horizon} days after each run: the model's "
+                "expectation, what they realised, and their base-tier peers",
+                {
+                    "model_p_convert": "{:.1%}",
+                    "realised_conversion": "{:.1%}",
+                    "base_tier_peers_conversion": "{:.1%}",
+                    "model_expected_revenue": "${:,.0f}",
+                    "realised_revenue": "${:,.0f}",
+                },
+            )
+        )
+    for by in ("territory", "owner"):
+        book = book_performance(
+            store, tables.opportunities, by=by, horizon_days=horizon, end_of_data=end
+        )
+        if book.empty:
+            continue
+        wide = book.pivot_table(
+            index=by, columns="tier", values=["conversion", "won_revenue"], fill_value=0
+        )
+        wide.columns = [f"T{col[1]} {str(col[0]).replace('_', ' ')}" for col in wide.columns]
+        fmt = {c: ("{:.1%}" if "conversion" in c else "${:,.0f}") for c in wide.columns}
+        console.print(
+            _table(wide, f"By {by}, {horizon} days after the run of {book['as_of'].iloc[0]}", fmt)
+        )
 
 
 def drift_of_runs(cfg: Any, store: Any, threshold: float) -> Any:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from starlette.testclient import TestClient
 from test_history_store import postgres_url  # noqa: F401  # the module's PostgreSQL fixture
 from typer.testing import CliRunner
 
@@ -182,10 +181,44 @@ def test_an_override_survives_retrain_and_rescore_takes_its_seat_and_expires(
 API_KEY = "override-key-0123456789"
 
 
+# BentoML's metrics live in one registry per process: the service gets its own process, so it
+# starts whatever other service tests ran in this worker.
+HTTP_SCRIPT = """
+import json, sys
+from starlette.testclient import TestClient
+from serving.service import TieringService
+
+some, key = sys.argv[1], sys.argv[2]
+body = {"tier": 1, "reason": "board-level sponsor", "by": "Ana"}
+out = {}
+with TestClient(TieringService.to_asgi()) as client:
+    out["no_key"] = client.put(f"/accounts/{some}/override", json=body).status_code
+    client.headers["X-API-Key"] = key
+    bad = {
+        "unknown": client.put("/accounts/A-404/override", json=body),
+        "tier": client.put(f"/accounts/{some}/override", json={**body, "tier": 4}),
+        "reason": client.put(f"/accounts/{some}/override", json={**body, "reason": ""}),
+        "until": client.put(f"/accounts/{some}/override", json={**body, "until": "2001-01-01"}),
+    }
+    out["bad"] = {k: [r.status_code, r.text] for k, r in bad.items()}
+    done = client.put(f"/accounts/{some}/override", json=body)
+    out["set"] = [done.status_code, done.json()]
+    gone = client.delete(f"/accounts/{some}/override", params={"by": "Ben"})
+    out["cleared"] = [gone.status_code, gone.json()]
+    out["again"] = client.delete(f"/accounts/{some}/override", params={"by": "Ben"}).status_code
+    scored = client.post("/score", json={"accounts": [{"account_id": some}], "reasons": False})
+    out["score"] = [scored.status_code, scored.json()]
+print(json.dumps(out))
+"""
+
+
 def test_http_override_put_and_delete_with_the_api_key(
-    trained_bundle: TrainedBundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    trained_bundle: TrainedBundle, tmp_path: Path
 ) -> None:
-    from serving.service import TieringService
+    import json
+    import os
+    import subprocess
+    import sys
 
     config = _config(trained_bundle, tmp_path)
     result = score_accounts(
@@ -193,43 +226,50 @@ def test_http_override_put_and_delete_with_the_api_key(
     )
     some = str(result.scores["account_id"].iloc[0])
     db = tmp_path / "history.db"
-    for key, value in {
+    env = {
+        **os.environ,
         "TIERING_BUNDLE_DIR": str(trained_bundle.bundle_dir),
         "TIERING_SNAPSHOT": str(result.snapshot),
         "TIERING_API_KEY": API_KEY,
         "TIERING_AUTH_DISABLED": "false",
         "TIERING_HISTORY_URL": f"sqlite:///{db}",
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("TIERING_CONFIG", raising=False)
-    body = {"tier": 1, "reason": "board-level sponsor", "by": "Ana"}
-    with TestClient(TieringService.to_asgi()) as client:
-        assert client.put(f"/accounts/{some}/override", json=body).status_code == 401
-        client.headers["X-API-Key"] = API_KEY
-        bad = [
-            ("A-404", body, 404, "account_id"),
-            (some, {**body, "tier": 4}, 422, "tier"),
-            (some, {**body, "reason": ""}, 422, "reason"),
-            (some, {**body, "until": "2001-01-01"}, 422, "until"),
-        ]
-        for account, payload, status, field in bad:
-            answer = client.put(f"/accounts/{account}/override", json=payload)
-            assert answer.status_code == status, answer.text
-            assert field in answer.text
-        store = HistoryStore(f"sqlite:///{db}")
-        assert all_overrides(store).empty, "a refused override must write nothing"
-        done = client.put(f"/accounts/{some}/override", json=body)
-        assert done.status_code == 200 and done.json()["tier"] == 1
-        assert active_override(store, some) is not None
-        gone = client.delete(f"/accounts/{some}/override", params={"by": "Ben"})
-        assert gone.status_code == 200 and gone.json()["status"] == "cleared"
-        assert client.delete(f"/accounts/{some}/override", params={"by": "Ben"}).status_code == 404
-        # A single request says whose cut-offs placed the account.
-        scored = client.post("/score", json={"accounts": [{"account_id": some}], "reasons": False})
-        assert scored.status_code == 200
-        account = scored.json()["accounts"][0]
-        assert account["cutoffs_used"].startswith("owner ")
-        assert "'s cut-offs from the batch run" in scored.json()["cutoffs"]["description"]
+        "BENTOML_DO_NOT_TRACK": "true",
+    }
+    env.pop("TIERING_CONFIG", None)
+    store = HistoryStore(f"sqlite:///{db}")
+    store.runs()  # the schema exists before the service's first request
+    done = subprocess.run(
+        [sys.executable, "-c", HTTP_SCRIPT, some, API_KEY],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["no_key"] == 401
+    expected = {
+        "unknown": (404, "account_id"),
+        "tier": (422, "tier"),
+        "reason": (422, "reason"),
+        "until": (422, "until"),
+    }
+    for name, (status, field) in expected.items():
+        got_status, text = out["bad"][name]
+        assert got_status == status, (name, text)
+        assert field in text
+    assert out["set"][0] == 200 and out["set"][1]["tier"] == 1
+    assert out["cleared"][0] == 200 and out["cleared"][1]["status"] == "cleared"
+    assert out["again"] == 404
+    history = all_overrides(store)
+    assert len(history) == 1, "the refused overrides wrote nothing; the good one was cleared"
+    assert history["cleared_by"].tolist() == ["Ben"]
+    status, scored = out["score"]
+    assert status == 200
+    assert scored["accounts"][0]["cutoffs_used"].startswith("owner ")
+    assert "'s cut-offs from the batch run" in scored["cutoffs"]["description"]
 
 
 def test_cli_override_set_list_clear(trained_bundle: TrainedBundle, tmp_path: Path) -> None:

@@ -63,8 +63,14 @@ def main(config_path: str = "configs/demo.toml") -> None:
     prio, fit, evid = (scored[c].to_numpy(dtype=float) for c in ("priority", "icp_fit", "evidence"))
     within = assign_within(prio, fit, evid, policy, plan).assignment.tier
 
-    def spread(tier: np.ndarray) -> list[str]:
-        t1 = pd.Series(tier == 1).groupby(owners).sum()
+    territory_of = accounts.set_index(accounts["account_id"].astype(str))["territory"]
+    territories = territory_of.reindex(scored["account_id"].astype(str)).to_numpy()
+    by_territory = plan_capacity(owners, territories, CapacityConfig(within="territory"), policy)
+    assert by_territory is not None
+    within_territory = assign_within(prio, fit, evid, policy, by_territory).assignment.tier
+
+    def spread(tier: np.ndarray, keys: np.ndarray) -> list[str]:
+        t1 = pd.Series(tier == 1).groupby(keys).sum()
         return [
             f"{int(t1.min())}",
             f"{float(t1.median()):g}",
@@ -72,14 +78,19 @@ def main(config_path: str = "configs/demo.toml") -> None:
             f"{int(t1.sum()):,}",
         ]
 
+    rows = []
+    for name, tier in (
+        ("global (quantile 20 %)", scored["tier"].to_numpy()),
+        ("within owner (25 per rep)", within),
+        ("within territory (quantile 20 %)", within_territory),
+    ):
+        rows.append([name, "per owner", *spread(tier, owners)])
+        rows.append([name, "per territory", *spread(tier, territories)])
     print_table(
-        f"Tier 1 per owner, demo as of {end.date()}: {len(scored):,} accounts, "
-        f"{len(set(owners)):,} owners",
-        ["policy", "min", "median", "max", "Tier 1 total"],
-        [
-            ["global (quantile 20 %)", *spread(scored["tier"].to_numpy())],
-            ["within owner (25 per rep)", *spread(within)],
-        ],
+        f"Tier 1 per owner and territory, demo as of {end.date()}: {len(scored):,} accounts, "
+        f"{len(set(owners)):,} owners, {len(set(territories)):,} territories",
+        ["policy", "group", "min", "median", "max", "Tier 1 total"],
+        rows,
     )
 
     # 2 and 3. Past month-ends whose H-day windows have closed.

@@ -294,9 +294,10 @@ class GroupedTiers:
         short = g[g["tier1"] < seats]
         if len(short):
             out.append(
-                f"{len(short)} of {len(g)} {_plural(self.plan.within)} hold fewer Tier 1 accounts than "
-                f"their {int(seats[short.index].sum()):,} seats ({int((seats - g['tier1'])[short.index].sum()):,} "
-                "left empty): too few of their accounts pass the Tier 1 gates"
+                f"{len(short)} of {len(g)} {_plural(self.plan.within)} hold fewer Tier 1 "
+                f"accounts than they have seats ({int(seats[short.index].sum()):,} seats, "
+                f"{int((seats - g['tier1'])[short.index].sum()):,} left empty): too few of "
+                "their accounts pass the Tier 1 gates"
             )
         return out
 
@@ -458,7 +459,7 @@ def assign_within(
         by_priority=by_priority,
         tier1_cutoff=float(c1.min()) if len(c1) else None,
         tier2_cutoff=float(c2.min()) if len(c2) else None,
-        method=f"{policy.method} within {plan.within}",
+        method=f"{'capacity' if plan.within == 'owner' else policy.method} within {plan.within}",
         target_sizes=None,
         warnings=(),
     )

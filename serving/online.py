@@ -8,6 +8,7 @@ the reference cut-offs frozen in the bundle, and every answer says so.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from serving.schemas import (
     Driver,
     ExplainResponse,
     ModelInfo,
+    Problem,
     Reasons,
     ScoreResponse,
 )
@@ -101,12 +103,17 @@ class OnlineScorer:
     def score(self, accounts: list[AccountRequest], *, reasons: bool = True) -> ScoreResponse:
         from tiering.scoring import score
 
-        features, sources = self.features.rows(accounts, self.snapshots.current())
+        warnings: list[Problem] = []
+        features, sources = self.features.rows(
+            accounts, self.snapshots.current(), warnings=warnings
+        )
         scored = score(
             self.bundle, features, reasons=reasons, population=False, top_reasons=self.top_reasons
         )
         return ScoreResponse(
             model_version=self.version,
+            scored_at=_now(),
+            warnings=warnings,
             cutoffs=self.cutoffs(str(scored["cutoffs_used"].iloc[0])),
             accounts=[
                 _account_score(row, source, reasons)
@@ -118,7 +125,10 @@ class OnlineScorer:
         from tiering.explain import drivers
         from tiering.scoring import base_win_probability, score
 
-        features, sources = self.features.rows([account], self.snapshots.current(), path="account")
+        warnings: list[Problem] = []
+        features, sources = self.features.rows(
+            [account], self.snapshots.current(), path="account", warnings=warnings
+        )
         win_contrib, value_contrib = self.bundle.contributions(features)
         scored = score(
             self.bundle,
@@ -138,6 +148,8 @@ class OnlineScorer:
         )[0]
         return ExplainResponse(
             model_version=self.version,
+            scored_at=_now(),
+            warnings=warnings,
             cutoffs=self.cutoffs(str(scored["cutoffs_used"].iloc[0])),
             account=_account_score(scored.to_dict("records")[0], sources[0], True),
             drivers=[Driver.model_validate(d) for d in every],
@@ -174,6 +186,10 @@ class OnlineScorer:
             snapshot_problem=snapshot.problem,
             max_accounts_per_request=self.max_accounts,
         )
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
 def _finite_or_none(value: Any) -> float | None:

@@ -25,6 +25,7 @@ from fastapi import FastAPI
 
 from serving.account_history import AccountTimeline, history_response, service_store
 from serving.auth import ApiKeyMiddleware, listening_addresses, refuse_open_service
+from serving.contract import ApiContract
 from serving.online import OnlineScorer
 from serving.request_features import RequestRejected
 from serving.schemas import (
@@ -37,11 +38,15 @@ from serving.schemas import (
 )
 from serving.settings import ServingSettings, traffic_from_env
 from serving.traffic import RequestLimits, quiet_client_errors
+from serving.ui import app as ui_app
+from serving.ui import bind as bind_ui
 
 logger = logging.getLogger("tiering.service")
 
 # GET /model is a plain route; BentoML's own API routes are POST only.
 model_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+# The rep pages (server-rendered HTML, their own session sign-in) beside the JSON API.
+model_app.mount("/ui", ui_app)
 
 EXIT_CANNOT_START = 3
 
@@ -81,6 +86,15 @@ class TieringService:
             refuse_open_service(self.settings, listening_addresses())
             self.scorer = OnlineScorer.from_settings(self.settings)
             self.history = service_store(self.settings.config)
+            api_key = self.settings.api_key
+            bind_ui(
+                self.scorer,
+                self.history,
+                None
+                if self.settings.auth_disabled or api_key is None
+                else api_key.get_secret_value(),
+                self.settings.config,
+            )
         # Whatever stops the service from starting (settings, registry, bundle, snapshot),
         # the answer is the same: say why in one line and exit.
         except Exception as exc:
@@ -129,6 +143,8 @@ class TieringService:
 
 
 # @bentoml.service turns the class into a Service object; mypy still sees the class.
-# The first middleware added is the outermost: the key is checked before anything is read.
+# The first middleware added is the outermost: every error answer passes through the API
+# contract (one error shape), then the key is checked before anything is read.
+TieringService.add_asgi_middleware(ApiContract)  # type: ignore[attr-defined]
 TieringService.add_asgi_middleware(ApiKeyMiddleware)  # type: ignore[attr-defined]
 TieringService.add_asgi_middleware(RequestLimits)  # type: ignore[attr-defined]

@@ -70,6 +70,7 @@ def stacked_tiers(
     title: str,
     unit: str = "",
     capacity: dict[int, float] | None = None,
+    tiers: tuple[int, ...] = (1, 2, 3),
     width: int = 640,
 ) -> str:
     """One horizontal bar per row (a rep, a run), split by tier; an optional capacity mark."""
@@ -93,7 +94,7 @@ def stacked_tiers(
             f'font-size="13">{escape(_short(label, 24))}</text>'
         )
         x = float(label_w)
-        for tier in (1, 2, 3):
+        for tier in tiers:
             value = parts.get(tier, 0.0)
             if value <= 0:
                 continue
@@ -115,7 +116,7 @@ def stacked_tiers(
                 f'stroke-dasharray="4 3"><title>Tier {tier} capacity per rep: {_fmt(value)}</title></line>'
             )
     legend_y = height - 8
-    for j, tier in enumerate((1, 2, 3)):
+    for j, tier in enumerate(tiers):
         lx = label_w + j * 90
         out.append(
             f'<rect x="{lx}" y="{legend_y - 9}" width="10" height="10" fill="{TIER_COLOURS[tier]}"/>'

@@ -466,10 +466,12 @@ def manager(request: Request) -> Response:
     run = latest_run(store)
     policy = ctx.scorer.bundle.policy
     loads = rep_loads(store, run.run_id) if run is not None else []
+    busiest = sorted(loads, key=lambda r: (-r.tier1, r.owner))[:15]
     capacity_chart = charts.stacked_tiers(
-        [(r.owner, {1: r.tier1, 2: r.tier2}) for r in loads],
-        title="Tier 1 and Tier 2 accounts per rep, against the capacity of one rep",
+        [(r.owner, {1: r.tier1}) for r in busiest],
+        title=f"Tier 1 accounts of the {len(busiest)} busiest reps; dashed: one rep's capacity",
         capacity={1: policy.tier1_per_rep},
+        tiers=(1,),
     )
     figures = tier_figures(store)
     by_run: dict[str, dict[int, float]] = {}

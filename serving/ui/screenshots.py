@@ -44,11 +44,15 @@ def headless_chromium(width: int = 1280, height: int = 900) -> Any:
 
 def sign_in(browser: Any, base_url: str, api_key: str, name: str = "") -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(f"{base_url}/ui/login")
     browser.find_element(By.ID, "name").send_keys(name)
     browser.find_element(By.ID, "api_key").send_keys(api_key)
+    old = browser.find_element(By.TAG_NAME, "html")
     browser.find_element(By.ID, "sign-in").click()
+    WebDriverWait(browser, 15).until(expected_conditions.staleness_of(old))
 
 
 def full_page(browser: Any, path: Path, width: int = 1280) -> Path:
@@ -77,7 +81,7 @@ def take(out: Path, base_url: str, api_key: str, owner: str = "") -> list[Path]:
         sign_in(browser, base_url, api_key, owner)
         browser.get(f"{base_url}/ui/accounts?owner={owner}&sort=expected_revenue&dir=desc&size=25")
         shots = [full_page(browser, out / "accounts.png")]
-        browser.find_element(By.CSS_SELECTOR, "a.account-link").click()
+        browser.get(browser.find_element(By.CSS_SELECTOR, "a.account-link").get_attribute("href"))
         shots.append(full_page(browser, out / "account.png"))
         return shots
     finally:

@@ -25,6 +25,7 @@ from fastapi import FastAPI
 
 from serving.account_history import AccountTimeline, history_response, service_store
 from serving.auth import ApiKeyMiddleware, listening_addresses, refuse_open_service
+from serving.bento import declared_model, with_bento_model
 from serving.contract import ApiContract
 from serving.online import OnlineScorer
 from serving.request_features import RequestRejected
@@ -79,10 +80,13 @@ def _stop_server(reason: str) -> None:
 @bentoml.service(name="account_tiering", traffic=traffic_from_env())
 @bentoml.asgi_app(model_app, path="/")
 class TieringService:
+    # Inside a Bento: the bundle and snapshot packed by `tiering build` (serving.bento).
+    bento_model = declared_model()
+
     def __init__(self) -> None:
         quiet_client_errors()
         try:
-            self.settings = ServingSettings()
+            self.settings = with_bento_model(ServingSettings(), self.bento_model)
             refuse_open_service(self.settings, listening_addresses())
             self.scorer = OnlineScorer.from_settings(self.settings)
             self.history = service_store(self.settings.config)

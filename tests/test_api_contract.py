@@ -11,6 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
 
 from serving.client import ApiError, TieringClient
 
@@ -142,3 +144,72 @@ def test_a_missing_key_is_a_401_in_the_same_shape(live_server: LiveService) -> N
     assert caught.value.status == 401
     assert caught.value.problems[0].path == "X-API-Key"
     assert re.search("missing API key", caught.value.problems[0].message)
+
+
+# ------------------------------------------------------------------------------ fuzzing
+FUZZED = re.compile(r"^/(score|explain|model|accounts/)")
+CASES_PER_OPERATION = 80
+
+
+@pytest.mark.slow
+def test_the_schema_fuzzer_finds_no_server_error_and_no_answer_off_the_schema(
+    live_server: LiveService,
+) -> None:
+    """schemathesis draws requests from the service's own OpenAPI document (a few hundred in
+    all) and checks every answer: no 5xx, a declared status, content type and body schema."""
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    schema = schemathesis.openapi.from_url(f"{live_server.base_url}/docs.json")
+    checks = [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_schema_conformance,
+    ]
+    statuses: dict[str, dict[int, int]] = {}
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        if not FUZZED.match(operation.path):
+            continue
+        fuzz_operation(
+            operation,
+            statuses.setdefault(f"{operation.method.upper()} {operation.path}", {}),
+            live_server,
+            checks,
+        )
+    assert set(statuses) == {
+        "POST /score",
+        "POST /explain",
+        "GET /model",
+        "GET /accounts/{account_id}/history",
+    }
+    # The fuzzer reached both sides of the contract: answers and refusals.
+    assert any(200 in seen for seen in statuses.values())
+    assert any(code in (400, 404, 422) for seen in statuses.values() for code in seen)
+
+
+def fuzz_operation(
+    operation: Any, seen: dict[int, int], live_server: LiveService, checks: list[Any]
+) -> None:
+    @given(case=operation.as_strategy())
+    @settings(
+        max_examples=CASES_PER_OPERATION,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        database=None,
+    )
+    def fuzz(case: Any) -> None:
+        response = case.call_and_validate(
+            base_url=live_server.base_url,
+            headers={"X-API-Key": live_server.api_key},
+            checks=checks,
+            timeout=30,
+        )
+        seen[response.status_code] = seen.get(response.status_code, 0) + 1
+
+    fuzz()

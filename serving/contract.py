@@ -101,7 +101,7 @@ def normalise(status: int, body: Any) -> dict[str, Any]:
 def package_info() -> tuple[str, str, str]:
     try:
         meta = metadata.metadata(DIST)
-        return DIST, meta["Version"], meta.get("Summary", "") or ""
+        return DIST, meta["Version"], meta["Summary"] or ""
     except metadata.PackageNotFoundError:
         return DIST, "0+unknown", ""
 

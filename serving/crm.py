@@ -19,7 +19,7 @@ from __future__ import annotations
 import codecs
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -187,10 +187,10 @@ def _text_column(frame: pd.DataFrame, name: str) -> list[str]:
     return ["" if pd.isna(v) else str(v) for v in frame[name]]
 
 
-def _int_column(frame: pd.DataFrame, name: str) -> pd.array:
+def _int_column(frame: pd.DataFrame, name: str) -> Any:
     if name not in frame:
-        return pd.array([pd.NA] * len(frame), dtype="Int64")
-    return pd.array(pd.to_numeric(frame[name], errors="coerce").round(), dtype="Int64")
+        return pd.Series([pd.NA] * len(frame), dtype="Int64").array
+    return pd.to_numeric(frame[name], errors="coerce").round().astype("Int64").array
 
 
 def _date_column(frame: pd.DataFrame, name: str, default: pd.Timestamp) -> list[str]:

@@ -102,7 +102,7 @@ def _figure(name: str) -> ColumnElement[Any]:
 
 def _order(key: SortKey, descending: bool) -> list[ColumnElement[Any]]:
     movement = func.coalesce(TierRow.previous_tier, 4) - TierRow.tier
-    column: ColumnElement[Any] = {
+    column: Any = {
         "tier": TierRow.tier,
         "account": TierRow.account_id,
         "expected_revenue": _figure("expected_revenue"),

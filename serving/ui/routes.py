@@ -222,17 +222,17 @@ def login(
         return _csrf_refused(request)
     if not ctx.signer.key_matches(api_key):
         token = Signer.new_login_token()
-        response = _page(
+        refused = _page(
             request,
             "login.html",
             {"login_csrf": token, "next": next, "error": "That key is not this service's API key."},
             401,
         )
-        response.set_cookie(
+        refused.set_cookie(
             LOGIN_CSRF_COOKIE, token, max_age=1800, httponly=True, samesite="strict",
             secure=_secure(request), path=_base(request) or "/",
         )  # fmt: skip
-        return response
+        return refused
     user = name.strip()[:200] or "rep"
     base = _base(request)
     target = next if next.startswith(f"{base}/") and "//" not in next else f"{base}/accounts"
@@ -286,7 +286,7 @@ def accounts(
         territory=territory or None,
         tier=int(tier) if tier in ("1", "2", "3") else None,
         search=q.strip() or None,
-        sort=wanted_sort,  # type: ignore[arg-type]
+        sort=wanted_sort,
         descending=dir == "desc",
         page=page,
         page_size=size,

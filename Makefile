@@ -13,7 +13,7 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 export PYTHONHASHSEED := 0
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: demo test test-fast serve bench bench-load lint lock lock-check clean
+.PHONY: demo test test-fast serve bento bench bench-load lint lock lock-check clean
 
 $(UV):
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required"'
@@ -51,6 +51,10 @@ SERVE_FLAGS ?= $(if $(TIERING_API_KEY),,--no-auth)
 ## serve: the BentoML service on http://127.0.0.1:3000 with the champion model (after `make demo`)
 serve: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/tiering serve --config $(CONFIG) $(SERVE_FLAGS)
+
+## bento: a self-contained Bento (champion + account snapshot) in outputs/account_tiering.bento
+bento: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/tiering build --config $(CONFIG)
 
 ## bench: the benchmarks, printed as tables (results also under benchmarks/results/)
 bench: $(STAMP)

@@ -56,6 +56,12 @@ def refuse_open_service(settings: ServingSettings, addresses: list[str]) -> None
         )
 
 
+def error_json(path: str, rule: str, message: str) -> dict[str, Any]:
+    """The service's one error shape (``serving.schemas.ErrorResponse``)."""
+    problem = {"path": path, "rule": rule, "message": message}
+    return {"error": problem, "errors": [problem]}
+
+
 async def send_json(
     send: Any, status: HTTPStatus, body: dict[str, Any], headers: list[Any]
 ) -> None:
@@ -104,7 +110,11 @@ class ApiKeyMiddleware:
                 await send_json(
                     send,
                     HTTPStatus.FORBIDDEN,
-                    {"error": "this service runs without an API key: loopback callers only"},
+                    error_json(
+                        "",
+                        "loopback_only",
+                        "this service runs without an API key: loopback callers only",
+                    ),
                     [],
                 )
                 return
@@ -118,7 +128,11 @@ class ApiKeyMiddleware:
         await send_json(
             send,
             HTTPStatus.UNAUTHORIZED,
-            {"error": f"{problem} API key: send it in the {self.header_name} header"},
+            error_json(
+                self.header_name,
+                f"{problem}_api_key",
+                f"{problem} API key: send it in the {self.header_name} header",
+            ),
             [(b"www-authenticate", b"ApiKey")],
         )
 

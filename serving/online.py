@@ -8,6 +8,7 @@ the reference cut-offs frozen in the bundle, and every answer says so.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from serving.schemas import (
     Driver,
     ExplainResponse,
     ModelInfo,
+    Problem,
     Reasons,
     ScoreResponse,
 )
@@ -103,7 +105,10 @@ class OnlineScorer:
     def score(self, accounts: list[AccountRequest], *, reasons: bool = True) -> ScoreResponse:
         from tiering.scoring import score
 
-        features, sources = self.features.rows(accounts, self.snapshots.current())
+        warnings: list[Problem] = []
+        features, sources = self.features.rows(
+            accounts, self.snapshots.current(), warnings=warnings
+        )
         groups = self.groups.current()
         if groups is not None:
             from serving.online_groups import score_in_groups
@@ -122,6 +127,8 @@ class OnlineScorer:
         used = scored["cutoffs_used"].unique()
         return ScoreResponse(
             model_version=self.version,
+            scored_at=_now(),
+            warnings=warnings,
             cutoffs=self.cutoffs(
                 str(used[0]) if len(used) == 1 else "per account: see each account's cutoffs_used"
             ),
@@ -135,7 +142,10 @@ class OnlineScorer:
         from tiering.explain import drivers
         from tiering.scoring import base_win_probability, score
 
-        features, sources = self.features.rows([account], self.snapshots.current(), path="account")
+        warnings: list[Problem] = []
+        features, sources = self.features.rows(
+            [account], self.snapshots.current(), path="account", warnings=warnings
+        )
         win_contrib, value_contrib = self.bundle.contributions(features)
         groups = self.groups.current()
         bundle = self.bundle
@@ -164,6 +174,8 @@ class OnlineScorer:
         )[0]
         return ExplainResponse(
             model_version=self.version,
+            scored_at=_now(),
+            warnings=warnings,
             cutoffs=self.cutoffs(str(scored["cutoffs_used"].iloc[0])),
             account=_account_score(
                 scored.to_dict("records")[0], sources[0], True, grouped=groups is not None
@@ -202,6 +214,10 @@ class OnlineScorer:
             snapshot_problem=snapshot.problem,
             max_accounts_per_request=self.max_accounts,
         )
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
 def _finite_or_none(value: Any) -> float | None:

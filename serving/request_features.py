@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from features.config import FeatureConfig
-from serving.schemas import AccountRequest
+from serving.schemas import AccountRequest, Problem
 from serving.snapshot import Snapshot
 from tiering.bundle import Bundle
 
@@ -52,9 +52,14 @@ class RequestFeatures:
         }
 
     def rows(
-        self, accounts: list[AccountRequest], snapshot: Snapshot | None, path: str = "accounts"
+        self,
+        accounts: list[AccountRequest],
+        snapshot: Snapshot | None,
+        path: str = "accounts",
+        warnings: list[Problem] | None = None,
     ) -> tuple[pd.DataFrame, list[str]]:
-        """One feature row per request account (same order) and where each came from."""
+        """One feature row per request account (same order) and where each came from; a
+        category the model never saw is scored as unknown and named in ``warnings``."""
         as_of = snapshot.as_of if snapshot is not None else pd.Timestamp.today().normalize()
 
         def where(i: int) -> str:
@@ -95,7 +100,17 @@ class RequestFeatures:
         base["account_id"] = [a.account_id for a in accounts]
         base["as_of"] = as_of
         if any(given):
-            self._lay_over_fields(base, given, as_of)
+            unseen = self._lay_over_fields(base, given, as_of)
+            if warnings is not None:
+                warnings.extend(
+                    Problem(
+                        path=f"{where(i)}.{name}",
+                        rule="unknown_category",
+                        message=f"{name} {value!r} is not among the values the model was "
+                        f"trained on ({self._known(name)}); scored as unknown",
+                    )
+                    for i, name, value in unseen
+                )
         frame = self._typed(base)
         sources = [
             ("snapshot+fields" if given[i] else "snapshot") if known[i] else "fields"
@@ -126,11 +141,16 @@ class RequestFeatures:
                 )
         return {k: v for k, v in account.given().items() if k in self.account_features}
 
+    def _known(self, name: str, shown: int = 8) -> str:
+        levels = sorted(str(level) for level in self.bundle.categories[name])
+        return ", ".join(levels[:shown]) + (", ..." if len(levels) > shown else "")
+
     def _lay_over_fields(
         self, base: pd.DataFrame, given: list[dict[str, Any]], as_of: pd.Timestamp
-    ) -> None:
+    ) -> list[tuple[int, str, Any]]:
         """Put the given fields through the feature builder and write them over the base
-        rows, cell by cell."""
+        rows, cell by cell; returns (row, field, value) of the categories the model never
+        saw."""
         from features.build import account_features
 
         rows = [i for i, g in enumerate(given) if g]
@@ -139,12 +159,16 @@ class RequestFeatures:
             if name not in accounts:
                 accounts[name] = np.nan
         built = account_features(accounts, as_of, self.feature_config)
+        unseen: list[tuple[int, str, Any]] = []
         for j, i in enumerate(rows):
             for name in given[i]:
                 value = built[name].iloc[j]
                 if name in self._levels and isinstance(value, str):
+                    if value.casefold() not in self._levels[name]:
+                        unseen.append((i, name, given[i][name]))
                     value = self._levels[name].get(value.casefold(), value)
                 base.at[i, name] = value
+        return unseen
 
     def _typed(self, base: pd.DataFrame) -> pd.DataFrame:
         """Categoricals as plain strings (NaN when unknown), everything else float, as

@@ -25,6 +25,8 @@ from fastapi import FastAPI
 
 from serving.account_history import AccountTimeline, history_response, service_store
 from serving.auth import ApiKeyMiddleware, listening_addresses, refuse_open_service
+from serving.bento import declared_model, with_bento_model
+from serving.contract import ApiContract
 from serving.online import OnlineScorer
 from serving.override_api import (
     OverrideRequest,
@@ -43,11 +45,15 @@ from serving.schemas import (
 )
 from serving.settings import ServingSettings, traffic_from_env
 from serving.traffic import RequestLimits, quiet_client_errors
+from serving.ui import app as ui_app
+from serving.ui import bind as bind_ui
 
 logger = logging.getLogger("tiering.service")
 
 # GET /model is a plain route; BentoML's own API routes are POST only.
 model_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+# The rep pages (server-rendered HTML, their own session sign-in) beside the JSON API.
+model_app.mount("/ui", ui_app)
 
 EXIT_CANNOT_START = 3
 
@@ -80,13 +86,25 @@ def _stop_server(reason: str) -> None:
 @bentoml.service(name="account_tiering", traffic=traffic_from_env())
 @bentoml.asgi_app(model_app, path="/")
 class TieringService:
+    # Inside a Bento: the bundle and snapshot packed by `tiering build` (serving.bento).
+    bento_model = declared_model()
+
     def __init__(self) -> None:
         quiet_client_errors()
         try:
-            self.settings = ServingSettings()
+            self.settings = with_bento_model(ServingSettings(), self.bento_model)
             refuse_open_service(self.settings, listening_addresses())
             self.scorer = OnlineScorer.from_settings(self.settings)
             self.history = service_store(self.settings.config)
+            api_key = self.settings.api_key
+            bind_ui(
+                self.scorer,
+                self.history,
+                None
+                if self.settings.auth_disabled or api_key is None
+                else api_key.get_secret_value(),
+                self.settings.config,
+            )
         # Whatever stops the service from starting (settings, registry, bundle, snapshot),
         # the answer is the same: say why in one line and exit.
         except Exception as exc:
@@ -148,6 +166,8 @@ class TieringService:
 
 
 # @bentoml.service turns the class into a Service object; mypy still sees the class.
-# The first middleware added is the outermost: the key is checked before anything is read.
+# The first middleware added is the outermost: every error answer passes through the API
+# contract (one error shape), then the key is checked before anything is read.
+TieringService.add_asgi_middleware(ApiContract)  # type: ignore[attr-defined]
 TieringService.add_asgi_middleware(ApiKeyMiddleware)  # type: ignore[attr-defined]
 TieringService.add_asgi_middleware(RequestLimits)  # type: ignore[attr-defined]

@@ -17,7 +17,7 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
-from serving.auth import send_json
+from serving.auth import error_json, send_json
 from serving.settings import ServingSettings
 
 logger = logging.getLogger("tiering.service")
@@ -29,7 +29,10 @@ LIMITED_PATHS = frozenset({"/score", "/explain"})
 async def _answer(
     send: Any, status: HTTPStatus, error: str, headers: list[Any] | None = None
 ) -> None:
-    await send_json(send, status, {"error": error}, headers or [])
+    rules = {413: "body_too_large", 415: "unsupported_media_type", 503: "at_capacity"}
+    await send_json(
+        send, status, error_json("", rules.get(int(status), "refused"), error), headers or []
+    )
 
 
 class RequestLimits:

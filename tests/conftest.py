@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import configuration, settings
 
-from support import TrainedBundle
+from support import LiveDeployment, LiveService, TrainedBundle
 
 # Hypothesis keeps its example database and caches in ./.hypothesis by default: tests write
 # nothing into the checkout, so its folder is a temporary one and examples are not stored
@@ -34,3 +35,24 @@ def trained_bundle(tmp_path_factory: pytest.TempPathFactory) -> TrainedBundle:
     root = tmp_path_factory.mktemp("trained-bundle")
     config = small_training(serving_config(root))
     return TrainedBundle(config, train_bundle(config, root / "bundle"))
+
+
+@pytest.fixture(scope="session")
+def live_deployment(
+    trained_bundle: TrainedBundle, tmp_path_factory: pytest.TempPathFactory
+) -> LiveDeployment:
+    """The session's bundle scored on two month ends (tier history with changes)."""
+    from support import two_runs
+
+    return two_runs(trained_bundle, tmp_path_factory.mktemp("live-deployment"))
+
+
+@pytest.fixture(scope="session")
+def live_server(
+    live_deployment: LiveDeployment, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveService]:
+    """One real `bentoml serve` on loopback for every module that talks to it over HTTP."""
+    from support import live_service
+
+    with live_service(live_deployment, tmp_path_factory.mktemp("live-server")) as service:
+        yield service

@@ -3,10 +3,18 @@ folder, a small hand-made CRM export, and a quickly trained bundle."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pandas as pd
 
 from features.config import (
@@ -258,3 +266,119 @@ def execute_notebook(notebook: Path, env: dict[str, str]) -> list[dict[str, obje
         if cell.cell_type == "code"
         for output in cell.get("outputs", [])
     ]
+
+
+# ------------------------------------------------- a real `bentoml serve` over two batch runs
+LIVE_API_KEY = "live-key-0123456789"
+
+
+@dataclass(frozen=True)
+class LiveDeployment:
+    root: Path
+    bundle_dir: Path
+    snapshot: Path
+    history_url: str
+    account_ids: list[str]
+
+
+@dataclass(frozen=True)
+class LiveService:
+    base_url: str
+    api_key: str
+    deployment: LiveDeployment
+    log: Path
+
+
+def two_runs(trained: TrainedBundle, root: Path) -> LiveDeployment:
+    """Batch runs on two month ends, so every account has a tier history and a change since
+    the last run."""
+    from serving.batch import score_accounts
+    from tiering.bundle import Bundle
+
+    config = trained.config_writing_to(root)
+    bundle = Bundle.load(trained.bundle_dir)
+    first = score_accounts(config, bundle, out=root / "tiers.parquet")
+    earlier = (first.as_of - pd.offsets.MonthEnd(1)).normalize()
+    score_accounts(
+        config,
+        bundle,
+        as_of=earlier,
+        out=root / "earlier" / "tiers.parquet",
+        snapshot=root / "earlier" / "snapshot.parquet",
+    )
+    # Again, now that the earlier run is recorded: the latest run compares with it.
+    first = score_accounts(config, bundle, as_of=first.as_of, out=root / "tiers.parquet")
+    return LiveDeployment(
+        root=root,
+        bundle_dir=trained.bundle_dir,
+        snapshot=first.snapshot,
+        history_url=str(config.history.url),
+        account_ids=first.scores["account_id"].astype(str).tolist(),
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def service_env(deployment: LiveDeployment, bentoml_home: Path) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "TIERING_BUNDLE_DIR": str(deployment.bundle_dir),
+        "TIERING_SNAPSHOT": str(deployment.snapshot),
+        "TIERING_HISTORY_URL": deployment.history_url,
+        "TIERING_API_KEY": LIVE_API_KEY,
+        "TIERING_AUTH_DISABLED": "false",
+        "BENTOML_DO_NOT_TRACK": "true",
+        "BENTOML_HOME": str(bentoml_home),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
+    env.pop("TIERING_CONFIG", None)
+    return env
+
+
+def wait_ready(base: str, server: subprocess.Popen[bytes], log: Path, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        assert server.poll() is None, log.read_text()[-3000:]
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"server not ready within {seconds:.0f} s"
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def serving(
+    command: list[str], env: dict[str, str], port: int, log: Path, cwd: Path | None = None
+) -> Iterator[str]:
+    """Run a server command until the block ends; yields its base URL once it is ready."""
+    out = log.open("wb")
+    server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, server, log)
+        yield base
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        out.close()
+
+
+@contextlib.contextmanager
+def live_service(deployment: LiveDeployment, folder: Path) -> Iterator[LiveService]:
+    port = free_port()
+    bentoml = Path(sys.executable).parent / "bentoml"
+    command = [str(bentoml), "serve", "serving.service:TieringService"]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    log = folder / "server.log"
+    with serving(command, service_env(deployment, folder / "bentoml"), port, log) as base:
+        yield LiveService(base_url=base, api_key=LIVE_API_KEY, deployment=deployment, log=log)

@@ -199,6 +199,33 @@ class ScoringConfig(StrictModel):
     )
 
 
+class CrmConfig(StrictModel):
+    """The CRM write-back file that `tiering score` writes beside the scores (see
+    ``serving.crm``): a CRM's import format, its encoding and its text limit."""
+
+    preset: Literal["generic", "salesforce", "hubspot"] = Field(
+        "generic",
+        description="generic: tiers_crm.csv only; salesforce: an upsert file keyed by an "
+        "External ID field; hubspot: a company import matched on record id or domain.",
+    )
+    encoding: str = Field(
+        "utf-8",
+        description="Text encoding of the CRM file, e.g. utf-8, utf-8-sig (with a BOM, for "
+        "Excel), cp1252.",
+    )
+    max_text: int = Field(
+        255, ge=16, le=131_072, description="Most characters and bytes of one text field."
+    )
+    hubspot_match: Literal["record_id", "domain"] = Field(
+        "record_id",
+        description="hubspot: match companies on the Record ID (the account_id) or on the "
+        "company domain (from domain_column).",
+    )
+    domain_column: str = Field(
+        "domain", description="hubspot, domain matching: the account column with the domain."
+    )
+
+
 class HistoryConfig(StrictModel):
     """Where every batch run's tiers are kept (the tier history store)."""
 
@@ -321,6 +348,7 @@ class Config(StrictModel):
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     history: HistoryConfig = Field(default_factory=HistoryConfig)
+    crm: CrmConfig = Field(default_factory=CrmConfig)
     stability: StabilityConfig = Field(default_factory=StabilityConfig)
     capacity: CapacityConfig = Field(default_factory=CapacityConfig)
     elevation: ElevationConfig = Field(default_factory=ElevationConfig)

@@ -12,6 +12,7 @@ import typer
 
 from tiering_cli import (
     backtest_cmd,
+    bento_cmd,
     data_cmd,
     demo_cmd,
     history_cmd,
@@ -49,6 +50,7 @@ app.command("rollback")(model_cmd.rollback)
 app.command("score")(score_cmd.score)
 app.command("backtest")(backtest_cmd.backtest)
 app.command("serve")(score_cmd.serve)
+app.command("build")(bento_cmd.build)
 app.command("demo")(demo_cmd.demo)
 app.command("explain")(history_cmd.explain)
 app.add_typer(report_cmd.app, name="report")

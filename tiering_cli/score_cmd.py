@@ -53,6 +53,16 @@ def score(
         "--snapshot",
         help="Where to write the account snapshot the service reads; default from the config.",
     ),
+    crm: str | None = typer.Option(
+        None,
+        "--crm",
+        help="Also write a CRM import file beside the scores: salesforce (upsert by External ID) or hubspot (company import); default [crm] preset.",
+    ),
+    crm_encoding: str | None = typer.Option(
+        None,
+        "--crm-encoding",
+        help="Encoding of that file, e.g. utf-8-sig (a BOM for Excel); default [crm] encoding.",
+    ),
 ) -> None:
     """Tier every account of the list with the champion model, with reasons, and write the
     scores, the CRM write-back CSV and the account snapshot (all atomically)."""
@@ -62,6 +72,8 @@ def score(
     from tiering_cli.capacity_view import book_breakdown
 
     cfg = read_config(config)
+    if crm is not None and crm not in ("generic", "salesforce", "hubspot"):
+        raise fail(f"--crm: {crm!r} is not a preset; choose salesforce, hubspot or generic")
     with known_errors():
         loaded = resolve_model(cfg, model)
         console.print(f"model [bold]{loaded.version}[/] from {loaded.source}")
@@ -98,6 +110,21 @@ def score(
     for warning in warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     console.print(f"scores:   {result.output}\nCRM:      {result.crm}\nsnapshot: {result.snapshot}")
+    from serving.crm import CrmExportError, export_for_crm
+
+    with known_errors():
+        try:
+            crm_file = export_for_crm(
+                cfg,
+                result.output,
+                result.as_of,
+                preset=crm,  # type: ignore[arg-type]  # checked against the presets above
+                encoding=crm_encoding,
+            )
+        except CrmExportError as exc:
+            raise fail(str(exc)) from None
+    if crm_file is not None:
+        console.print(f"CRM import: {crm_file}")
     with known_errors():
         console.print(describe_run(cfg, result.as_of))
 

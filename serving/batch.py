@@ -52,6 +52,10 @@ CRM_COLUMNS = (
     "expected_revenue",
     "open_pipeline",
     "icp_fit",
+    "segment",
+    "customer_tier",
+    "revenue_at_risk",
+    "expected_expansion",
 )
 # With the tier history on: "previous tier", "tier since", "change reason".
 CRM_HISTORY_COLUMNS = ("previous_tier", "tier_since", "change_reason")
@@ -218,7 +222,8 @@ def tier_population(bundle: Bundle, features: pd.DataFrame, chunk_size: int) -> 
     """``tiering.scoring.score(population=True)`` without the texts: the model runs chunk by
     chunk, the tiers are assigned once over every account."""
     from features.icp import IcpPatterns, icp_patterns
-    from tiering.scoring import OUTPUT_COLUMNS, model_version, rank, tier
+    from tiering.customers import CUSTOMER_COLUMNS
+    from tiering.scoring import OUTPUT_COLUMNS, customers, model_version, rank, tier
 
     parts, fits = [], []
     for start in range(0, len(features), chunk_size):
@@ -235,7 +240,9 @@ def tier_population(bundle: Bundle, features: pd.DataFrame, chunk_size: int) -> 
     scored["tier_rule"] = assignment.rule
     scored["cutoffs_used"] = assignment.describe_cutoffs()
     scored["model_version"] = model_version(bundle)
-    return TieredPopulation(scored[OUTPUT_COLUMNS], IcpPatterns.concat(fits), assignment)
+    segment = customers(bundle, features, population=True).set_axis(scored.index)
+    scored = pd.concat([scored[OUTPUT_COLUMNS], segment[CUSTOMER_COLUMNS]], axis=1)
+    return TieredPopulation(scored, IcpPatterns.concat(fits), assignment)
 
 
 def scored_chunks(

@@ -5,7 +5,8 @@ subscription line whose recurring revenue is the deal's amount. From then on, mo
 a hidden health (a mean-reverting walk with sudden collapses) drives what the data shows and
 what happens:
 
-- usage (``active_users``, monthly) follows the health; support tickets (``tickets``,
+- usage (``active_users`` and ``seat_utilisation``, the share of licensed seats in use,
+  monthly) follows the health; support tickets (``tickets``,
   monthly) rise as it falls; some customers answer a quarterly NPS survey (``nps``, 0-10);
 - churn and downgrade are drawn from a hidden monthly hazard of the usage trend (health now
   against three months ago), support load, tenure, ICP fit and engagement, higher in a renewal
@@ -51,18 +52,22 @@ MC_PATHS = 128
 STREAM = 14_014  # the customers' own random stream beside the chunk's
 
 # The hidden process (log-odds per month, health units).
-HEALTH_PERSISTENCE = 0.88
-HEALTH_NOISE = 0.15
-COLLAPSE_P = 0.025
-COLLAPSE_DEPTH = (0.8, 2.2)
-CHURN = {"base": -5.3, "trend": -1.9, "health": -0.9, "load": 0.55, "tenure": -0.45}
-CHURN_FIT, CHURN_ENGAGEMENT, CHURN_RENEWAL = -0.35, -0.25, 1.4
-DOWNGRADE = {"base": -5.6, "trend": -1.3, "health": -0.6, "load": 0.35, "tenure": -0.1}
+HEALTH_PERSISTENCE = 0.9
+HEALTH_NOISE = 0.12
+COLLAPSE_P = 0.015
+COLLAPSE_DEPTH = (1.0, 2.5)
+CHURN = {"base": -5.6, "trend": -2.0, "health": -2.8, "load": 0.6, "tenure": -0.5}
+CHURN_FIT, CHURN_ENGAGEMENT, CHURN_RENEWAL, CHURN_SIZE = -0.4, -0.3, 2.2, -0.35
+DOWNGRADE = {"base": -5.4, "trend": -1.2, "health": -1.2, "load": 0.35, "tenure": -0.1}
 DOWNGRADE_FIT, DOWNGRADE_RENEWAL = -0.2, 0.9
-EXPANSION_BASE, EXPANSION_HEALTH, EXPANSION_TREND = -3.9, 0.7, 0.4
+EXPANSION_BASE, EXPANSION_HEALTH, EXPANSION_TREND = -4.2, 1.0, 0.8
 EXPANSION_FIT, EXPANSION_ENGAGEMENT, EXPANSION_PER_PRODUCT = 0.3, 0.2, -0.3
 EXPANSION_SHARE = (0.25, 0.65)  # a new line's revenue, as a share of the first line's
 TICKETS_BASE = 0.35
+# Accounts already customers when the data starts (at most twice this share, for good fit),
+# with a first start up to this many days before.
+LEGACY_SHARE = 0.12
+LEGACY_MAX_DAYS = 1_500
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,8 @@ class _Customers:
 
     account: np.ndarray
     start_day: np.ndarray
-    start_month: np.ndarray
+    start_month: np.ndarray  # negative for customers from before the data
+    term_start: np.ndarray  # start of the term running when the data starts (or start_day)
     first_revenue: np.ndarray
     seats: np.ndarray
     mean_health: np.ndarray
@@ -96,7 +102,9 @@ def hazards(
     """Monthly P(churn), P(downgrade | no churn) and P(expansion | neither) of customers
     ``rows`` in the month they have been customers for ``months_on`` months."""
     trend = health - health_3m_ago
-    load = np.log1p(_load(c.seats[rows], health))
+    # support load per seat: a big customer files more tickets without being less happy
+    load = np.log1p(TICKETS_BASE * np.exp(-0.9 * health))
+    size = np.log(c.seats[rows] / 20)
     tenure = np.log1p(months_on / 12)
     renewal = (months_on % 12 == 0) & (months_on > 0)
     fit, eng = c.fit[rows], c.engagement[rows]
@@ -109,6 +117,7 @@ def hazards(
         + CHURN_FIT * fit
         + CHURN_ENGAGEMENT * eng
         + CHURN_RENEWAL * renewal
+        + CHURN_SIZE * size
     )
     down = (
         DOWNGRADE["base"]
@@ -168,7 +177,7 @@ def draw_customers(
     products = np.ones(n, np.int64)
     line_revenue = np.zeros((n, MAX_PRODUCTS))
     line_start = np.full((n, MAX_PRODUCTS), -1, np.int64)
-    rows: list[dict[str, np.ndarray]] = []
+    rows: list[dict[str, np.ndarray]] = [_terms_before(c)]
     usage: list[dict[str, np.ndarray]] = []
     tickets: list[dict[str, np.ndarray]] = []
     truth: list[dict[str, np.ndarray]] = []
@@ -189,10 +198,11 @@ def draw_customers(
 
     for m in range(n_months):
         lo, hi = bounds[m], bounds[m + 1]
-        new = np.flatnonzero(c.start_month == m)
+        # customers from before the data start with it
+        new = np.flatnonzero((c.start_month == m) | ((m == 0) & (c.start_month < 0)))
         alive[new] = True
         line_revenue[new, 0] = c.first_revenue[new]
-        line_start[new, 0] = c.start_day[new]
+        line_start[new, 0] = c.term_start[new]
         health[new, : m + 1] = h0[new, None]
         active = np.flatnonzero(alive & (c.start_month < m))
         if m > 0:
@@ -218,6 +228,14 @@ def draw_customers(
                 "value": np.round(
                     c.seats[active] * np.exp(h + 0.08 * rng.standard_normal(len(active)))
                 ),
+            }
+        )
+        usage.append(
+            {
+                "customer": active,
+                "day": usage[-1]["day"],
+                "metric": np.full(len(active), "seat_utilisation", dtype=object),
+                "value": np.round(_sigmoid(h + 0.15 * rng.standard_normal(len(active))), 3),
             }
         )
         surveyed = (months_on % 3 == 1) & (rng.random(len(active)) < 0.5)
@@ -306,27 +324,74 @@ def _first_wins(
     deals: dict[str, np.ndarray],
     month_days: np.ndarray,
 ) -> _Customers:
-    won = deals["won"]
+    """Customers: accounts that were customers before the data starts (more often for good
+    fit and engagement), and accounts whose first won deal makes them one."""
+    n_acc = len(acc["engagement"])
+    fit_all, eng_all = acc["firmographic"], np.log(acc["engagement"])
+    legacy = rng.random(n_acc) < LEGACY_SHARE * 2 * _sigmoid(fit_all + 0.3 * eng_all)
+    won = deals["won"] & ~legacy[deals["account"]]
     account, closed = deals["account"][won], deals["closed_day"][won]
     amount = deals["amount"][won]
     order = np.lexsort((closed, account))
     account, closed, amount = account[order], closed[order], amount[order]
     first = np.r_[True, account[1:] != account[:-1]] if len(account) else np.array([], bool)
     account, closed, amount = account[first], closed[first], np.maximum(amount[first], 1_000.0)
+    old = np.flatnonzero(legacy)
+    old_start = -rng.integers(30, LEGACY_MAX_DAYS, len(old))
+    old_amount = np.round(np.exp(acc["log_amount"][old] + 0.5 * rng.standard_normal(len(old))), -2)
+    account = np.r_[account, old]
+    start_day = np.r_[closed, old_start]
+    amount = np.r_[amount, np.maximum(old_amount, 1_000.0)]
+    order = np.argsort(account, kind="stable")
+    account, start_day, amount = account[order], start_day[order], amount[order]
     n = len(account)
     fit = acc["firmographic"][account]
     engagement = np.log(acc["engagement"][account])
+    start_month = np.where(
+        start_day >= 0,
+        np.searchsorted(month_days, start_day, side="right") - 1,
+        np.floor(start_day / 30.4375).astype(np.int64),
+    )
+    years = np.where(start_day < 0, np.floor(-start_day / 365.25), 0)
+    term_start = start_day + np.round(years * 365.25).astype(np.int64)
     return _Customers(
         account=account,
-        start_day=closed,
-        start_month=np.searchsorted(month_days, closed, side="right") - 1,
+        start_day=start_day,
+        start_month=start_month,
+        term_start=term_start,
         first_revenue=amount,
         seats=np.round(3 + amount / 900),
-        mean_health=0.3 + 0.35 * fit + 0.15 * engagement + 0.3 * rng.standard_normal(n),
-        propensity=0.8 * rng.standard_normal(n) + 0.2 * np.log(acc["employees"][account] / 120),
+        # customers from before the data are the ones that stayed: healthier the longer ago
+        # they started, so churn does not fall over the years as they thin out
+        mean_health=0.3
+        + 0.6 * fit
+        + 0.3 * engagement
+        + 0.6 * rng.standard_normal(n)
+        + np.where(start_day < 0, 0.1 + 0.1 * years, 0.0),
+        propensity=0.5 * rng.standard_normal(n)
+        + 0.35 * np.log(acc["employees"][account] / 120) / np.log(10)
+        + 0.4 * fit
+        + 0.3 * engagement,
         fit=fit,
         engagement=engagement,
     )
+
+
+def _terms_before(c: _Customers) -> dict[str, np.ndarray]:
+    """The yearly core terms customers from before the data renewed before it starts."""
+    years = np.round((c.term_start - c.start_day) / 365.25).astype(np.int64)
+    who = np.repeat(np.arange(len(years)), years)
+    j = np.arange(len(who)) - np.repeat(np.cumsum(years) - years, years)
+    start = c.start_day[who] + np.round(j * 365.25).astype(np.int64)
+    end = c.start_day[who] + np.round((j + 1) * 365.25).astype(np.int64)
+    return {
+        "customer": who,
+        "product": np.zeros(len(who), np.int64),
+        "start": start,
+        "end": end,
+        "revenue": c.first_revenue[who],
+        "status": np.full(len(who), "renewed", dtype=object),
+    }
 
 
 def _truth_at(
@@ -345,13 +410,12 @@ def _truth_at(
     mc = np.random.default_rng(int(rng.integers(2**62)))
     k = MC_PATHS
     rows = np.repeat(active, k)
+    last = health[active, max(m - 1, 0)]
     hist = [
-        np.repeat(
-            np.where(np.isnan(health[active, j]), health[active, m - 1], health[active, j]), k
-        )
+        np.repeat(np.where(np.isnan(health[active, j]), last, health[active, j]), k)
         if j >= 0
-        else np.repeat(health[active, m - 1], k)
-        for j in (m - 3, m - 2, m - 1)
+        else np.repeat(last, k)
+        for j in (m - 3, m - 2, max(m - 1, 0))
     ]
     prods = np.repeat(products, k).astype(float)
     on = np.repeat(months_on, k)

@@ -48,6 +48,8 @@ DEFAULT_PLAYBOOK = {
 _FIELD_WORDS = {
     "cs_usage_change_active_users": "usage trend",
     "cs_usage_mean_active_users": "active users",
+    "cs_usage_mean_seat_utilisation": "seat utilisation",
+    "cs_usage_change_seat_utilisation": "seat utilisation trend",
     "cs_tickets_recent_tickets": "support tickets",
     "cs_tickets_change_tickets": "support tickets trend",
     "cs_tenure_days": "tenure",
@@ -311,6 +313,11 @@ def _describe(name: str, row: pd.Series, products_offered: int) -> str:
         return f"{word} {fmt_money(value)}"
     if name == "cs_usage_mean_active_users":
         return f"{value:.0f} active users"
+    if name == "cs_usage_mean_seat_utilisation":
+        return f"{value:.0%} of seats in use"
+    if name == "cs_usage_change_seat_utilisation":
+        way = "down" if value < 0 else "up"
+        return f"seat utilisation {way} {abs(value) * 100:.0f} % over 90 days"
     return f"{value:.0f} {word}"
 
 

@@ -1479,9 +1479,10 @@ def _notes(tables: Tables, data: DataConfig, derived_closed: bool) -> list[str]:
         )
     if tables.subscriptions is None:
         notes.append(
-            "no subscriptions: customers are the accounts with a won deal and their value is "
-            "their won revenue of the last 12 months; churn risk, revenue at risk and expected "
-            "expansion are not computed (map a billing export under [data.subscriptions])"
+            "no subscriptions: customer status and value come from won-deal history (a customer "
+            "is an account with a won deal, its value its won revenue of the last 12 months); "
+            "churn risk, revenue at risk and expected expansion are not computed (map a billing "
+            "export under [data.subscriptions])"
         )
     elif tables.usage is None or tables.tickets is None:
         lacking = [n for n in ("usage", "tickets") if getattr(tables, n) is None]

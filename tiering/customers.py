@@ -254,13 +254,20 @@ def customer_reasons(
     rows = contributions.index
     p = scored.loc[rows, "p_churn"].to_numpy(dtype=float)
     points = _points(contributions, p, list(settings["feature_names"]))[names]
-    exp_raw = contributions[[f"expansion:{c}" for c in names]].to_numpy(dtype=float)
+    # one driver per business field: a metric's level and its trend speak together
+    groups = _groups(names)
+    group_points = pd.DataFrame(
+        {g: points[cols].sum(axis=1) for g, cols in groups.items()}, index=points.index
+    )
+    exp_raw = contributions[[f"expansion:{c}" for c in names]]
+    exp_group = pd.DataFrame(
+        {g: exp_raw[[f"expansion:{c}" for c in cols]].sum(axis=1) for g, cols in groups.items()},
+        index=exp_raw.index,
+    ).to_numpy(dtype=float)
     expected = scored.loc[rows, "expected_expansion"].to_numpy(dtype=float)
-    exp_total = contributions[[f"expansion:{c}" for c in settings["feature_names"]]].sum(axis=1)
-    exp_total = exp_total.to_numpy(dtype=float)
-    base_exp = expected / np.exp(exp_total)
     products_offered = int(settings.get("products_offered") or 0)
     position = {idx: k for k, idx in enumerate(features.index)}
+    labels = list(groups)
     for j, idx in enumerate(rows):
         i = position[idx]
         row = features.loc[idx]
@@ -270,23 +277,49 @@ def customer_reasons(
             f"{fmt_money(scored.loc[idx, 'recurring_revenue'])} recurring revenue at risk",
             f"expected expansion {fmt_money(expected[j])}",
         ]
-        order = np.argsort(-np.abs(points.iloc[j].to_numpy()))
-        for k in order[:top]:
-            pts = float(points.iloc[j, k])
-            if abs(pts) < 0.5:
+        values = group_points.iloc[j].to_numpy()
+        for k in np.argsort(-np.abs(values))[:top]:
+            if abs(values[k]) < 0.5:
                 continue
-            lines.append(f"{_describe(names[k], row, products_offered)}: churn risk {pts:+.0f} pts")
+            text = _describe_group(labels[k], groups[labels[k]], row, products_offered)
+            lines.append(f"{text}: churn risk {values[k]:+.0f} pts")
         # the expansion driver that adds most, in money
-        if len(names):
-            k = int(np.argmax(exp_raw[j]))
-            gain = expected[j] - expected[j] / np.exp(exp_raw[j, k])
-            if exp_raw[j, k] > 0 and gain >= 1_000 and np.isfinite(base_exp[j]):
-                text = _describe(names[k], row, products_offered)
-                if names[k] == "cs_products":
+        if labels:
+            k = int(np.argmax(exp_group[j]))
+            gain = expected[j] - expected[j] / np.exp(exp_group[j, k])
+            if exp_group[j, k] > 0 and gain >= 1_000:
+                text = _describe_group(labels[k], groups[labels[k]], row, products_offered)
+                if labels[k] == "cs_products":
                     text += ": room to expand"
-                lines.append(f"{text} +{fmt_money(gain)} expected expansion")
+                lines.append(f"{text}: +{fmt_money(gain)} expected expansion")
         out[i] = lines
     return out
+
+
+def _groups(names: list[str]) -> dict[str, list[str]]:
+    """Customer columns by the business field they describe (a usage or ticket metric's
+    level and change together; every other column on its own)."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        key = name
+        for prefix in ("cs_usage_mean_", "cs_usage_change_"):
+            if name.startswith(prefix):
+                key = "usage:" + name.removeprefix(prefix)
+        for prefix in ("cs_tickets_recent_", "cs_tickets_change_"):
+            if name.startswith(prefix):
+                key = "tickets:" + name.removeprefix(prefix)
+        groups.setdefault(key, []).append(name)
+    return groups
+
+
+def _describe_group(key: str, columns: list[str], row: pd.Series, products_offered: int) -> str:
+    """A field in a CSM's words: a metric by its change over 90 days where known."""
+    change = [c for c in columns if "_change_" in c]
+    if change:
+        value = pd.to_numeric(pd.Series([row.get(change[0])]), errors="coerce").iloc[0]
+        if np.isfinite(value):
+            return _describe(change[0], row, products_offered)
+    return _describe(columns[0], row, products_offered)
 
 
 def _describe(name: str, row: pd.Series, products_offered: int) -> str:
@@ -297,6 +330,8 @@ def _describe(name: str, row: pd.Series, products_offered: int) -> str:
     if name == "cs_usage_change_active_users":
         way = "down" if value < 0 else "up"
         return f"usage {way} {abs(value) * 100:.0f} % over 90 days"
+    if name == "cs_nps":
+        return f"NPS {value:.0f}"
     if name == "cs_tickets_change_tickets":
         way = "down" if value < 0 else "up"
         return f"support tickets {way} {abs(value) * 100:.0f} % over 90 days"

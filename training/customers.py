@@ -59,6 +59,46 @@ CUSTOMER_LEARNING_RATE = 0.02
 _EPOCH = np.datetime64("1900-01-01", "D")
 
 
+# Rows of the training summary (training.pipeline): figure, model, baseline, its name, truth.
+CUSTOMER_SUMMARY_ROWS: list[tuple[str, str, str | None, str, str | None]] = [
+    (
+        "Customer: ROC-AUC of P(churn or downgrade in H)",
+        "customers_churn_auc",
+        "customers_churn_baseline_usage_trend_auc",
+        "usage trend, last 90 days",
+        "customers_truth_churn_auc",
+    ),
+    (
+        "Customer: ROC-AUC of P(churn or downgrade in H)",
+        "customers_churn_auc",
+        "customers_churn_baseline_tenure_auc",
+        "tenure",
+        "customers_truth_churn_auc",
+    ),
+    (
+        "Customer: ECE of P(churn or downgrade)",
+        "customers_churn_ece",
+        None,
+        "",
+        "customers_truth_churn_ece",
+    ),
+    (
+        "Customer: revenue at risk captured by Tier 1",
+        "customers_at_risk_tier1_model",
+        "customers_at_risk_tier1_best_baseline",
+        "best naive ranking, same size",
+        "customers_at_risk_tier1_truth",
+    ),
+    (
+        "Customer: expansion captured by Tier 1",
+        "customers_expansion_tier1_model",
+        "customers_expansion_tier1_best_baseline",
+        "best naive ranking, same size",
+        "customers_expansion_tier1_truth",
+    ),
+]
+
+
 @dataclass
 class CustomerFit:
     """The two models, what they read, and their test figures."""

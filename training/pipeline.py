@@ -30,7 +30,7 @@ from features.tables import Tables
 from tiering.bundle import CONVERSION, DEAL_WIN, REVENUE, Bundle, Model
 from tiering.config import Config
 from tiering.customers import reference_cutoffs as customer_cutoffs
-from training.customers import CustomerFit, fit_customer_models
+from training.customers import CUSTOMER_SUMMARY_ROWS, CustomerFit, fit_customer_models
 from training.customers import attach as attach_customers
 from training.evaluate import (
     WindowEvaluation,
@@ -202,6 +202,7 @@ def _summary(metrics: dict[str, float]) -> pd.DataFrame:
             "truth_deal_ece",
         ),
     ]
+    rows.extend(row for row in CUSTOMER_SUMMARY_ROWS if row[1] in metrics)
     out = []
     for label, model, baseline, name, truth in rows:
         m = get(model)

@@ -49,7 +49,7 @@ def is_customer_column(name: str) -> bool:
 
 def missing_customer_figures(tables: Tables) -> list[str]:
     """Customer figures the export cannot give, in a user's words (empty: all can be given)."""
-    missing = []
+    missing: list[str] = []
     if tables.subscriptions is None:
         missing.extend(FIGURES_FROM_SUBSCRIPTIONS)
     if tables.usage is None:

@@ -19,7 +19,7 @@ from tiering.bundle import CHURN, EXPANSION, Bundle
 from tiering.customers import CUSTOMER_COLUMNS, change_reasons
 from tiering.scoring import score
 
-from support import TrainedBundle
+from support import TrainedBundle, demo_data_config
 
 
 def _loaded(trained: TrainedBundle) -> tuple[Bundle, Tables]:
@@ -194,8 +194,8 @@ def test_a_customer_whose_usage_collapses_moves_up_and_the_change_says_why(
     assert tables.usage is not None
     customers = before[(before["segment"] == "customer") & (before["customer_tier"] > 1)]
     # a large, healthy customer outside Tier 1
-    pick = customers.sort_values("recurring_revenue", ascending=False).head(10)
-    pick = pick.sort_values("p_churn").iloc[0]
+    largest = customers.sort_values("recurring_revenue", ascending=False).head(10)
+    pick = largest.sort_values("p_churn").iloc[0]
     account = pick["account_id"]
     end = tables.end_of_data()
     usage = tables.usage.copy()
@@ -281,7 +281,6 @@ def test_customer_models_meet_their_bar_on_the_default_demo(tmp_path: Path) -> N
     least 2 points above the best naive ranking. The account models are not needed for this:
     the same snapshots and split as ``tiering train``, the customer models alone."""
     from features.build import categorical_columns
-    from support import demo_data_config
     from training.customers import fit_customer_models
     from training.snapshots import labelled_dates, snapshot_requests, split_snapshots
 

@@ -210,7 +210,7 @@ def advocacy(features: pd.DataFrame, customer: np.ndarray) -> pd.Series:
         parts = []
         if np.isfinite(renewals[i]):
             k = int(renewals[i])
-            parts.append(f"{k} renewal{'s' if k != 1 else ''}")
+            parts.append(f"{k} renewal{'s' if k != 1 else ''}" if k else "no renewal yet")
         if np.isfinite(tenure[i]):
             parts.append(f"{tenure[i] / 365.25:.1f} years a customer")
         if np.isfinite(nps[i]):
@@ -326,6 +326,8 @@ def _describe(name: str, row: pd.Series, products_offered: int) -> str:
     value = pd.to_numeric(pd.Series([row.get(name)]), errors="coerce").iloc[0]
     word = _FIELD_WORDS.get(name, name)
     if not np.isfinite(value):
+        if name.startswith("cs_usage_"):
+            return "no usage recorded yet"
         return f"no {word} recorded"
     if name == "cs_usage_change_active_users":
         way = "down" if value < 0 else "up"
@@ -353,28 +355,36 @@ def _describe(name: str, row: pd.Series, products_offered: int) -> str:
     if name == "cs_usage_change_seat_utilisation":
         way = "down" if value < 0 else "up"
         return f"seat utilisation {way} {abs(value) * 100:.0f} % over 90 days"
+    if name in ("cs_renewals", "cs_downgrades", "cs_expansions"):
+        noun = {
+            "cs_renewals": "renewal",
+            "cs_downgrades": "downgrade",
+            "cs_expansions": "expansion",
+        }
+        k = int(value)
+        return f"{k if k else 'no'} past {noun[name]}{'s' if k != 1 else ''}"
     return f"{value:.0f} {word}"
 
 
 def change_reasons(previous: pd.DataFrame, current: pd.DataFrame) -> pd.Series:
     """Why a customer's customer-success tier moved since the previous run ("" where it did
-    not): the move and the current run's strongest reason, indexed by ``account_id``."""
-    prev = previous.set_index("account_id")
+    not): the move and the current run's strongest reasons that raise its priority, indexed by
+    ``account_id``."""
+    before = previous.set_index("account_id")["customer_tier"]
     cur = current.set_index("account_id")
     out = pd.Series("", index=cur.index, dtype=object)
-    shared = cur.index.intersection(prev.index)
-    for account in shared:
-        before, after = prev.at[account, "customer_tier"], cur.at[account, "customer_tier"]
-        if pd.isna(after) or (not pd.isna(before) and int(before) == int(after)):
+    was_tier = pd.to_numeric(before, errors="coerce").reindex(cur.index).to_numpy(dtype=float)
+    now_tier = pd.to_numeric(cur["customer_tier"], errors="coerce").to_numpy(dtype=float)
+    known = cur.index.isin(before.index)
+    for k in range(len(cur.index)):
+        was, now = was_tier[k], now_tier[k]
+        if not known[k] or np.isnan(now) or was == now:
             continue
-        was = "no customer tier" if pd.isna(before) else f"Tier {int(before)}"
-        way = "up" if pd.isna(before) or int(after) < int(before) else "down"
-        reasons = cur.at[account, "customer_reasons"]
-        why = (
-            [r for r in list(reasons) if "pts" in r or "expansion" in r][-2:]
-            if len(reasons)
-            else []
-        )
-        lead = f"moved {way} from {was} to Tier {int(after)}"
-        out[account] = lead + (": " + "; ".join(why) if why else "")
+        origin = "no customer tier" if np.isnan(was) else f"Tier {int(was)}"
+        way = "up" if np.isnan(was) or now < was else "down"
+        reasons = [str(r) for r in (cur["customer_reasons"].iloc[k] or [])]
+        sign = "+" if way == "up" else "-"
+        why = [r for r in reasons if r.endswith(" pts") and f"risk {sign}" in r][:2] or reasons[:1]
+        lead = f"moved {way} from {origin} to Tier {int(now)}"
+        out.iloc[k] = lead + (": " + "; ".join(why) if why else "")
     return out

@@ -126,8 +126,11 @@ def customer_labels(
     codes = ids.get_indexer(pd.Index(requests["account_id"].astype(str))).astype(np.int64)
     start = _days(subscriptions["start"])
     end = _days(subscriptions["end"]) if "end" in subscriptions else np.full(len(acc), 1 << 23)
-    revenue = pd.to_numeric(subscriptions["recurring_revenue"], errors="coerce").fillna(0.0)
-    revenue = revenue.to_numpy(dtype=float)
+    revenue = (
+        pd.to_numeric(subscriptions["recurring_revenue"], errors="coerce")
+        .fillna(0.0)
+        .to_numpy(dtype=float)
+    )
     status = (
         subscriptions["status"].astype(str).to_numpy()
         if "status" in subscriptions

@@ -38,6 +38,7 @@ from serving.snapshot import jsonable, write_snapshot
 from serving.snapshot import read_snapshot as read_snapshot  # re-exported for callers of batch
 from tiering.bundle import Bundle
 from tiering.config import Config
+from tiering.customers import with_change_reasons
 
 if TYPE_CHECKING:
     from features.icp import IcpPatterns
@@ -56,6 +57,7 @@ CRM_COLUMNS = (
     "customer_tier",
     "revenue_at_risk",
     "expected_expansion",
+    "customer_change_reason",
 )
 # With the tier history on: "previous tier", "tier since", "change reason".
 CRM_HISTORY_COLUMNS = ("previous_tier", "tier_since", "change_reason")
@@ -125,6 +127,7 @@ def score_accounts(
     out = Path(out)
     snapshot_path = Path(snapshot) if snapshot is not None else config.scoring.snapshot
     history = _run_history(config, bundle, when, tables.accounts)
+    previous = previous_customer_tiers(out)
     with atomic_outputs([out, crm_path(out), snapshot_path]) as (out_tmp, crm_tmp, snap_tmp):
         scores, cutoffs_used = write_scores(
             bundle,
@@ -137,6 +140,7 @@ def score_accounts(
             top_reasons=config.scoring.top_reasons,
             progress=lambda done: report("reasons", done, len(features)),
             history=history,
+            previous_customers=previous,
         )
         report("write", 1, 3)
         write_snapshot(
@@ -345,6 +349,7 @@ def write_scores(
     progress: Callable[[int], None] = lambda done: None,
     reason_chunk_size: int = REASON_CHUNK_SIZE,
     history: RunHistory | None = None,
+    previous_customers: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, str]:
     """Score the whole list and stream the scores and the CRM rows to disk chunk by chunk, so
     the reason texts of only one chunk are ever in memory. Returns the scores without the
@@ -353,6 +358,9 @@ def write_scores(
     population = tier_population(bundle, features, chunk_size)
     if history is not None:
         population = history.prepare(population)
+    population = dataclasses.replace(
+        population, scores=with_change_reasons(population.scores, previous_customers)
+    )
     with _ChunkWriter(scores_path, csv=like.suffix.lower() == ".csv") as writer:
         chunks = scored_chunks(
             bundle,
@@ -394,6 +402,21 @@ def _chunk_reasons(
     return pd.DataFrame(
         phrase(bundle, features, scored, icp_missed, sub, top=top), index=features.index
     )
+
+
+def previous_customer_tiers(out: Path) -> pd.DataFrame | None:
+    """The customer tiers of the run whose output ``out`` still holds (None without one, or
+    from a version without customer tiers): what the customers' change reasons compare with."""
+    out = Path(out)
+    columns = ["account_id", "customer_tier"]
+    try:
+        if out.suffix.lower() == ".csv":
+            frame = pd.read_csv(out, usecols=columns, dtype={"account_id": str})
+        else:
+            frame = pd.read_parquet(out, columns=columns)
+    except (OSError, ValueError, KeyError):
+        return None
+    return frame
 
 
 def crm_rows(scores: pd.DataFrame) -> pd.DataFrame:

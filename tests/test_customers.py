@@ -227,9 +227,12 @@ def test_a_customer_whose_usage_collapses_moves_up_and_the_change_says_why(
 
 
 def test_a_bundle_without_customer_models_still_loads_and_scores_prospects(
-    scored: tuple[Bundle, Tables, pd.DataFrame, pd.DataFrame], tmp_path: Path
+    scored: tuple[Bundle, Tables, pd.DataFrame, pd.DataFrame],
+    trained_bundle: TrainedBundle,
+    tmp_path: Path,
 ) -> None:
-    bundle, _, features, out = scored
+    _, _, features, out = scored
+    bundle = Bundle.load(trained_bundle.bundle_dir)  # a copy: the module's bundle stays whole
     for name in (CHURN, EXPANSION):
         bundle.models.pop(name)
     bundle.customer = {}
@@ -310,3 +313,50 @@ def test_customer_models_meet_their_bar_on_the_default_demo(tmp_path: Path) -> N
     )
     # the truth is a ceiling the model does not pass by more than noise
     assert m["customers_churn_auc"] <= m["customers_truth_churn_auc"] + 0.02
+
+
+def test_the_next_batch_run_says_why_a_collapsing_customer_moved_up(
+    scored: tuple[Bundle, Tables, pd.DataFrame, pd.DataFrame],
+    trained_bundle: TrainedBundle,
+    tmp_path: Path,
+) -> None:
+    from serving.batch import crm_path, score_accounts
+
+    bundle, tables, _, before = scored
+    config = trained_bundle.config_writing_to(tmp_path)
+    config = config.model_copy(
+        update={"history": config.history.model_copy(update={"enabled": False})}
+    )
+    out = tmp_path / "tiers.parquet"
+    first = score_accounts(config, bundle, out=out)
+    assert (first.scores["customer_change_reason"] == "").all()
+    customers = first.scores[
+        (first.scores["segment"] == "customer") & (first.scores["customer_tier"] > 1)
+    ]
+    # a large, healthy customer outside Tier 1
+    largest = customers.sort_values("recurring_revenue", ascending=False).head(10)
+    account = largest.sort_values("p_churn").iloc[0]["account_id"]
+    assert tables.usage is not None
+    usage = tables.usage.copy()
+    end = tables.end_of_data()
+    recent = (usage["account_id"] == account) & (usage["date"] >= end - pd.Timedelta(days=90))
+    recent &= usage["metric"].isin(["active_users", "seat_utilisation"])
+    usage.loc[recent, "value"] = (usage.loc[recent, "value"] * 0.1).round(3)
+    usage_file = tmp_path / "usage.csv"
+    usage.to_csv(usage_file, index=False)
+    collapsed = config.model_copy(
+        update={"data": config.data.model_copy(update={"usage": TableSource(path=usage_file)})}
+    )
+    second = score_accounts(collapsed, bundle, out=out)
+    row = second.scores.set_index("account_id").loc[account]
+    was = first.scores.set_index("account_id").loc[account]
+    assert row["customer_priority"] > was["customer_priority"]
+    crm = pd.read_csv(crm_path(out), dtype={"account_id": str}).set_index("account_id")
+    assert "customer_change_reason" in crm.columns and "segment" in crm.columns
+    assert row["customer_tier"] < was["customer_tier"]
+    reason = crm.loc[account, "customer_change_reason"]
+    assert reason.startswith(f"moved up from Tier {int(was['customer_tier'])}")
+    assert "usage down" in reason and "churn risk +" in reason
+    # the others did not move for want of a reason
+    moved = crm["customer_change_reason"].fillna("") != ""
+    assert moved.sum() <= 3

@@ -388,3 +388,12 @@ def change_reasons(previous: pd.DataFrame, current: pd.DataFrame) -> pd.Series:
         lead = f"moved {way} from {origin} to Tier {int(now)}"
         out.iloc[k] = lead + (": " + "; ".join(why) if why else "")
     return out
+
+
+def with_change_reasons(scores: pd.DataFrame, previous: pd.DataFrame | None) -> pd.DataFrame:
+    """``scores`` with ``customer_change_reason`` against the previous run's customer tiers
+    (``account_id``, ``customer_tier``); empty without a previous run."""
+    if previous is None or "customer_tier" not in scores:
+        return scores.assign(customer_change_reason="")
+    reasons = change_reasons(previous, scores)
+    return scores.assign(customer_change_reason=reasons.to_numpy())

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from features.build import build_features, feature_columns, scoring_requests
 from features.config import TableSource
@@ -360,3 +362,42 @@ def test_the_next_batch_run_says_why_a_collapsing_customer_moved_up(
     # the others did not move for want of a reason
     moved = crm["customer_change_reason"].fillna("") != ""
     assert moved.sum() <= 3
+
+
+# ------------------------------------------------------------------- customer tier policy
+@given(
+    priority=st.lists(
+        st.one_of(
+            st.sampled_from([0.0, 1_000.0, 5_000.0]),  # ties
+            st.floats(0, 1e6, allow_nan=False),
+            st.just(float("nan")),  # a prospect: no tier
+        ),
+        max_size=60,
+    ),
+    csms=st.integers(1, 3),
+    per_csm=st.integers(1, 5),
+)
+def test_customer_tiers_hold_capacity_order_and_ties(
+    priority: list[float], csms: int, per_csm: int
+) -> None:
+    from tiering.customers import capacity_tiers, tiers_with_cutoffs
+
+    prio = np.array(priority, dtype=float)
+    settings = {"config": {"csms": csms, "tier1_per_csm": per_csm, "tier2_per_csm": 2 * per_csm}}
+    tier, cut1, cut2 = capacity_tiers(prio, settings)
+    known = np.isfinite(prio)
+    assert np.isnan(tier[~known]).all() and np.isfinite(tier[known]).all()
+    seats = csms * per_csm
+    t1 = known & (tier == 1)
+    # Tier 1 holds the seats (more only when customers tie with the last seat's priority)
+    if t1.sum() > seats:
+        assert (prio[t1] == cut1).sum() > 1
+    assert t1.sum() == min(seats, known.sum()) or t1.sum() > seats
+    # a higher priority never gets a worse tier; equal priorities share one
+    order = np.argsort(-prio[known], kind="stable")
+    ranked_tiers = tier[known][order]
+    assert (np.diff(ranked_tiers) >= 0).all()
+    for value in np.unique(prio[known]):
+        assert len(np.unique(tier[known & (prio == value)])) == 1
+    # one request against the frozen cut-offs gets the tier it has in the run
+    np.testing.assert_array_equal(tiers_with_cutoffs(prio, cut1, cut2), tier)

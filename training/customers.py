@@ -282,14 +282,14 @@ def fit_customer_models(
         "tweedie",
         ValueInterval(0.0, 0.0, method="none: expected value only", n_calibration=0),
     )
+    offered = (
+        int(tables.subscriptions["product"].nunique()) if "product" in tables.subscriptions else 0
+    )
     settings = {
         "feature_names": names,
         "categories": categories,
         "config": config.customers.model_dump(mode="json"),
-        "products_offered": config.customers.products_offered
-        or int(tables.subscriptions["product"].nunique())
-        if "product" in tables.subscriptions
-        else 1,
+        "products_offered": config.customers.products_offered or offered,
         "usage_trend": USAGE_TREND if USAGE_TREND in names else None,
         "horizon_days": horizon,
     }

@@ -50,7 +50,7 @@ def prepare(folder: Path) -> dict[str, Any]:
     write_demo(demo, n_accounts=5000, seed=7)
     sources = {
         t: getattr(config.data, t).model_copy(update={"path": demo / f"{t}.csv"})
-        for t in ("accounts", "opportunities", "activities")
+        for t in config.data.sources()
     }
     tables = load_tables(config.data.model_copy(update=sources)).tables
     horizon = config.training.horizon_days

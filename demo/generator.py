@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from demo.customers import CUSTOMER_TABLES, customer_paths, customer_schemas, draw_customers
 from features.tables import ACTIVITY_TYPES
 
 Format = Literal["csv", "parquet"]
@@ -44,6 +45,7 @@ TABLES = (
     "opportunities_truth",
     "accounts_truth",
     "process_truth",
+    *CUSTOMER_TABLES,
 )
 
 # The process truth: one row per account (see _process_truth and demo.truth.horizon_truth).
@@ -242,11 +244,15 @@ def generate(
             parts[name].append(frame)
     frames = {name: pd.concat(parts[name], ignore_index=True) for name in TABLES}
     return DemoData(
-        raw={name: frames[name] for name in ("accounts", "opportunities", "activities")},
+        raw={
+            name: frames[name]
+            for name in ("accounts", "opportunities", "activities", *CUSTOMER_TABLES[:3])
+        },
         truth={
             "opportunities": frames["opportunities_truth"],
             "accounts": frames["accounts_truth"],
             "process": frames["process_truth"],
+            "customers": frames["customers_truth"],
         },
         start=span.start_ts,
         end=span.end_ts,
@@ -284,6 +290,7 @@ def write_demo(
         "opportunities_truth": out / "truth" / f"opportunities_truth.{fmt}",
         "accounts_truth": out / "truth" / f"accounts_truth.{fmt}",
         "process_truth": out / "truth" / f"process_truth.{fmt}",
+        **customer_paths(out, fmt),
     }
     (out / "truth").mkdir(parents=True, exist_ok=True)
     if workers is None:
@@ -499,6 +506,16 @@ def _make_chunk(job: _Job) -> dict[str, Any]:
         ),
         "accounts_truth": _account_truth(acc, deals, index, span, job.truth_as_of, account_ids),
         "process_truth": _process_truth(acc, span, account_ids),
+        **draw_customers(
+            job.seed,
+            job.chunk,
+            acc,
+            deals,
+            span.snapshot_days("monthly")[:-1],
+            span.start,
+            span.days,
+            account_ids,
+        ),
     }
     activities = _dirty_activities(rng, act, account_ids, span, job.dirt_rate)
     if job.output in ("frames", "frames_text"):
@@ -529,7 +546,7 @@ def _make_chunk(job: _Job) -> dict[str, Any]:
 def _parquet_schemas() -> dict[str, pa.Schema]:
     text, day = pa.string(), pa.timestamp("ns")
     coded = pa.dictionary(pa.int32(), pa.string())
-    return {
+    return customer_schemas() | {
         "accounts": pa.schema(
             [
                 ("account_id", text),

@@ -9,7 +9,10 @@ The truth folder (``truth/`` beside the data, CSV or Parquet as the data was wri
   true_p_win, true_deal_value, true_expected_value: a deal created that day;
 - ``process_truth``: one row per account, the parameters of its deal and activity processes
   (``demo.generator.PROCESS_COLUMNS``), from which ``horizon_truth`` computes the expected won
-  revenue in any horizon at any date.
+  revenue in any horizon at any date;
+- ``customers_truth`` (optional): account_id, as_of (month starts), true_p_churn,
+  true_p_churn_or_downgrade, true_expected_expansion within ``horizon_days`` (see
+  ``demo.customers``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtr
 
+from demo.customers import TRUTH_COLUMNS as CUSTOMER_TRUTH_COLUMNS
 from demo.generator import (
     BASE_EVENTS,
     CYCLE_LOST,
@@ -54,7 +58,9 @@ FILES = {
     "opportunities": ("opportunities_truth", OPPORTUNITY_COLUMNS),
     "accounts": ("accounts_truth", ACCOUNT_COLUMNS),
     "process": ("process_truth", PROCESS_COLUMNS),
+    "customers": ("customers_truth", CUSTOMER_TRUTH_COLUMNS),
 }
+OPTIONAL = ("process", "customers")
 # Windows of the true win probability's engagement terms, as days before the deal's creation:
 # (0, 30], (30, 90], (90, 180].
 ENGAGEMENT_BINS = ((0, 30), (30, 90), (90, 180))
@@ -73,6 +79,8 @@ class Truth:
     accounts: pd.DataFrame
     # None in a truth folder written before the generator wrote it: only horizon_truth needs it
     process: pd.DataFrame | None
+    # None in a truth folder written before the generator had customers
+    customers: pd.DataFrame | None = None
 
     @property
     def end(self) -> pd.Timestamp:
@@ -90,7 +98,7 @@ def read_truth(truth_dir: str | Path) -> Truth:
     how = "write it with `tiering demo-data --out <folder of the data>`"
     if not folder.is_dir():
         raise TruthError(f"demo truth: no folder {folder}; {how}")
-    required = [stem for name, (stem, _) in FILES.items() if name != "process"]
+    required = [stem for name, (stem, _) in FILES.items() if name not in OPTIONAL]
     complete = {
         fmt: [folder / f"{stem}.{fmt}" for stem in required]
         for fmt in ("csv", "parquet")
@@ -113,7 +121,12 @@ def read_truth(truth_dir: str | Path) -> Truth:
         for name, (stem, columns) in FILES.items()
         if (folder / f"{stem}.{fmt}").is_file()
     }
-    return Truth(frames["opportunities"], frames["accounts"], frames.get("process"))
+    return Truth(
+        frames["opportunities"],
+        frames["accounts"],
+        frames.get("process"),
+        frames.get("customers"),
+    )
 
 
 def _read(folder: Path, stem: str, fmt: str, columns: Sequence[str]) -> pd.DataFrame:

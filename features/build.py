@@ -58,6 +58,7 @@ import numpy as np
 import pandas as pd
 
 from features.config import FeatureConfig
+from features.customers import customer_features, is_customer_column
 from features.tables import ACTIVITY_TYPES, POST_OUTCOME_FIELDS, Tables
 from features.values import yes_no
 
@@ -193,6 +194,7 @@ def build_features(tables: Tables, requests: pd.DataFrame, config: FeatureConfig
     parts.update(_account_features(tables.accounts, codes, config))
     parts.update(_deal_fields(tables.opportunities, requests, config))
     parts.update({name: values[back] for name, values in timed.items()})
+    parts.update(customer_features(tables, account_ids, codes, times, parts))
     # Object columns stay object: pandas would otherwise infer its string dtype, and the
     # contract promises plain strings.
     return pd.DataFrame(
@@ -230,7 +232,7 @@ def feature_columns(frame: pd.DataFrame) -> list[str]:
     """The model inputs: every column but the request's ``account_id`` and ``as_of``
     (and the training labels, should they ride along)."""
     skip = {*ID_COLUMNS, *CONTEXT_COLUMNS, "opportunity_id", "won"}
-    return [c for c in frame.columns if c not in skip]
+    return [c for c in frame.columns if c not in skip and not is_customer_column(c)]
 
 
 def categorical_columns(frame: pd.DataFrame, config: FeatureConfig) -> list[str]:

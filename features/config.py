@@ -116,6 +116,18 @@ class DataConfig(StrictModel):
         "of 'accounts' + 'opportunities'.",
     )
     activities: TableSource | None = None
+    subscriptions: TableSource | None = Field(
+        None,
+        description="Optional billing export: one row per subscription line or term (account_id, "
+        "product, start, end or renewal date, recurring_revenue, status). Without it, customers "
+        "and their value come from won-deal history and churn / expansion are not scored.",
+    )
+    usage: TableSource | None = Field(
+        None, description="Optional product usage: account_id, date, metric, value."
+    )
+    tickets: TableSource | None = Field(
+        None, description="Optional support tickets: account_id, date, metric, value."
+    )
     post_outcome: list[str] = Field(
         default_factory=list,
         description="Export columns known to be filled only after a deal's outcome (besides the "
@@ -166,6 +178,9 @@ class DataConfig(StrictModel):
             "opportunities": self.opportunities,
             "deals": self.deals,
             "activities": self.activities,
+            "subscriptions": self.subscriptions,
+            "usage": self.usage,
+            "tickets": self.tickets,
         }
         return {name: source for name, source in named.items() if source is not None}
 

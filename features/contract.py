@@ -27,15 +27,20 @@ from features.tables import (
     ACCOUNT_REQUIRED,
     ACTIVITY_OPTIONAL,
     ACTIVITY_REQUIRED,
+    METRIC_REQUIRED,
     OPPORTUNITY_OPTIONAL,
     OPPORTUNITY_REQUIRED,
     OUTCOMES,
+    SUBSCRIPTION_OPTIONAL,
+    SUBSCRIPTION_REQUIRED,
+    SUBSCRIPTION_STATUSES,
     Tables,
 )
 from features.values import NO_WORDS, YES_WORDS
 
 MAX_EXAMPLES = 3
 TABLE_NAMES = ("accounts", "opportunities", "activities")
+CUSTOMER_TABLES = ("subscriptions", "usage", "tickets")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 DELIMITER_CANDIDATES = (",", ";", "\t", "|")
 # Dates outside this span are typos (0201 for 2021) or sentinels (9999-12-31), not history.
@@ -250,7 +255,25 @@ SPECS: dict[str, TableSpec] = {
         labels=("type",),
         categories=("topic",),
     ),
+    "subscriptions": TableSpec(
+        required=SUBSCRIPTION_REQUIRED,
+        optional=SUBSCRIPTION_OPTIONAL,
+        id_columns=("account_id",),
+        dates=("start", "end"),
+        numbers=("recurring_revenue",),
+        labels=("status",),
+        categories=("product",),
+    ),
+    "usage": TableSpec(
+        required=METRIC_REQUIRED,
+        optional=(),
+        id_columns=("account_id",),
+        dates=("date",),
+        numbers=("value",),
+        labels=("metric",),
+    ),
 }
+SPECS["tickets"] = SPECS["usage"]
 # A flat deal export is cleaned as one table before its accounts are derived from it.
 SPECS["deals"] = TableSpec(
     required=("created_at", "outcome"),
@@ -323,10 +346,42 @@ ACTIVITIES_SCHEMA = pa.DataFrameSchema(
     name="activities",
 )
 
+SUBSCRIPTIONS_SCHEMA = pa.DataFrameSchema(
+    {
+        "account_id": pa.Column(str, nullable=False),
+        "start": _date(required=True, nullable=False),
+        "end": _date(),
+        "recurring_revenue": pa.Column(float, pa.Check.ge(0), nullable=False),
+        "product": _string(),
+        "status": pa.Column(
+            str, pa.Check.isin(list(SUBSCRIPTION_STATUSES)), nullable=True, required=False
+        ),
+    },
+    strict=False,
+    name="subscriptions",
+)
+
+
+def _metric_schema(name: str) -> pa.DataFrameSchema:
+    return pa.DataFrameSchema(
+        {
+            "account_id": pa.Column(str, nullable=False),
+            "date": _date(required=True, nullable=False),
+            "metric": pa.Column(str, nullable=False),
+            "value": pa.Column(float, nullable=False),
+        },
+        strict=False,
+        name=name,
+    )
+
+
 SCHEMAS = {
     "accounts": ACCOUNTS_SCHEMA,
     "opportunities": OPPORTUNITIES_SCHEMA,
     "activities": ACTIVITIES_SCHEMA,
+    "subscriptions": SUBSCRIPTIONS_SCHEMA,
+    "usage": _metric_schema("usage"),
+    "tickets": _metric_schema("tickets"),
 }
 
 
@@ -1078,7 +1133,7 @@ def validate_tables(
     accounts = frames.get("accounts")
     if accounts is not None and "account_id" in accounts.columns:
         known = set(accounts["account_id"].dropna())
-        for table in ("opportunities", "activities"):
+        for table in ("opportunities", "activities", *CUSTOMER_TABLES):
             frame = frames.get(table)
             if frame is None or "account_id" not in frame.columns:
                 continue
@@ -1172,6 +1227,11 @@ def _schema_problems(
             rule = (
                 f"values have an unknown outcome label (must map to {', '.join(OUTCOMES)}; "
                 "add it to the config's labels.outcome)"
+            )
+        elif check.startswith("isin(") and column == "status":
+            rule = (
+                "values have an unknown subscription status (must map to "
+                f"{', '.join(SUBSCRIPTION_STATUSES)}; add it to the config's labels.status)"
             )
         elif check.startswith("in_range("):
             rule = f"values out of range {check.removeprefix('in_range')}"
@@ -1417,6 +1477,19 @@ def _notes(tables: Tables, data: DataConfig, derived_closed: bool) -> list[str]:
             "no activities: no engagement features; the evidence score uses the account fields, "
             "deal history and open deals"
         )
+    if tables.subscriptions is None:
+        notes.append(
+            "no subscriptions: customer status and value come from won-deal history (a customer "
+            "is an account with a won deal, its value its won revenue of the last 12 months); "
+            "churn risk, revenue at risk and expected expansion are not computed (map a billing "
+            "export under [data.subscriptions])"
+        )
+    elif tables.usage is None or tables.tickets is None:
+        lacking = [n for n in ("usage", "tickets") if getattr(tables, n) is None]
+        notes.append(
+            f"no {' and no '.join(lacking)}: the churn and expansion models learn without "
+            "usage trends or support load"
+        )
     return notes
 
 
@@ -1471,6 +1544,7 @@ def load_tables(data: DataConfig, today: date | None = None) -> LoadResult:
         accounts=_drop_empty_columns(final_accounts, report),
         opportunities=final_opportunities,
         activities=frames.get("activities"),
+        **{name: frames.get(name) for name in CUSTOMER_TABLES},
     )
     end = pd.Timestamp(data.as_of) if data.as_of else tables.end_of_data()
     tables = Tables(
@@ -1479,6 +1553,7 @@ def load_tables(data: DataConfig, today: date | None = None) -> LoadResult:
             derive_closed_at(final_opportunities, data, report, end), data, report
         ),
         activities=tables.activities,
+        **{name: getattr(tables, name) for name in CUSTOMER_TABLES},
     )
     report.notes.extend(_notes(tables, data, derived_closed))
     return LoadResult(tables=tables, report=report)

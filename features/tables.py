@@ -32,6 +32,12 @@ OPPORTUNITY_REQUIRED = ("opportunity_id", "account_id", "created_at", "outcome")
 OPPORTUNITY_OPTIONAL = ("closed_at", "amount", "product", "source")
 ACTIVITY_REQUIRED = ("account_id", "occurred_at", "type")
 ACTIVITY_OPTIONAL = ("topic", "count")
+# Customer tables (optional): a billing export's subscription lines, and product usage and
+# support tickets as (account, date, metric, value) rows. See features/customers.py.
+SUBSCRIPTION_REQUIRED = ("account_id", "start", "recurring_revenue")
+SUBSCRIPTION_OPTIONAL = ("product", "end", "status")
+SUBSCRIPTION_STATUSES = ("active", "renewed", "downgraded", "churned")
+METRIC_REQUIRED = ("account_id", "date", "metric", "value")
 
 # Activity types the demo generator emits and the feature builder knows by name; other
 # types in a real export get features too, under their own (slugged) names.
@@ -56,11 +62,16 @@ class Tables:
     opportunities: ``created_at``/``closed_at`` are datetime64, ``outcome`` in OUTCOMES,
         ``amount`` float (booked value when won).
     activities: optional; ``occurred_at`` datetime64, ``count`` int (1 when the export has none).
+    subscriptions, usage, tickets: optional customer tables (``features.customers``); without
+        subscriptions, customer status and value come from won-deal history.
     """
 
     accounts: pd.DataFrame
     opportunities: pd.DataFrame
     activities: pd.DataFrame | None = None
+    subscriptions: pd.DataFrame | None = None
+    usage: pd.DataFrame | None = None
+    tickets: pd.DataFrame | None = None
 
     def end_of_data(self) -> pd.Timestamp:
         """The latest date anywhere in the tables: the default scoring date."""

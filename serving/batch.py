@@ -38,6 +38,7 @@ from serving.snapshot import jsonable, write_snapshot
 from serving.snapshot import read_snapshot as read_snapshot  # re-exported for callers of batch
 from tiering.bundle import Bundle
 from tiering.config import Config
+from tiering.customers import with_change_reasons
 
 if TYPE_CHECKING:
     from features.icp import IcpPatterns
@@ -53,6 +54,11 @@ CRM_COLUMNS = (
     "expected_revenue",
     "open_pipeline",
     "icp_fit",
+    "segment",
+    "customer_tier",
+    "revenue_at_risk",
+    "expected_expansion",
+    "customer_change_reason",
 )
 # With the tier history on: "previous tier", "tier since", "change reason".
 CRM_HISTORY_COLUMNS = ("previous_tier", "tier_since", "change_reason")
@@ -131,6 +137,7 @@ def score_accounts(
         from serving.elevations import intent_signal_of
 
         history.signal = intent_signal_of(config, tables.activities, features["account_id"], when)
+    previous = previous_customer_tiers(out)
     with atomic_outputs([out, crm_path(out), snapshot_path]) as (out_tmp, crm_tmp, snap_tmp):
         scores, cutoffs_used = write_scores(
             bundle,
@@ -144,6 +151,7 @@ def score_accounts(
             progress=lambda done: report("reasons", done, len(features)),
             history=history,
             capacity=plan,
+            previous_customers=previous,
         )
         report("write", 1, 3)
         write_snapshot(
@@ -305,7 +313,8 @@ def tier_population(
     chunk, the tiers are assigned once over every account (within the groups of
     ``capacity``, when given)."""
     from features.icp import IcpPatterns, icp_patterns
-    from tiering.scoring import OUTPUT_COLUMNS, model_version, rank, tier
+    from tiering.customers import CUSTOMER_COLUMNS
+    from tiering.scoring import OUTPUT_COLUMNS, customers, model_version, rank, tier
 
     parts, fits = [], []
     for start in range(0, len(features), chunk_size):
@@ -337,7 +346,9 @@ def tier_population(
     scored["tier_rule"] = assignment.rule
     scored["cutoffs_used"] = described
     scored["model_version"] = model_version(bundle)
-    return TieredPopulation(scored[OUTPUT_COLUMNS], IcpPatterns.concat(fits), assignment, grouped)
+    segment = customers(bundle, features, population=True).set_axis(scored.index)
+    scored = pd.concat([scored[OUTPUT_COLUMNS], segment[CUSTOMER_COLUMNS]], axis=1)
+    return TieredPopulation(scored, IcpPatterns.concat(fits), assignment, grouped)
 
 
 def scored_chunks(
@@ -460,6 +471,7 @@ def write_scores(
     reason_chunk_size: int = REASON_CHUNK_SIZE,
     history: RunHistory | None = None,
     capacity: CapacityPlan | None = None,
+    previous_customers: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, str]:
     """Score the whole list and stream the scores and the CRM rows to disk chunk by chunk, so
     the reason texts of only one chunk are ever in memory. Returns the scores without the
@@ -468,6 +480,9 @@ def write_scores(
     population = tier_population(bundle, features, chunk_size, capacity)
     if history is not None:
         population = history.prepare(population)
+    population = dataclasses.replace(
+        population, scores=with_change_reasons(population.scores, previous_customers)
+    )
     with _ChunkWriter(scores_path, csv=like.suffix.lower() == ".csv") as writer:
         chunks = scored_chunks(
             bundle,
@@ -509,6 +524,21 @@ def _chunk_reasons(
     return pd.DataFrame(
         phrase(bundle, features, scored, icp_missed, sub, top=top), index=features.index
     )
+
+
+def previous_customer_tiers(out: Path) -> pd.DataFrame | None:
+    """The customer tiers of the run whose output ``out`` still holds (None without one, or
+    from a version without customer tiers): what the customers' change reasons compare with."""
+    out = Path(out)
+    columns = ["account_id", "customer_tier"]
+    try:
+        if out.suffix.lower() == ".csv":
+            frame = pd.read_csv(out, usecols=columns, dtype={"account_id": str})
+        else:
+            frame = pd.read_parquet(out, columns=columns)
+    except (OSError, ValueError, KeyError):
+        return None
+    return frame
 
 
 def crm_rows(scores: pd.DataFrame) -> pd.DataFrame:

@@ -23,6 +23,7 @@ from serving.request_features import RequestFeatures
 from serving.schemas import (
     AccountRequest,
     AccountScore,
+    CustomerScore,
     Cutoffs,
     Driver,
     ExplainResponse,
@@ -262,4 +263,36 @@ def _account_score(
         tier_rule=str(row["tier_rule"]),
         reasons=reasons,
         cutoffs_used=str(row["cutoffs_used"]) if grouped else None,
+        **customer_fields(row),
     )
+
+
+CUSTOMER_TIER_NAMES = {
+    1: "Tier 1 - dedicated CSM",
+    2: "Tier 2 - scheduled check-ins",
+    3: "Tier 3 - digital success",
+}
+
+
+def customer_fields(row: Mapping[Any, Any]) -> dict[str, Any]:
+    """``segment`` and, for a customer, its ``customer`` block (tiering.customers' columns)."""
+    if row.get("segment") != "customer":
+        return {"segment": "prospect"}
+    tier = row.get("customer_tier")
+    tier = None if tier is None or pd.isna(tier) else int(tier)
+    return {
+        "segment": "customer",
+        "customer": CustomerScore(
+            recurring_revenue=float(row["recurring_revenue"]),
+            p_churn=_finite_or_none(row["p_churn"]),
+            revenue_at_risk=_finite_or_none(row["revenue_at_risk"]),
+            expected_expansion=_finite_or_none(row["expected_expansion"]),
+            priority=float(row["customer_priority"]),
+            tier=tier,
+            tier_name=None if tier is None else CUSTOMER_TIER_NAMES[tier],
+            reasons=list(row.get("customer_reasons") or []),
+            advocacy=str(row.get("advocacy") or ""),
+            playbook=list(row.get("customer_playbook") or []),
+            note=str(row.get("customer_note") or ""),
+        ),
+    }

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from features.config import FeatureConfig
+from features.customers import is_customer_column
 from serving.schemas import AccountRequest, Problem
 from serving.snapshot import Snapshot
 from tiering.bundle import Bundle
@@ -89,7 +90,8 @@ class RequestFeatures:
         if snapshot is not None and known.all() and not any(given):
             # The common case (CRM sync by id): the snapshot rows are already typed.
             frame = snapshot.features.iloc[position].reindex(columns=columns)
-            return frame.reset_index(drop=True), ["snapshot"] * len(accounts)
+            frame = frame.reset_index(drop=True)
+            return _with_customer_columns(frame, snapshot, position), ["snapshot"] * len(accounts)
         cold = snapshot.cold_start if snapshot is not None else {}
         base = pd.DataFrame(
             [{name: cold.get(name, np.nan) for name in columns}] * len(accounts), columns=columns
@@ -111,7 +113,7 @@ class RequestFeatures:
                     )
                     for i, name, value in unseen
                 )
-        frame = self._typed(base)
+        frame = _with_customer_columns(self._typed(base), snapshot, position)
         sources = [
             ("snapshot+fields" if given[i] else "snapshot") if known[i] else "fields"
             for i in range(len(accounts))
@@ -186,3 +188,21 @@ class RequestFeatures:
             axis=1,
         )
         return out[["account_id", "as_of", *self.bundle.feature_names]]
+
+
+def _with_customer_columns(
+    frame: pd.DataFrame, snapshot: Any, position: np.ndarray
+) -> pd.DataFrame:
+    """The snapshot's customer columns (``cs_``) of the known accounts beside their model
+    inputs, for the customer tier (``tiering.customers``); missing for accounts not in it."""
+    if snapshot is None:
+        return frame
+    names = [c for c in snapshot.features.columns if is_customer_column(c) and c not in frame]
+    if not names:
+        return frame
+    values = np.full((len(frame), len(names)), np.nan)
+    known = position >= 0
+    if known.any():
+        rows = snapshot.features.iloc[position[known]][names]
+        values[known] = rows.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    return pd.concat([frame, pd.DataFrame(values, columns=names, index=frame.index)], axis=1)

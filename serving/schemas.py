@@ -192,6 +192,32 @@ class Cutoffs(BaseModel):
     )
 
 
+class CustomerScore(BaseModel):
+    """A customer's own tier for customer success (see tiering.customers)."""
+
+    recurring_revenue: float = Field(description="Recurring revenue as of the snapshot (currency).")
+    p_churn: float | None = Field(
+        default=None,
+        description="Probability (0-1, calibrated) of churn or downgrade within the horizon; "
+        "None without the customer models.",
+    )
+    revenue_at_risk: float | None = Field(
+        default=None, description="recurring_revenue x p_churn (currency)."
+    )
+    expected_expansion: float | None = Field(
+        default=None, description="Expected expansion revenue within the horizon (currency)."
+    )
+    priority: float = Field(
+        description="w_at_risk x revenue_at_risk + w_expansion x expected_expansion (currency)."
+    )
+    tier: int | None = None
+    tier_name: str | None = None
+    reasons: list[str] = Field(default_factory=list)
+    advocacy: str = Field(default="", description="Renewals, tenure, NPS where the data has them.")
+    playbook: list[str] = Field(default_factory=list)
+    note: str = Field(default="", description="Customer figures that could not be computed.")
+
+
 class AccountScore(BaseModel):
     account_id: str | None = Field(description="The account's id; None for a new account.")
     source: Literal["snapshot", "fields", "snapshot+fields"] = Field(
@@ -246,6 +272,14 @@ class AccountScore(BaseModel):
     cutoffs_used: str | None = Field(
         default=None,
         description="With tiers within owners or territories: whose cut-offs placed this account.",
+    )
+    segment: Literal["customer", "prospect"] = Field(
+        default="prospect",
+        description="customer: pays recurring revenue as of the snapshot (or, without "
+        "subscriptions data, has a won deal); prospect: otherwise.",
+    )
+    customer: CustomerScore | None = Field(
+        default=None, description="Customers only: the customer-success tier and its figures."
     )
 
 

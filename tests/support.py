@@ -25,7 +25,14 @@ from features.config import (
     TableSource,
 )
 from tiering.bundle import Bundle
-from tiering.config import Config, MlflowConfig, ScoringConfig, TrainingConfig, load_config
+from tiering.config import (
+    Config,
+    CustomerConfig,
+    MlflowConfig,
+    ScoringConfig,
+    TrainingConfig,
+    load_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "demo.toml"
@@ -45,8 +52,7 @@ def demo_data_config(folder: Path, n_accounts: int = 1000, seed: int = 7) -> Con
         name: getattr(data, name).model_copy(
             update={"path": folder / getattr(data, name).path.name}
         )
-        for name in ("accounts", "opportunities", "activities")
-        if getattr(data, name) is not None
+        for name in data.sources()
     }
     moved["truth_dir"] = folder / "truth"
     return config.model_copy(update={"data": data.model_copy(update=moved)})
@@ -128,6 +134,9 @@ def serving_config(root: Path) -> Config:
             accounts=TableSource(path=paths["accounts"]),
             opportunities=TableSource(path=paths["opportunities"]),
             activities=TableSource(path=paths["activities"]),
+            subscriptions=TableSource(path=paths["subscriptions"]),
+            usage=TableSource(path=paths["usage"]),
+            tickets=TableSource(path=paths["tickets"]),
         ),
         features=FeatureConfig(technographics=TECH),
         icp=IcpConfig(
@@ -147,6 +156,8 @@ def serving_config(root: Path) -> Config:
             artifact_location=str(root / "mlruns" / "artifacts"),
         ),
         scoring=ScoringConfig(chunk_size=120, snapshot=root / "outputs" / "snapshot.parquet"),
+        # a few dozen customers: capacity for ten in Tier 1 and thirty in Tier 2
+        customers=CustomerConfig(csms=1, tier1_per_csm=10, tier2_per_csm=30),
     )
 
 

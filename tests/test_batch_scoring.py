@@ -45,8 +45,10 @@ def outputs(out: Path, config: Config) -> list[Path]:
 
 
 def test_outputs_carry_every_promised_column(trained: tuple[Config, Path], tmp_path: Path) -> None:
+    from tiering.customers import CUSTOMER_COLUMNS
     from tiering.scoring import OUTPUT_COLUMNS, REASON_COLUMNS
 
+    batch_columns = [*OUTPUT_COLUMNS, *CUSTOMER_COLUMNS, "customer_change_reason"]
     config, bundle_dir = trained
     config = config.model_copy(
         update={
@@ -57,8 +59,8 @@ def test_outputs_carry_every_promised_column(trained: tuple[Config, Path], tmp_p
     result = score_accounts(config, bundle, out=tmp_path / "tiers.parquet")
 
     scores = pd.read_parquet(result.output)
-    assert list(scores.columns) == OUTPUT_COLUMNS + REASON_COLUMNS + HISTORY_COLUMNS
-    assert list(result.scores.columns) == OUTPUT_COLUMNS
+    assert list(scores.columns) == batch_columns + REASON_COLUMNS + HISTORY_COLUMNS
+    assert list(result.scores.columns) == batch_columns
     assert scores["account_id"].is_unique
     assert scores["tier"].isin([1, 2, 3]).all()
     drivers = json.loads(scores["reasons"].iloc[0])

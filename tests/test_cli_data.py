@@ -228,8 +228,7 @@ def test_demo_data_writes_an_export_that_validates(app: typer.Typer, tmp_path: P
     data = config.data
     sources = {
         table: getattr(data, table).model_copy(update={"path": out / f"{table}.csv"})
-        for table in ("accounts", "opportunities", "activities")
-        if getattr(data, table) is not None
+        for table in data.sources()
     }
     from features.contract import load_tables
 

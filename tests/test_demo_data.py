@@ -50,13 +50,17 @@ def test_same_seed_writes_the_same_bytes(tmp_path: Path, fmt: Format) -> None:
     first = write_demo(tmp_path / "a", n_accounts=300, seed=11, fmt=fmt)
     write_demo(tmp_path / "b", n_accounts=300, seed=11, fmt=fmt)
     a, b = _files(tmp_path / "a"), _files(tmp_path / "b")
-    assert len(a) == 6 and set(first) == {
+    assert len(a) == 10 and set(first) == {
         "accounts",
         "opportunities",
         "activities",
         "opportunities_truth",
         "accounts_truth",
         "process_truth",
+        "subscriptions",
+        "usage",
+        "tickets",
+        "customers_truth",
     }
     assert a == b
 

@@ -539,18 +539,19 @@ def test_tier_rule_and_next_tier_hint_follow_the_assignment(bundle: TinyBundle) 
 
 
 def test_score_batch_and_online_agree_on_the_reference_population(bundle: TinyBundle) -> None:
+    from tiering.customers import CUSTOMER_COLUMNS
     from tiering.scoring import OUTPUT_COLUMNS, REASON_COLUMNS, score
 
     reference = make_features(1500, seed=3)  # the population the cut-offs were frozen on
     batch = score(bundle, reference, reasons=False, population=True)
-    assert list(batch.columns) == OUTPUT_COLUMNS
+    assert list(batch.columns) == OUTPUT_COLUMNS + CUSTOMER_COLUMNS
     assert batch["tier"].value_counts().to_dict() == dict(
         zip((1, 2, 3), bundle.cutoffs.tier_sizes, strict=True)
     )
     online = pd.concat(
         [score(bundle, reference.iloc[i : i + 1], population=False) for i in range(0, 1500, 97)]
     )
-    assert list(online.columns) == OUTPUT_COLUMNS + REASON_COLUMNS
+    assert list(online.columns) == OUTPUT_COLUMNS + CUSTOMER_COLUMNS + REASON_COLUMNS
     np.testing.assert_array_equal(online["tier"], batch["tier"].iloc[::97])
     np.testing.assert_allclose(online["priority"], batch["priority"].iloc[::97])
     assert online["cutoffs_used"].str.contains("as of 2025-06-30").all()

@@ -641,3 +641,26 @@ def test_open_service_is_refused_on_anything_but_loopback(monkeypatch: pytest.Mo
     monkeypatch.setenv("TIERING_API_KEY", API_KEY)
     monkeypatch.setenv("TIERING_AUTH_DISABLED", "false")
     refuse_open_service(ServingSettings(), ["0.0.0.0"])  # with a key: fine anywhere
+
+
+# ------------------------------------------------------------------------------- customers
+
+
+def test_customers_get_their_own_tier_and_prospects_none(
+    client: TestClient, deployment: Deployment
+) -> None:
+    import pandas as pd
+
+    snapshot = pd.read_parquet(deployment.snapshot)
+    customer = str(snapshot.loc[snapshot["cs_customer"] > 0, "account_id"].iloc[0])
+    body = {"accounts": [{"account_id": customer}, NEW_ACCOUNT]}
+    response = client.post("/score", json=body)
+    assert response.status_code == 200, response.text
+    known, new = response.json()["accounts"]
+    assert known["segment"] == "customer"
+    block = known["customer"]
+    assert block["tier"] in (1, 2, 3) and block["tier_name"].startswith(f"Tier {block['tier']}")
+    assert 0 < block["p_churn"] < 1 and block["recurring_revenue"] > 0
+    assert block["revenue_at_risk"] == pytest.approx(block["recurring_revenue"] * block["p_churn"])
+    assert block["reasons"][0].startswith("churn or downgrade risk") and block["playbook"]
+    assert new["segment"] == "prospect" and new["customer"] is None

@@ -9,6 +9,11 @@ The models, by name:
   booster on a log scale, or, where no booster beat it on the calibration slice, the segment
   median it fell back to.
 - ``deal_win`` (optional): P(win) of a deal opened now; prices each account's open pipeline.
+- ``churn`` and ``expansion`` (optional, customers only): P(churn or downgrade within H),
+  calibrated, and the expected expansion revenue within H. They read their own feature list
+  (the ``cs_`` customer columns and the account columns), kept in ``customers.json`` with the
+  customer tier settings and cut-offs; a bundle without them loads and scores prospects as
+  before, and the format version did not change for them (older bundles have none).
 
 Expected revenue = P(convert) x revenue if it converts: what tiers rank. A further target (e.g.
 churn risk for customers) is one more named model: a kind this module knows (probability or
@@ -27,6 +32,7 @@ Layout of a saved bundle::
     icp.json, policy.json, playbook.json
     cutoffs.json             reference expected-revenue distribution + Tier 1/2 cut-offs
                              (tiering.policy.ReferenceCutoffs)
+    customers.json           (with churn/expansion) their features, categories, tier settings
     metadata.json            versions, horizon, training window, metrics, feature config
 """
 
@@ -57,6 +63,8 @@ SMALL_BATCH_ROWS = 2_000
 
 ValueObjective = Literal["log_l2", "gamma", "tweedie", "segment_median"]
 CONVERSION, REVENUE, DEAL_WIN = "conversion", "revenue", "deal_win"
+CHURN, EXPANSION = "churn", "expansion"
+CUSTOMER_MODELS = (CHURN, EXPANSION)
 
 
 class BundleError(ValueError):
@@ -395,12 +403,56 @@ class Bundle:
     playbook: Playbook = field(default_factory=Playbook)
     cutoffs: ReferenceCutoffs = field(default_factory=_empty_cutoffs)
     metadata: dict[str, Any] = field(default_factory=dict)
+    # The customer models' inputs and the customer tier settings (``tiering.customers``).
+    customer: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.models.get(CONVERSION), ProbabilityModel):
             raise BundleError("a bundle needs a 'conversion' probability model")
         if not isinstance(self.models.get(REVENUE), AmountModel):
             raise BundleError("a bundle needs a 'revenue' amount model")
+        present = [m for m in CUSTOMER_MODELS if m in self.models]
+        if present and (len(present) < 2 or "feature_names" not in self.customer):
+            raise BundleError(
+                "the customer models come as a pair ('churn' and 'expansion') with their "
+                "feature names in customers.json"
+            )
+
+    @property
+    def has_customer_models(self) -> bool:
+        return CHURN in self.models and EXPANSION in self.models
+
+    def predict_customers(self, features: pd.DataFrame) -> pd.DataFrame:
+        """P(churn or downgrade within H) and expected expansion revenue within H of each row
+        (``p_churn``, ``expected_expansion``), and the models' SHAP values (``churn:<feature>``
+        in log-odds, ``expansion:<feature>`` in log revenue, each with its ``bias``)."""
+        names = list(self.customer["feature_names"])
+        categories = {k: list(v) for k, v in self.customer.get("categories", {}).items()}
+        encoded = encode_features(features, names, categories)
+        churn = self.models[CHURN]
+        expansion = self.models[EXPANSION]
+        assert isinstance(churn, ProbabilityModel) and isinstance(expansion, AmountModel)
+        out: dict[str, Any] = {}
+        if churn.booster is not None:
+            raw = self._run(churn.booster, encoded, raw_score=True)
+            contrib = self._run(churn.booster, encoded, pred_contrib=True)
+        else:
+            raw = churn.constant_raw(len(features))
+            contrib = np.zeros((len(features), len(names) + 1))
+            contrib[:, -1] = raw
+        out["p_churn"] = churn.predict(raw)
+        if expansion.booster is not None:
+            raw_e = self._run(expansion.booster, encoded, raw_score=True)
+            contrib_e = self._run(expansion.booster, encoded, pred_contrib=True)
+        else:
+            raw_e = np.log(np.maximum(expansion.fallback(features), 1e-9))
+            contrib_e = np.zeros((len(features), len(names) + 1))
+            contrib_e[:, -1] = raw_e
+        out["expected_expansion"] = expansion.from_raw(raw_e)
+        for j, name in enumerate([*names, "bias"]):
+            out[f"churn:{name}"] = contrib[:, j]
+            out[f"expansion:{name}"] = contrib_e[:, j]
+        return pd.DataFrame(out, index=features.index)
 
     @property
     def conversion(self) -> ProbabilityModel:
@@ -421,7 +473,12 @@ class Bundle:
         return self.conversion.calibrator
 
     def boosters(self) -> list[lgb.Booster]:
-        return [m.booster for m in self.models.values() if m.booster is not None]
+        """The account models' boosters (those reading ``feature_names``)."""
+        return [
+            m.booster
+            for name, m in self.models.items()
+            if m.booster is not None and name not in CUSTOMER_MODELS
+        ]
 
     # ------------------------------------------------------------------ predictions
     def encode(self, features: pd.DataFrame) -> pd.DataFrame:
@@ -568,6 +625,8 @@ class Bundle:
         write_json("playbook.json", self.playbook.model_dump(mode="json"))
         write_json("cutoffs.json", self.cutoffs.to_dict())
         write_json("metadata.json", self.metadata)
+        if self.customer:
+            write_json("customers.json", self.customer)
         header = {
             "format_version": FORMAT_VERSION,
             "feature_names": self.feature_names,
@@ -628,6 +687,7 @@ class Bundle:
                 playbook=Playbook.model_validate(_read_json(src / "playbook.json")),
                 cutoffs=ReferenceCutoffs.from_dict(_read_json(src / "cutoffs.json")),
                 metadata=_read_json(src / "metadata.json"),
+                customer=_read_json(src / "customers.json") if "customers.json" in recorded else {},
             )
         except FileNotFoundError as exc:
             raise BundleError(f"{src}: bundle file missing: {Path(exc.filename).name}") from None

@@ -336,6 +336,52 @@ class ElevationConfig(StrictModel):
     )
 
 
+class CustomerPlaybook(StrictModel):
+    """What each customer-success tier is entitled to."""
+
+    tier1: list[str] = Field(
+        default_factory=lambda: ["Dedicated customer-success manager", "Executive business reviews"]
+    )
+    tier2: list[str] = Field(
+        default_factory=lambda: ["Scheduled check-ins", "Adoption review each quarter"]
+    )
+    tier3: list[str] = Field(
+        default_factory=lambda: ["Digital success programme", "Automated health alerts"]
+    )
+
+    def for_tier(self, tier: int) -> list[str]:
+        return {1: self.tier1, 2: self.tier2, 3: self.tier3}[tier]
+
+
+class CustomerConfig(StrictModel):
+    """Customer tiers for customer success (see ``tiering.customers``): priority, in currency,
+    = w_at_risk x recurring revenue x P(churn or downgrade within H) + w_expansion x expected
+    expansion revenue within H; Tier 1 and Tier 2 hold what the customer-success managers can
+    serve."""
+
+    enabled: bool = Field(
+        True, description="Train the churn and expansion models and tier customers."
+    )
+    weight_at_risk: float = Field(1.0, ge=0, description="Weight of revenue at risk.")
+    weight_expansion: float = Field(1.0, ge=0, description="Weight of expected expansion.")
+    csms: int = Field(4, gt=0, description="Customer-success managers.")
+    tier1_per_csm: int = Field(25, gt=0, description="Tier 1 customers one CSM can serve.")
+    tier2_per_csm: int = Field(100, gt=0, description="Tier 2 customers one CSM can serve.")
+    products_offered: int | None = Field(
+        None,
+        gt=0,
+        description='Products a customer could hold ("3 products of 5"); None = the number of '
+        "distinct products in the subscriptions.",
+    )
+    playbook: CustomerPlaybook = Field(default_factory=CustomerPlaybook)
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> CustomerConfig:
+        if self.weight_at_risk + self.weight_expansion <= 0:
+            raise ValueError("customers: weight_at_risk and weight_expansion must not both be zero")
+        return self
+
+
 class Config(StrictModel):
     name: str = "account-tiering"
     data: DataConfig
@@ -352,6 +398,7 @@ class Config(StrictModel):
     stability: StabilityConfig = Field(default_factory=StabilityConfig)
     capacity: CapacityConfig = Field(default_factory=CapacityConfig)
     elevation: ElevationConfig = Field(default_factory=ElevationConfig)
+    customers: CustomerConfig = Field(default_factory=CustomerConfig)
 
 
 class ConfigError(ValueError):

@@ -21,6 +21,7 @@ from features.config import IcpConfig
 from features.icp import icp_fit
 from tiering.bundle import PREDICTION_COLUMNS
 from tiering.config import Playbook, TierPolicy
+from tiering.customers import CUSTOMER_COLUMNS, score_customers
 from tiering.explain import fmt_money, reason_columns
 from tiering.policy import (
     ReferenceCutoffs,
@@ -195,6 +196,14 @@ def pipeline_phrases(features: pd.DataFrame, ranked: pd.DataFrame) -> list[str]:
     return out
 
 
+def customers(
+    bundle: Scorable, features: pd.DataFrame, *, population: bool, reasons: bool = True
+) -> pd.DataFrame:
+    """Segment (customer / prospect) and the customers' own tier for customer success
+    (``tiering.customers``): ``CUSTOMER_COLUMNS`` of each row, same index."""
+    return score_customers(bundle, features, population=population, reasons=reasons)
+
+
 def horizon_label(days: int) -> str:
     """The horizon in a rep's words: "6 months" for 182 days, "2 months" for 61, "4 weeks"."""
     if days < 56:
@@ -213,8 +222,9 @@ def score(
     top_reasons: int = 3,
     contributions: tuple[pd.DataFrame, pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
-    """One row per feature row (same index): the columns in ``OUTPUT_COLUMNS`` and, with
-    ``reasons``, those in ``REASON_COLUMNS``.
+    """One row per feature row (same index): the columns in ``OUTPUT_COLUMNS``, the segment
+    and customer-success tier (``CUSTOMER_COLUMNS``) and, with ``reasons``, those in
+    ``REASON_COLUMNS``.
 
     ``tier_rule`` is the rule code (see ``tiering.policy.RULES``); ``tier_rule_text`` says it in
     words with the account's numbers; ``cutoffs_used`` names the cut-offs that placed the row.
@@ -222,7 +232,9 @@ def score(
     if "account_id" not in features.columns:
         raise ValueError("features: missing column 'account_id'")
     if len(features) == 0:
-        return pd.DataFrame(columns=OUTPUT_COLUMNS + (REASON_COLUMNS if reasons else []))
+        return pd.DataFrame(
+            columns=OUTPUT_COLUMNS + CUSTOMER_COLUMNS + (REASON_COLUMNS if reasons else [])
+        )
     both = getattr(bundle, "predict_with_contributions", None)
     if reasons and contributions is None and both is not None:
         # One encoding of the rows for both models' predictions and contributions.
@@ -242,6 +254,8 @@ def score(
         model_version=model_version(bundle),
     )
     columns = {c: columns[c] for c in OUTPUT_COLUMNS}
+    segment = customers(bundle, features, population=population, reasons=reasons)
+    columns.update({c: segment[c].to_numpy() for c in CUSTOMER_COLUMNS})
     if reasons:
         text = phrase(
             bundle,

@@ -29,6 +29,9 @@ from features.build import (
 from features.tables import Tables
 from tiering.bundle import CONVERSION, DEAL_WIN, REVENUE, Bundle, Model
 from tiering.config import Config
+from tiering.customers import reference_cutoffs as customer_cutoffs
+from training.customers import CUSTOMER_SUMMARY_ROWS, CustomerFit, fit_customer_models
+from training.customers import attach as attach_customers
 from training.evaluate import (
     WindowEvaluation,
     best_baseline,
@@ -86,6 +89,7 @@ class TrainingOutcome:
     deal_test: pd.DataFrame | None = None
     deal_predictions: dict[str, np.ndarray] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    customers: CustomerFit | None = None
 
 
 @dataclass
@@ -198,6 +202,7 @@ def _summary(metrics: dict[str, float]) -> pd.DataFrame:
             "truth_deal_ece",
         ),
     ]
+    rows.extend(row for row in CUSTOMER_SUMMARY_ROWS if row[1] in metrics)
     out = []
     for label, model, baseline, name, truth in rows:
         m = get(model)
@@ -315,6 +320,9 @@ def fit_and_evaluate(
         metadata=metadata,
     )
 
+    customers = fit_customer_models(config, tables, split, names, categorical)
+    attach_customers(bundle, customers)
+
     _step(progress, 4)
     truth, deal_truth = demo_truth(config, tables, split.test_dates)
     evaluation = evaluate_window(bundle, split.test, models.segment_conversion, truth=truth)
@@ -395,6 +403,11 @@ def fit_and_evaluate(
     )
     bundle.cutoffs = freeze_cutoffs(bundle, account_features_end, scoring_as_of)
     notes.extend(bundle.cutoffs.warnings)  # a tier the gates left short, with count and cause
+    if customers is not None:
+        metrics.update(customers.metrics)
+        notes.extend(customers.notes)
+    if bundle.has_customer_models:
+        bundle.customer["cutoffs"] = customer_cutoffs(bundle, account_features_end)
     bundle.metadata["metrics"] = {k: v for k, v in metrics.items() if _finite(v)}
     bundle.metadata["best_baseline"] = name
 
@@ -415,6 +428,7 @@ def fit_and_evaluate(
         deal_test=deals_test,
         deal_predictions=deal_predictions,
         notes=notes,
+        customers=customers,
     )
 
 

@@ -40,7 +40,10 @@ def demo(
         raise fail(f"{config}: the demo writes [data.accounts] and [data.opportunities] files")
     data_dir = accounts_source.path.parent
     _rule("1/4 Demo CRM")
-    if fresh or not accounts_source.path.exists():
+    missing = [s.path.name for s in settings.data.sources().values() if not s.path.exists()]
+    if fresh or missing:
+        if missing and accounts_source.path.exists():
+            console.print(f"the demo data in {data_dir} lacks {', '.join(missing)}: regenerating it")
         data_cmd.demo_data(accounts=accounts, seed=seed, out=data_dir)
     else:
         console.print(f"using the demo data in {data_dir} (--fresh regenerates it)")
@@ -49,7 +52,15 @@ def demo(
     _rule("3/4 Train, evaluate, register")
     model_cmd.train(config=config)
     _rule("4/4 Tier every account")
-    score_cmd.score(config=config, as_of=None, out=out, model="champion", snapshot=None)
+    score_cmd.score(
+        config=config,
+        as_of=None,
+        out=out,
+        model="champion",
+        snapshot=None,
+        crm=None,
+        crm_encoding=None,
+    )
     show_top_accounts(out, top)
 
 

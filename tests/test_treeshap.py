@@ -1,4 +1,4 @@
-"""Exact reasons: the compiled TreeSHAP tables give LightGBM's ``pred_contrib`` values on every
+"""Exact reasons: the compiled TreeSHAP kernel gives LightGBM's ``pred_contrib`` values on every
 row, on the project's own models and on boosters built to stress categorical splits, every
 missing-value direction and deep paths; the bundle's reasons come from them unchanged."""
 
@@ -43,7 +43,7 @@ def _stressed(matrix: np.ndarray, categorical: int, seed: int = 0) -> np.ndarray
     return np.vstack(copies)
 
 
-def test_tables_equal_pred_contrib_on_the_projects_models(
+def test_kernel_equals_pred_contrib_on_the_projects_models(
     trained_bundle: TrainedBundle,
 ) -> None:
     bundle = Bundle.load(trained_bundle.bundle_dir)
@@ -58,9 +58,15 @@ def test_tables_equal_pred_contrib_on_the_projects_models(
         compiled = treeshap.compile_booster(booster)
         assert compiled is not None, name
         expected = np.asarray(booster.predict(rows, pred_contrib=True, num_threads=1))
-        for got in (compiled.contributions(rows), compiled.contributions_numpy(rows)):
-            assert got.shape == expected.shape
-            assert np.abs(got - expected).max() < TOLERANCE, name
+        got = compiled.contributions(rows)
+        assert got.shape == expected.shape
+        assert np.abs(got - expected).max() < TOLERANCE, name
+        # The kernel's source as plain Python (what numba compiles) on a few rows.
+        few = np.ascontiguousarray(rows[::97])
+        plain = np.zeros((len(few), few.shape[1] + 1))
+        plain[:, -1] = compiled.bias
+        treeshap.explain_rows(few, plain, *compiled.kernel_args())
+        assert np.abs(plain - expected[::97]).max() < TOLERANCE, name
         explained += 1
     assert explained >= 2
     # The project's models do split on categories and on missing values.
@@ -68,7 +74,7 @@ def test_tables_equal_pred_contrib_on_the_projects_models(
     assert "'=='" in dumped and "'default_left': True" in dumped
 
 
-def test_bundle_contributions_come_from_the_tables_and_equal_lightgbm(
+def test_bundle_contributions_come_from_the_kernel_and_equal_lightgbm(
     trained_bundle: TrainedBundle,
 ) -> None:
     bundle = Bundle.load(trained_bundle.bundle_dir)
@@ -123,20 +129,23 @@ def test_categorical_splits_and_every_missing_direction(
     compiled = treeshap.compile_booster(booster)
     assert compiled is not None
     expected = booster.predict(rows, pred_contrib=True, num_threads=1)
-    assert np.abs(compiled.contributions(rows, threads=2) - expected).max() < TOLERANCE
-    assert np.abs(compiled.contributions_numpy(rows) - expected).max() < TOLERANCE
+    assert np.abs(compiled.contributions(rows) - expected).max() < TOLERANCE
+    many = np.tile(rows, (3, 1))  # enough rows for two threads
+    assert np.abs(compiled.contributions(many, threads=2) - np.tile(expected, (3, 1))).max() < (
+        TOLERANCE
+    )
 
 
-def test_paths_too_deep_for_tables_fall_back_to_lightgbm(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    booster, x = _synthetic(5, zero_as_missing=False, num_leaves=31, rounds=5)
-    monkeypatch.setattr(treeshap, "MAX_PATTERN_BITS", 1)
+def test_a_multiclass_model_is_explained_by_lightgbm_itself() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(600, 4))
+    y = np.argmax(x[:, :3], axis=1)
+    params = {"objective": "multiclass", "num_class": 3, "verbose": -1, "num_threads": 1}
+    booster = lgb.train(params, lgb.Dataset(x, y), num_boost_round=5)
     assert treeshap.compile_booster(booster) is None
-    rows = x[:50]
     np.testing.assert_allclose(
-        treeshap.contributions(booster, rows),
-        booster.predict(rows, pred_contrib=True, num_threads=1),
+        treeshap.contributions(booster, x[:50]),
+        booster.predict(x[:50], pred_contrib=True, num_threads=1),
     )
 
 
@@ -146,17 +155,3 @@ def test_a_matrix_of_the_wrong_width_is_refused_by_name() -> None:
     assert compiled is not None
     with pytest.raises(ValueError, match="expected a matrix with 8 columns"):
         compiled.contributions(x[:, :5])
-
-
-def test_pattern_tables_sum_to_the_leaf_value_minus_its_expectation() -> None:
-    # Efficiency per leaf: for any pattern, the path features' values add up to
-    # v * (prod o - prod z), the leaf's output at the row minus its expected share.
-    rng = np.random.default_rng(0)
-    for d in (1, 2, 5):
-        zero = rng.uniform(0.05, 1.0, size=(3, d))
-        values = rng.normal(size=3)
-        tables = treeshap.pattern_tables(values, zero)
-        for p in range(2**d):
-            ones = np.array([(p >> k) & 1 for k in range(d)])
-            expected = values * (ones.prod() - zero.prod(axis=1))
-            np.testing.assert_allclose(tables[:, p, :].sum(axis=1), expected, atol=1e-12)

@@ -47,6 +47,10 @@ from numpy.typing import NDArray
 
 _ZERO_THRESHOLD = 1e-35
 """LightGBM's ``kZeroThreshold``: what counts as zero for the ``Zero`` missing type."""
+TABLE_MAX_FEATURES = 8
+"""Leaves with at most this many features on their path get a table of their values for every
+pattern of followed / not followed (``2^d x d`` values, at most 16 KiB): one lookup per feature
+instead of the polynomial. Longer paths, rare, are computed row by row."""
 _MIN_ROWS_PER_THREAD = 2_000
 """Fewer rows than this per thread cost more in starting threads than they save."""
 
@@ -84,6 +88,8 @@ class TreeShapExplainer:
     leaf_bounds: NDArray[np.intp]
     leaf_value: NDArray[np.float64]
     weights: NDArray[np.float64]  # weights[d, s] = s! (d - s - 1)! / d!
+    leaf_table: NDArray[np.int64]  # offset of the leaf's table, -1 for a long path
+    table: NDArray[np.float64]  # per leaf: [pattern, path feature] values, leaf by leaf
 
     @property
     def mean_path_features(self) -> float:
@@ -137,6 +143,8 @@ class TreeShapExplainer:
             self.leaf_bounds,
             self.leaf_value,
             self.weights,
+            self.leaf_table,
+            self.table,
         )
 
 
@@ -160,6 +168,8 @@ def explain_rows(
     leaf_bounds: Any,
     leaf_value: Any,
     weights: Any,
+    leaf_table: Any,
+    table: Any,
 ) -> None:
     """Add each row's SHAP values to ``out`` (plain Python; :func:`_kernel` compiles it).
 
@@ -192,6 +202,19 @@ def explain_rows(
         for leaf in range(n_leaves):
             first = leaf_bounds[leaf]
             d = leaf_bounds[leaf + 1] - first
+            if leaf_table[leaf] >= 0:
+                # A short path: its values for every pattern are in the table.
+                pattern = 0
+                for j in range(d):
+                    s = first + j
+                    ok = 1
+                    for e in range(slot_bounds[s], slot_bounds[s + 1]):
+                        ok &= left[entry_node[e]] == entry_left[e]
+                    pattern |= ok << j
+                base = leaf_table[leaf] + pattern * d
+                for j in range(d):
+                    out[r, slot_feature[first + j]] += table[base + j]
+                continue
             # Which path features the row follows, and prod_{j in A} (t + z_j).
             poly[0] = 1.0
             degree = 0
@@ -307,6 +330,63 @@ def _shapley_weights(max_d: int) -> NDArray[np.float64]:
     return w
 
 
+def pattern_tables(values: NDArray[np.float64], zero: NDArray[np.float64]) -> NDArray[np.float64]:
+    """For leaves that share a path length ``d``: ``values`` (leaves,), ``zero`` (leaves, d)
+    -> ``phi`` (leaves, 2^d, d): the SHAP value of the path's feature k for every pattern of
+    one fractions (bit k of the pattern index is ``o_k``)."""
+    n, d = zero.shape
+    # Coefficients (by degree in t) of prod_k (o_k t + z_k) for every pattern, built one
+    # feature at a time: bit k of the pattern index is o_k.
+    full = np.zeros((n, 1, d + 1))
+    full[:, 0, 0] = 1.0
+    for k in range(d):
+        z = zero[:, k, None, None]
+        off = full * z
+        on = off.copy()
+        on[:, :, 1:] += full[:, :, :-1]
+        full = np.concatenate([off, on], axis=1)
+    weights = _shapley_weights(d)[d, :d]
+    patterns = np.arange(2**d)
+    out = np.empty((n, 2**d, d))
+    for i in range(d):
+        one = ((patterns >> i) & 1).astype(bool)
+        z = zero[:, i, None]
+        # Divide out feature i's factor: (t + z_i) where o_i = 1, z_i where o_i = 0.
+        quotient = np.empty((n, 2**d, d))
+        quotient[:, :, d - 1] = full[:, :, d]
+        for s in range(d - 1, 0, -1):
+            quotient[:, :, s - 1] = full[:, :, s] - z * quotient[:, :, s]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            divided = full[:, :, :d] / z[:, :, None]
+        quotient = np.where(one[None, :, None], quotient, divided)
+        total = quotient @ weights
+        out[:, :, i] = values[:, None] * (one[None, :] - z) * total
+        zero_cover = zero[:, i] <= 0
+        if zero_cover.any():
+            out[zero_cover, :, i] = _direct(values[zero_cover], zero[zero_cover], i, weights)
+    return out
+
+
+def _direct(
+    values: NDArray[np.float64], zero: NDArray[np.float64], i: int, weights: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """Feature i's column of the tables without dividing by its zero fraction (when it is 0)."""
+    n, d = zero.shape
+    patterns = np.arange(2**d)
+    poly = np.zeros((n, 2**d, d))
+    poly[:, :, 0] = 1.0
+    for k in range(d):
+        if k == i:
+            continue
+        o = ((patterns >> k) & 1)[None, :, None].astype(float)
+        z = zero[:, k, None, None]
+        shifted = np.zeros_like(poly)
+        shifted[:, :, 1:] = poly[:, :, :-1]
+        poly = poly * z + shifted * o
+    one = ((patterns >> i) & 1).astype(float)
+    return values[:, None] * (one[None, :] - zero[:, i, None]) * (poly @ weights)
+
+
 def compile_model(model: dict[str, Any]) -> TreeShapExplainer | None:
     """Compile ``booster.dump_model()``; ``None`` for a model of several outputs per
     iteration (multiclass), which LightGBM's ``pred_contrib`` explains instead."""
@@ -350,6 +430,7 @@ def compile_model(model: dict[str, Any]) -> TreeShapExplainer | None:
     leaf_bounds.append(len(slot_feature))
     slot_bounds.append(len(entry_node))
     max_d = max((len(leaf.features) for leaf in leaves), default=0)
+    leaf_table, table = _tables(leaves)
     return TreeShapExplainer(
         n_features=n_features,
         bias=bias,
@@ -369,7 +450,29 @@ def compile_model(model: dict[str, Any]) -> TreeShapExplainer | None:
         leaf_bounds=np.array(leaf_bounds, dtype=np.intp),
         leaf_value=np.array([leaf.value for leaf in leaves], dtype=np.float64),
         weights=_shapley_weights(max_d),
+        leaf_table=leaf_table,
+        table=table,
     )
+
+
+def _tables(leaves: list[_Leaf]) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """The pattern tables of the leaves with at most ``TABLE_MAX_FEATURES`` path features."""
+    offsets = np.full(len(leaves), -1, dtype=np.int64)
+    by_depth: dict[int, list[int]] = {}
+    for number, leaf in enumerate(leaves):
+        if len(leaf.features) <= TABLE_MAX_FEATURES:
+            by_depth.setdefault(len(leaf.features), []).append(number)
+    parts: list[NDArray[np.float64]] = []
+    size = 0
+    for d, members in sorted(by_depth.items()):
+        values = np.array([leaves[m].value for m in members])
+        zero = np.array([leaves[m].zero for m in members])
+        phi = pattern_tables(values, zero)  # (leaves, 2^d, d): leaf-major, pattern, feature
+        for row, m in enumerate(members):
+            offsets[m] = size + row * (d << d)
+        parts.append(phi.reshape(-1))
+        size += phi.size
+    return offsets, np.concatenate(parts) if parts else np.zeros(0)
 
 
 def compile_booster(booster: lgb.Booster) -> TreeShapExplainer | None:

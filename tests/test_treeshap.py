@@ -155,3 +155,18 @@ def test_a_matrix_of_the_wrong_width_is_refused_by_name() -> None:
     assert compiled is not None
     with pytest.raises(ValueError, match="expected a matrix with 8 columns"):
         compiled.contributions(x[:, :5])
+
+
+def test_warm_up_compiles_once_and_later_calls_reuse_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    booster, x = _synthetic(9, zero_as_missing=False, num_leaves=7, rounds=3)
+    treeshap.warm_up([booster])
+
+    def again(_: lgb.Booster) -> None:
+        raise AssertionError("compiled a second time")
+
+    monkeypatch.setattr(treeshap, "compile_booster", again)
+    np.testing.assert_allclose(
+        treeshap.contributions(booster, x[:20]),
+        booster.predict(x[:20], pred_contrib=True, num_threads=1),
+        atol=1e-9,
+    )

@@ -510,3 +510,12 @@ def contributions(
             booster.predict(matrix, pred_contrib=True, num_threads=threads), dtype=float
         )
     return explainer.contributions(matrix, threads=threads)
+
+
+def warm_up(boosters: list[lgb.Booster]) -> None:
+    """Compile the boosters and the kernel now (a second or two, once per process), so that
+    the first request to explain an account does not pay for it."""
+    for booster in boosters:
+        explainer = explainer_for(booster)
+        if explainer is not None:
+            explainer.contributions(np.zeros((1, explainer.n_features)))

@@ -162,13 +162,24 @@ def scoring_requests(accounts: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFram
 # --------------------------------------------------------------------------------- features
 
 
-def build_features(tables: Tables, requests: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:
+def build_features(
+    tables: Tables,
+    requests: pd.DataFrame,
+    config: FeatureConfig,
+    *,
+    global_deals: tuple[int, int] | None = None,
+) -> pd.DataFrame:
     """Features of each request's account as known strictly before the request's ``as_of``.
 
     One row per request, same order and index; columns ``account_id``, ``as_of``, then the
     features: account columns under their canonical names (categoricals as plain strings,
     NaN when unknown), then deal fields (only those in ``config.deal_fields``), engagement and
     relationship history (floats).
+
+    ``global_deals`` (see :func:`global_deal_counts`) stands in for the deals of every account
+    when ``tables`` hold only some accounts (one partition of a distributed run), so that
+    ``prior_win_rate`` is smoothed towards the same global rate; the requests must then share
+    one as_of.
     """
     _check_requests(requests)
     account_ids = pd.Index(tables.accounts["account_id"].astype(str))
@@ -183,7 +194,11 @@ def build_features(tables: Tables, requests: pd.DataFrame, config: FeatureConfig
     timed: dict[str, np.ndarray] = {}
     if tables.activities is not None:
         timed.update(_engagement_features(tables.activities, account_ids, req_codes, as_of, config))
-    timed.update(_history_features(tables.opportunities, account_ids, req_codes, as_of, config))
+    if global_deals is not None and len(np.unique(times)) > 1:
+        raise ValueError("global_deals: give it only for requests that share one as_of")
+    timed.update(
+        _history_features(tables.opportunities, account_ids, req_codes, as_of, config, global_deals)
+    )
     back = np.empty_like(order)
     back[order] = np.arange(len(order))
 
@@ -578,12 +593,44 @@ def _distinct_topics(
     return np.bincount(req_index, weights=present.astype(float), minlength=len(req_codes))
 
 
+def _decided_before(
+    known_at: np.ndarray, won: np.ndarray, as_of: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per as_of: deals decided before it, and how many of them were won (all accounts)."""
+    # One key for everybody.
+    global_tl = _Timeline(np.zeros(len(known_at), dtype=np.int64), known_at)
+    g_pos = global_tl.before(np.zeros(len(as_of), dtype=np.int64), as_of)
+    return g_pos, global_tl.cumulative(won.astype(float))[g_pos]
+
+
+def global_deal_counts(tables: Tables, as_of: pd.Timestamp) -> tuple[int, int]:
+    """Deals of the listed accounts decided before ``as_of``, and how many were won: the global
+    win rate ``prior_win_rate`` is smoothed towards. A run that builds features part by part
+    (``build_features(global_deals=...)``) takes it from the whole list."""
+    requests = pd.DataFrame(
+        {"account_id": tables.accounts["account_id"].iloc[:1], "as_of": [as_of]}
+    )
+    account_ids = pd.Index(tables.accounts["account_id"].astype(str))
+    counts: dict[str, tuple[int, int]] = {}
+    _history_features(
+        tables.opportunities,
+        account_ids,
+        np.zeros(len(requests), dtype=np.int64),
+        _as_ns(requests["as_of"]),
+        FeatureConfig(),
+        report=counts,
+    )
+    return counts["global"]
+
+
 def _history_features(
     opportunities: pd.DataFrame,
     account_ids: pd.Index,
     req_codes: np.ndarray,
     as_of: np.ndarray,
     config: FeatureConfig,
+    global_deals: tuple[int, int] | None = None,
+    report: dict[str, tuple[int, int]] | None = None,
 ) -> dict[str, np.ndarray]:
     opps = opportunities
     acc = account_ids.get_indexer(pd.Index(opps["account_id"].astype(str))).astype(np.int64)
@@ -631,11 +678,13 @@ def _history_features(
         - (closed_amount[pos] - closed_amount[start])
     )
 
-    # Global rate from deals decided before each as_of only: one key for everybody.
-    everyone = np.zeros(int(decided.sum()), dtype=np.int64)
-    global_tl = _Timeline(everyone, known_at[decided])
-    g_pos = global_tl.before(np.zeros(len(as_of), dtype=np.int64), as_of)
-    g_won = global_tl.cumulative(won[decided].astype(float))[g_pos]
+    if global_deals is None:
+        g_pos, g_won = _decided_before(known_at[decided], won[decided], as_of)
+    else:
+        g_pos = np.full(len(as_of), float(global_deals[0]))
+        g_won = np.full(len(as_of), float(global_deals[1]))
+    if report is not None and len(as_of):
+        report["global"] = (int(g_pos[0]), int(g_won[0]))
     global_rate = (g_won + 1.0) / (g_pos + 2.0)
     k = config.prior_smoothing
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -131,9 +131,15 @@ def load_model(
     model_uri: str | None,
     registry: Store | str | None,
 ) -> LoadedModel:
-    """The bundle folder when one is given, else the registered model."""
+    """The bundle folder when one is given, else the registered model; its explainer compiled
+    (``tiering.treeshap.warm_up``) so that the first account explained is as fast as the rest."""
+    from tiering.treeshap import warm_up
+
     if bundle_dir is not None:
-        return load_bundle_dir(Path(bundle_dir))
-    if model_uri is None or registry is None:
+        loaded = load_bundle_dir(Path(bundle_dir))
+    elif model_uri is None or registry is None:
         raise ModelNotFoundError("no model: give a bundle folder or a models:/ URI and its store")
-    return load_registered(model_uri, registry)
+    else:
+        loaded = load_registered(model_uri, registry)
+    warm_up(loaded.bundle.boosters())
+    return loaded

@@ -197,6 +197,17 @@ class ScoringConfig(StrictModel):
         Path("outputs/account_snapshot.parquet"),
         description="Account features as of the scoring date, written by batch scoring, read by the service.",
     )
+    cluster: str | None = Field(
+        None,
+        description="Score on Dask: local, local:N (N worker processes) or a scheduler address "
+        "such as tcp://scheduler:8786; the scores are then a directory of Parquet parts. "
+        "Default: one process. `tiering score --cluster` overrides.",
+    )
+    partition_size: int | None = Field(
+        None,
+        gt=0,
+        description="Accounts per Dask partition; default: two partitions per worker.",
+    )
 
 
 class CrmConfig(StrictModel):

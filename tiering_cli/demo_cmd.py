@@ -43,7 +43,9 @@ def demo(
     missing = [s.path.name for s in settings.data.sources().values() if not s.path.exists()]
     if fresh or missing:
         if missing and accounts_source.path.exists():
-            console.print(f"the demo data in {data_dir} lacks {', '.join(missing)}: regenerating it")
+            console.print(
+                f"the demo data in {data_dir} lacks {', '.join(missing)}: regenerating it"
+            )
         data_cmd.demo_data(accounts=accounts, seed=seed, out=data_dir)
     else:
         console.print(f"using the demo data in {data_dir} (--fresh regenerates it)")
@@ -60,6 +62,7 @@ def demo(
         snapshot=None,
         crm=None,
         crm_encoding=None,
+        cluster=None,
     )
     show_top_accounts(out, top)
 

@@ -63,6 +63,11 @@ def score(
         "--crm-encoding",
         help="Encoding of that file, e.g. utf-8-sig (a BOM for Excel); default [crm] encoding.",
     ),
+    cluster: str | None = typer.Option(
+        None,
+        "--cluster",
+        help="Score on Dask: local, local:N (N worker processes) or a scheduler address such as tcp://scheduler:8786; --out is then a directory of Parquet parts. Default: the config's scoring.cluster, else one process.",
+    ),
 ) -> None:
     """Tier every account of the list with the champion model, with reasons, and write the
     scores, the CRM write-back CSV and the account snapshot (all atomically)."""
@@ -87,9 +92,22 @@ def score(
                 bar.update(tasks[stage], completed=done)
 
             try:
-                result = score_accounts(
-                    cfg, loaded.bundle, as_of=as_of, out=out, progress=report, snapshot=snapshot
-                )
+                if cluster or cfg.scoring.cluster:
+                    from serving.distributed import score_on_cluster
+
+                    result = score_on_cluster(
+                        cfg,
+                        loaded.bundle,
+                        cluster or cfg.scoring.cluster or "",
+                        as_of=as_of,
+                        out=out,
+                        progress=report,
+                        snapshot=snapshot,
+                    )
+                else:
+                    result = score_accounts(
+                        cfg, loaded.bundle, as_of=as_of, out=out, progress=report, snapshot=snapshot
+                    )
             except ValueError as exc:
                 raise fail(str(exc)) from None
     console.print(tier_summary(result.scores, title=f"Tiers as of {result.as_of.date()}"))

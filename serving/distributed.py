@@ -1,0 +1,480 @@
+"""Batch scoring on a Dask cluster: the same run as ``serving.batch.score_accounts``, with the
+heavy parts spread over the workers by account partition.
+
+1. The account list is cut into partitions of ``partition_size`` accounts, in list order; each
+   partition travels with its own accounts' deals and activities.
+2. Per partition, on a worker: point-in-time features, both models' predictions, ICP fit,
+   evidence and priority (``serving.batch.tier_population``, i.e. ``tiering.scoring.rank``).
+   The features stay on the worker.
+3. Once, on the client: tiers over the whole list from the priorities of every account (a few
+   numbers per account), as the single-process run assigns them
+   (``tiering.scoring.tier(population=True)``), then the stability policy of the tier history.
+4. Per partition, on a worker: the reasons against the whole list's tiers and cut-offs
+   (``serving.batch.scored_chunks``), written as one Parquet part per partition.
+
+Outputs, all or nothing: ``out`` becomes a directory of Parquet parts (``part-00000.parquet``,
+... in list order; any Parquet reader reads the directory as one table), with the CRM
+write-back CSV and the account snapshot beside it as in a single-process run. Everything is
+written to temporaries first and swapped in at the end, so a run killed half-way leaves the
+previous outputs as they were. With the tier history on, the client annotates each partition
+(previous tier, tier since, change reason) and the run is recorded in one transaction at the
+end. On a remote cluster (``tcp://...``) the workers write the parts: ``out`` must be on a
+file system the workers and the client share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from serving.batch import (
+    COLD_START_ID,
+    BatchResult,
+    Progress,
+    TieredPopulation,
+    _alive,
+    _ChunkWriter,
+    _no_progress,
+    _run_history,
+    _scoring_date,
+    _typed_field,
+    atomic_outputs,
+    crm_path,
+    crm_rows,
+    scored_chunks,
+    tier_population,
+)
+from tiering.bundle import Bundle
+from tiering.config import Config
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from features.config import FeatureConfig
+    from features.tables import Tables
+
+_LOCAL = re.compile(r"^local(?::(?P<workers>\d+))?$")
+DEFAULT_PARTITIONS_PER_WORKER = 2
+"""Partitions per worker when no size is given: enough for the workers to share the load
+evenly, few enough that each partition's fixed costs stay small."""
+
+
+class ClusterError(ValueError):
+    """A cluster address that cannot be used."""
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """``local`` / ``local:N`` (a LocalCluster of N worker processes, default: one per core) or
+    ``tcp://host:port`` (the scheduler of an existing cluster)."""
+
+    address: str | None
+    workers: int | None
+
+    @classmethod
+    def parse(cls, text: str) -> ClusterSpec:
+        spec = text.strip()
+        if match := _LOCAL.match(spec):
+            workers = int(match["workers"]) if match["workers"] else None
+            if workers == 0:
+                raise ClusterError("cluster: local:N needs at least one worker (e.g. local:2)")
+            return cls(None, workers)
+        if re.match(r"^(tcp|tls|ucx|inproc)://[^:/]+(:\d+)?$", spec):
+            return cls(spec, None)
+        raise ClusterError(
+            f"cluster: {text!r} is not a cluster; use local, local:N (N worker processes) or "
+            "the scheduler's address, e.g. tcp://scheduler:8786"
+        )
+
+
+@contextlib.contextmanager
+def connect(spec: ClusterSpec | str, *, memory_limit: str | None = None) -> Iterator[Client]:
+    """A Dask client: on a new LocalCluster (one thread per worker process, closed on exit) or
+    on the given scheduler (left running)."""
+    from distributed import Client, LocalCluster
+
+    if isinstance(spec, str):
+        spec = ClusterSpec.parse(spec)
+    if spec.address is not None:
+        try:
+            client = Client(spec.address, timeout="10s")
+        except OSError as exc:
+            raise ClusterError(
+                f"cluster: no Dask scheduler answers at {spec.address} ({exc}); start one with "
+                "`dask scheduler` and workers with `dask worker <address>`"
+            ) from None
+        with client:
+            yield client
+        return
+    workers = spec.workers or os.cpu_count() or 1
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit=memory_limit or "auto",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+# ------------------------------------------------------------------------------ partitions
+
+
+def partition_bounds(n: int, size: int) -> list[tuple[int, int]]:
+    """Contiguous (start, stop) rows of at most ``size`` accounts each, in list order."""
+    if size <= 0:
+        raise ValueError(f"partition size must be positive, got {size}")
+    return [(a, min(a + size, n)) for a in range(0, n, size)] or [(0, 0)]
+
+
+def split_tables(
+    tables: Tables, requests: pd.DataFrame, bounds: list[tuple[int, int]]
+) -> list[Any]:
+    """Per partition: its requests and the tables cut down to its accounts."""
+    from features.tables import Tables
+
+    ids = pd.Index(requests["account_id"].astype(str))
+    part_of_request = np.zeros(len(ids), dtype=np.int64)
+    for number, (start, stop) in enumerate(bounds):
+        part_of_request[start:stop] = number
+
+    def part_codes(frame: pd.DataFrame) -> np.ndarray:
+        position = ids.get_indexer(pd.Index(frame["account_id"].astype(str)))
+        return np.where(position >= 0, part_of_request[np.maximum(position, 0)], -1)
+
+    def grouped(frame: pd.DataFrame | None) -> dict[int, pd.DataFrame]:
+        if frame is None:
+            return {}
+        codes = part_codes(frame)
+        order = np.argsort(codes, kind="stable")
+        sorted_codes = codes[order]
+        out = {}
+        for number in range(len(bounds)):
+            a, b = np.searchsorted(sorted_codes, [number, number + 1])
+            out[number] = frame.iloc[np.sort(order[a:b])]
+        return out
+
+    accounts = grouped(tables.accounts)
+    opportunities = grouped(tables.opportunities)
+    activities = grouped(tables.activities)
+    return [
+        (
+            Tables(
+                accounts=accounts[number],
+                opportunities=opportunities[number],
+                activities=activities.get(number) if tables.activities is not None else None,
+            ),
+            requests.iloc[start:stop],
+        )
+        for number, (start, stop) in enumerate(bounds)
+    ]
+
+
+# ------------------------------------------------------------------------ worker tasks
+
+
+def _features(part: Any, config: FeatureConfig, global_deals: tuple[int, int]) -> pd.DataFrame:
+    from features.build import build_features
+
+    tables, requests = part
+    return build_features(tables, requests, config, global_deals=global_deals)
+
+
+def _rank(bundle: Bundle, features: pd.DataFrame, chunk_size: int) -> TieredPopulation:
+    # Tiers within the partition are thrown away: only the ranks travel to the client.
+    return tier_population(bundle, features, chunk_size)
+
+
+def _ranks(population: TieredPopulation) -> pd.DataFrame:
+    from tiering.scoring import RANK_COLUMNS
+
+    return population.scores[["account_id", *RANK_COLUMNS]]
+
+
+def _reasons(
+    bundle: Bundle,
+    features: pd.DataFrame,
+    local: TieredPopulation,
+    scores: pd.DataFrame,
+    assignment: Any,
+    *,
+    chunk_size: int,
+    reasons: bool,
+    top_reasons: int,
+    part: Path | None,
+) -> pd.DataFrame:
+    """The partition's scores with every text field against the whole list's tiers; written to
+    ``part`` (then only the CRM rows come back) or returned whole."""
+    population = TieredPopulation(scores.set_axis(features.index), local.icp, assignment)
+    chunks = scored_chunks(
+        bundle,
+        features,
+        population,
+        chunk_size=chunk_size,
+        reasons=reasons,
+        top_reasons=top_reasons,
+    )
+    if part is None:
+        return pd.concat(list(chunks))
+    crm = []
+    with _ChunkWriter(part, csv=False) as writer:
+        for chunk in chunks:
+            writer.write(chunk)
+            crm.append(crm_rows(chunk))
+    return pd.concat(crm)
+
+
+def _slice(assignment: Any, start: int, stop: int) -> Any:
+    rows = slice(start, stop)
+    return dataclasses.replace(
+        assignment,
+        tier=assignment.tier[rows],
+        rule=assignment.rule[rows],
+        ceiling=assignment.ceiling[rows],
+        by_priority=assignment.by_priority[rows],
+        rank=None if assignment.rank is None else assignment.rank[rows],
+    )
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def score_accounts_distributed(
+    config: Config,
+    bundle: Bundle,
+    client: Client,
+    as_of: pd.Timestamp | str | None = None,
+    out: Path = Path("outputs/tiers"),
+    progress: Progress | None = None,
+    *,
+    snapshot: Path | None = None,
+    reasons: bool = True,
+    partition_size: int | None = None,
+) -> BatchResult:
+    """``serving.batch.score_accounts`` on the client's cluster; ``out`` is a directory of
+    Parquet parts (see the module docstring)."""
+    from features.build import build_features, global_deal_counts, scoring_requests
+    from features.contract import load_tables
+    from tiering.scoring import OUTPUT_COLUMNS, model_version, tier
+
+    report = progress or _no_progress
+    tables = load_tables(config.data).tables
+    when = _scoring_date(as_of, config, tables.end_of_data())
+    requests = scoring_requests(tables.accounts, when).reset_index(drop=True)
+    n = len(requests)
+    workers = max(len(client.scheduler_info().get("workers", {})), 1)
+    size = partition_size or config.scoring.partition_size
+    if size is None:
+        size = max(1, -(-n // (workers * DEFAULT_PARTITIONS_PER_WORKER)))
+    bounds = partition_bounds(n, size)
+    parts = split_tables(tables, requests, bounds)
+    cold = build_features(
+        tables,
+        pd.DataFrame({"account_id": [COLD_START_ID], "as_of": [when]}),
+        config.features,
+    )
+    history = _run_history(config, bundle, when, tables.accounts)
+    # The one figure features need from the whole list: the global win rate's deal counts.
+    deals = global_deal_counts(tables, when)
+    del tables
+
+    chunk_size = config.scoring.chunk_size
+    [bundle_f] = client.scatter([bundle], broadcast=True)
+    part_f = client.scatter(parts)
+    del parts
+    features_f = [client.submit(_features, p, config.features, deals) for p in part_f]
+    local_f = [client.submit(_rank, bundle_f, f, chunk_size) for f in features_f]
+    ranks_f = [client.submit(_ranks, p) for p in local_f]
+    ranked_parts = []
+    for number, future in enumerate(ranks_f):
+        ranked_parts.append(future.result())
+        report("features", bounds[number][1], n)
+    del part_f
+
+    # The one global pass: tiers of the whole list, as tier_population assigns them.
+    scored = pd.concat(ranked_parts, ignore_index=True)
+    assignment = tier(scored, bundle, population=True)
+    scored["tier"] = assignment.tier.astype(np.int64)
+    scored["tier_rule"] = assignment.rule
+    scored["cutoffs_used"] = assignment.describe_cutoffs()
+    scored["model_version"] = model_version(bundle)
+    # The ICP labels stay on the workers: the history needs the tiers only.
+    population = TieredPopulation(scored[OUTPUT_COLUMNS], None, assignment)  # type: ignore[arg-type]
+    if history is not None:
+        population = history.prepare(population)
+
+    out = Path(out)
+    snapshot_path = Path(snapshot) if snapshot is not None else config.scoring.snapshot
+    with (
+        _atomic_directory(out) as out_tmp,
+        atomic_outputs([crm_path(out), snapshot_path]) as (crm_tmp, snap_tmp),
+    ):
+        text_f = []
+        for number, (start, stop) in enumerate(bounds):
+            part = out_tmp / f"part-{number:05d}.parquet"
+            text_f.append(
+                client.submit(
+                    _reasons,
+                    bundle_f,
+                    features_f[number],
+                    local_f[number],
+                    population.scores.iloc[start:stop],
+                    _slice(population.assignment, start, stop),
+                    chunk_size=chunk_size,
+                    reasons=reasons,
+                    top_reasons=config.scoring.top_reasons,
+                    part=None if history is not None else part,
+                    pure=False,
+                )
+            )
+        for number, future in enumerate(text_f):
+            frame = future.result()
+            future.release()
+            if history is not None:
+                frame = history.annotate(frame)
+                with _ChunkWriter(out_tmp / f"part-{number:05d}.parquet", csv=False) as writer:
+                    writer.write(frame)
+                frame = crm_rows(frame)
+            frame.to_csv(crm_tmp, mode="a" if number else "w", header=number == 0, index=False)
+            report("reasons", bounds[number][1], n)
+        report("write", 1, 3)
+        _write_snapshot_parts(
+            client, features_f, snap_tmp, when=when, version=bundle.version, cold=cold
+        )
+        report("write", 2, 3)
+        if history is not None:
+            history.commit()
+        report("write", 3, 3)
+    return BatchResult(
+        scores=population.scores,
+        output=out,
+        crm=crm_path(out),
+        snapshot=snapshot_path,
+        as_of=when,
+        model_version=bundle.version,
+        cutoffs_used=population.cutoffs_used,
+    )
+
+
+def score_on_cluster(
+    config: Config,
+    bundle: Bundle,
+    cluster: str,
+    as_of: pd.Timestamp | str | None = None,
+    out: Path = Path("outputs/tiers"),
+    progress: Progress | None = None,
+    *,
+    snapshot: Path | None = None,
+    reasons: bool = True,
+) -> BatchResult:
+    """:func:`score_accounts_distributed` on ``cluster`` (see :class:`ClusterSpec`): a
+    LocalCluster for the run, or the scheduler of a running cluster."""
+    spec = ClusterSpec.parse(cluster)
+    with connect(spec) as client:
+        return score_accounts_distributed(
+            config,
+            bundle,
+            client,
+            as_of=as_of,
+            out=out,
+            progress=progress,
+            snapshot=snapshot,
+            reasons=reasons,
+        )
+
+
+def _write_snapshot_parts(
+    client: Client,
+    features_f: list[Any],
+    path: Path,
+    *,
+    when: pd.Timestamp,
+    version: str,
+    cold: pd.DataFrame,
+) -> None:
+    """The account snapshot as one Parquet file, one partition's features at a time (the
+    service reads one file); metadata as ``serving.snapshot.write_snapshot`` writes it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from serving.snapshot import write_snapshot
+
+    schemas = client.gather([client.submit(_schema, f) for f in features_f])
+    schema = pa.unify_schemas(schemas, promote_options="permissive")
+    schema = pa.schema([_typed_field(f) for f in schema])
+    # The metadata (date, model version, cold-start row) as the single-process writer puts it.
+    head = path.with_name(path.name + ".head")
+    try:
+        first = features_f[0].result().iloc[:0]
+        write_snapshot(first, head, as_of=when, model_version=version, cold_start=cold)
+        metadata = pq.read_schema(head).metadata
+    finally:
+        head.unlink(missing_ok=True)
+    with pq.ParquetWriter(path, schema.with_metadata(metadata)) as writer:
+        for future in features_f:
+            table = pa.Table.from_pandas(
+                future.result().reset_index(drop=True), preserve_index=False
+            )
+            writer.write_table(table.cast(schema).replace_schema_metadata(metadata))
+            future.release()
+
+
+def _schema(features: pd.DataFrame) -> Any:
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(features.reset_index(drop=True), preserve_index=False).schema
+
+
+@contextlib.contextmanager
+def _atomic_directory(target: Path) -> Iterator[Path]:
+    """A temporary directory beside ``target``; on success it replaces ``target`` (two
+    renames: the old directory moves aside, the new one into place, the old one is removed),
+    on any error or interruption it is removed and ``target`` stays as it was."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(\d+)\.tmp$")
+    for candidate in target.parent.glob(f".{target.name}.*.tmp"):
+        match = pattern.match(candidate.name)
+        if match and not _alive(int(match[1])):
+            shutil.rmtree(candidate, ignore_errors=True)
+    _restore_stale_old(target)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    old = target.with_name(f".{target.name}.{os.getpid()}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if target.is_dir():
+            os.replace(target, old)
+        elif target.exists():
+            raise FileExistsError(
+                f"{target} is a file; the partitioned output is a directory: remove it or "
+                "choose another --out"
+            )
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _restore_stale_old(target: Path) -> None:
+    """A run killed between its two renames left the previous output aside: put it back."""
+    if target.exists():
+        for stale in target.parent.glob(f".{target.name}.*.old"):
+            shutil.rmtree(stale, ignore_errors=True)
+        return
+    for stale in sorted(target.parent.glob(f".{target.name}.*.old")):
+        os.replace(stale, target)
+        return

@@ -1,0 +1,202 @@
+"""Batch scoring on a Dask LocalCluster (two worker processes): the same tiers, reasons, CRM
+rows, snapshot and history as the single-process run; partitioned Parquet swapped in whole."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tiering.bundle import Bundle
+
+from support import TECH, TrainedBundle
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[object]:
+    from serving.distributed import connect
+
+    with connect("local:2", memory_limit="1GiB") as c:
+        yield c
+
+
+def _history_rows(config: object) -> pd.DataFrame:
+    from serving.tier_changes import open_history
+
+    store = open_history(config)  # type: ignore[arg-type]
+    run = store.previous_run(pd.Timestamp("2100-01-01"))
+    assert run is not None
+    rows = store.rows(run_id=str(run["run_id"]), columns=["account_id", "tier", "priority"])
+    return rows.sort_values("account_id").reset_index(drop=True)
+
+
+def test_dask_tiers_and_reasons_equal_the_single_process_run(
+    trained_bundle: TrainedBundle, tmp_path: Path, client: object
+) -> None:
+    from serving.batch import score_accounts
+    from serving.distributed import score_accounts_distributed
+
+    bundle = Bundle.load(trained_bundle.bundle_dir)
+    single_cfg = trained_bundle.config_writing_to(tmp_path / "single")
+    dask_cfg = trained_bundle.config_writing_to(tmp_path / "dask")
+    single = score_accounts(single_cfg, bundle, out=tmp_path / "single" / "tiers.parquet")
+    spread = score_accounts_distributed(
+        dask_cfg,
+        bundle,
+        client,  # type: ignore[arg-type]
+        out=tmp_path / "dask" / "tiers",
+        partition_size=70,
+    )
+    parts = sorted((tmp_path / "dask" / "tiers").glob("part-*.parquet"))
+    assert len(parts) == -(-len(single.scores) // 70) > 2
+    expected = pd.read_parquet(single.output)
+    got = pd.read_parquet(spread.output)
+    pd.testing.assert_frame_equal(got, expected)
+    assert expected["reasons"].str.len().gt(2).any()
+    assert got["tier"].nunique() == 3
+    pd.testing.assert_frame_equal(
+        pd.read_csv(spread.crm, keep_default_na=False),
+        pd.read_csv(single.crm, keep_default_na=False),
+    )
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(spread.snapshot), pd.read_parquet(single.snapshot)
+    )
+    pd.testing.assert_frame_equal(_history_rows(dask_cfg), _history_rows(single_cfg))
+
+
+def test_a_failed_run_leaves_the_previous_output_whole(
+    trained_bundle: TrainedBundle,
+    tmp_path: Path,
+    client: object,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from serving import distributed
+
+    bundle = Bundle.load(trained_bundle.bundle_dir)
+    config = trained_bundle.config_writing_to(tmp_path)
+    config = config.model_copy(
+        update={"history": config.history.model_copy(update={"enabled": False})}
+    )
+    out = tmp_path / "tiers"
+    first = distributed.score_accounts_distributed(
+        config,
+        bundle,
+        client,  # type: ignore[arg-type]
+        out=out,
+        partition_size=100,
+        reasons=False,
+    )
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    crm_before = first.crm.read_bytes()
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(distributed, "_write_snapshot_parts", broken)
+    with pytest.raises(OSError, match="disk full"):
+        distributed.score_accounts_distributed(
+            config,
+            bundle,
+            client,  # type: ignore[arg-type]
+            out=out,
+            partition_size=50,
+        )
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert first.crm.read_bytes() == crm_before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "address", "workers"),
+    [
+        ("local", None, None),
+        ("local:3", None, 3),
+        ("tcp://10.0.0.5:8786", "tcp://10.0.0.5:8786", None),
+    ],
+)
+def test_cluster_addresses_parse(text: str, address: str | None, workers: int | None) -> None:
+    from serving.distributed import ClusterSpec
+
+    assert ClusterSpec.parse(text) == ClusterSpec(address, workers)
+
+
+@pytest.mark.parametrize("text", ["local:0", "remote", "http://x:1", "local:two"])
+def test_a_bad_cluster_address_is_refused_with_the_forms_that_work(text: str) -> None:
+    from serving.distributed import ClusterError, ClusterSpec
+
+    with pytest.raises(ClusterError, match="local:N|at least one worker"):
+        ClusterSpec.parse(text)
+
+
+def _cli_config(trained: TrainedBundle, folder: Path, cluster: str | None = None) -> Path:
+    data = trained.config.data
+    assert data.accounts is not None and data.opportunities is not None
+    assert data.activities is not None
+    lines = [
+        f'[data.accounts]\npath = "{data.accounts.path}"',
+        f'[data.opportunities]\npath = "{data.opportunities.path}"',
+        f'[data.activities]\npath = "{data.activities.path}"',
+        "[features]\ntechnographics = [" + ", ".join(f'"{t}"' for t in TECH) + "]",
+        f'[history]\nurl = "sqlite:///{folder / "history.db"}"',
+        f'[scoring]\nsnapshot = "{folder / "snapshot.parquet"}"'
+        + (f'\ncluster = "{cluster}"' if cluster else ""),
+    ]
+    path = folder / "config.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_cli_refuses_a_bad_cluster_in_the_config_with_one_line(
+    trained_bundle: TrainedBundle, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from tiering_cli.main import app
+
+    config = _cli_config(trained_bundle, tmp_path, cluster="local:two")
+    result = CliRunner().invoke(
+        app,
+        [
+            "score",
+            "--config",
+            str(config),
+            "--model",
+            str(trained_bundle.bundle_dir),
+            "--out",
+            str(tmp_path / "tiers"),
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert "error: cluster: 'local:two' is not a cluster" in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "tiers").exists()
+
+
+@pytest.mark.slow
+def test_cli_scores_on_a_local_cluster(trained_bundle: TrainedBundle, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tiering_cli.main import app
+
+    config = _cli_config(trained_bundle, tmp_path)
+    result = CliRunner().invoke(
+        app,
+        [
+            "score",
+            "--config",
+            str(config),
+            "--model",
+            str(trained_bundle.bundle_dir),
+            "--out",
+            str(tmp_path / "tiers"),
+            "--cluster",
+            "local:2",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    scores = pd.read_parquet(tmp_path / "tiers")
+    assert len(scores) == len(pd.read_csv(trained_bundle.config.data.accounts.path))  # type: ignore[union-attr]
+    assert set(scores["tier"]) == {1, 2, 3}
+    assert (tmp_path / "tiers_crm.csv").is_file() and (tmp_path / "snapshot.parquet").is_file()

@@ -51,11 +51,13 @@ from serving.batch import (
     atomic_outputs,
     crm_path,
     crm_rows,
+    previous_customer_tiers,
     scored_chunks,
     tier_population,
 )
 from tiering.bundle import Bundle
 from tiering.config import Config
+from tiering.customers import CUSTOMER_COLUMNS, retier_population, with_change_reasons
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -167,16 +169,16 @@ def split_tables(
             out[number] = frame.iloc[np.sort(order[a:b])]
         return out
 
-    accounts = grouped(tables.accounts)
-    opportunities = grouped(tables.opportunities)
-    activities = grouped(tables.activities)
+    # Every table keyed by account is cut the same way; optional ones stay None.
+    names = ("accounts", "opportunities", "activities", "subscriptions", "usage", "tickets")
+    parts = {name: grouped(getattr(tables, name)) for name in names}
+
+    def cut(name: str, number: int) -> pd.DataFrame | None:
+        return None if getattr(tables, name) is None else parts[name][number]
+
     return [
         (
-            Tables(
-                accounts=accounts[number],
-                opportunities=opportunities[number],
-                activities=activities.get(number) if tables.activities is not None else None,
-            ),
+            Tables(**{name: cut(name, number) for name in names}),  # type: ignore[arg-type]
             requests.iloc[start:stop],
         )
         for number, (start, stop) in enumerate(bounds)
@@ -199,9 +201,10 @@ def _rank(bundle: Bundle, features: pd.DataFrame, chunk_size: int) -> TieredPopu
 
 
 def _ranks(population: TieredPopulation) -> pd.DataFrame:
+    from tiering.customers import CUSTOMER_COLUMNS
     from tiering.scoring import RANK_COLUMNS
 
-    return population.scores[["account_id", *RANK_COLUMNS]]
+    return population.scores[["account_id", *RANK_COLUMNS, *CUSTOMER_COLUMNS]]
 
 
 def _reasons(
@@ -266,6 +269,13 @@ def score_accounts_distributed(
 ) -> BatchResult:
     """``serving.batch.score_accounts`` on the client's cluster; ``out`` is a directory of
     Parquet parts (see the module docstring)."""
+    if config.capacity.within != "global" or config.elevation.enabled:
+        raise ValueError(
+            "--cluster: tiers within owners or territories ([capacity] within = "
+            f"{config.capacity.within!r}) and elevations ([elevation] enabled) are applied by "
+            "the single-process run only; score without --cluster, or set [capacity] within = "
+            '"global" and [elevation] enabled = false'
+        )
     from features.build import build_features, global_deal_counts, scoring_requests
     from features.contract import load_tables
     from tiering.scoring import OUTPUT_COLUMNS, model_version, tier
@@ -311,10 +321,20 @@ def score_accounts_distributed(
     scored["tier_rule"] = assignment.rule
     scored["cutoffs_used"] = assignment.describe_cutoffs()
     scored["model_version"] = model_version(bundle)
+    # Customers' tiers too come from one pass: the CSMs' capacity is the whole list's.
+    customer = retier_population(scored[CUSTOMER_COLUMNS], bundle)
     # The ICP labels stay on the workers: the history needs the tiers only.
-    population = TieredPopulation(scored[OUTPUT_COLUMNS], None, assignment)  # type: ignore[arg-type]
+    population = TieredPopulation(
+        pd.concat([scored[OUTPUT_COLUMNS], customer], axis=1),
+        None,  # type: ignore[arg-type]
+        assignment,
+    )
     if history is not None:
         population = history.prepare(population)
+    population = dataclasses.replace(
+        population,
+        scores=with_change_reasons(population.scores, previous_customer_tiers(Path(out))),
+    )
 
     out = Path(out)
     snapshot_path = Path(snapshot) if snapshot is not None else config.scoring.snapshot

@@ -192,6 +192,23 @@ def score_customers(
     return out
 
 
+def retier_population(scored: pd.DataFrame, bundle: Any) -> pd.DataFrame:
+    """``CUSTOMER_COLUMNS`` scored in parts (one per partition) tiered again as one list: the
+    CSMs' capacity holds for the whole list, as ``score_customers(population=True)`` does."""
+    settings: dict[str, Any] = getattr(bundle, "customer", {}) or {"config": {}}
+    prio = pd.to_numeric(scored["customer_priority"], errors="coerce").to_numpy(dtype=float)
+    tier, _, _ = capacity_tiers(prio, settings)
+    playbook = _playbook(settings)
+    out = scored.copy()
+    out["customer_tier"] = pd.array(
+        np.where(np.isfinite(tier), tier, np.nan), dtype="Float64"
+    ).astype("Int64")
+    out["customer_playbook"] = pd.Series(
+        [playbook[int(t)] if np.isfinite(t) else [] for t in tier], index=scored.index, dtype=object
+    )
+    return out
+
+
 def _playbook(settings: dict[str, Any]) -> dict[int, list[str]]:
     book = settings.get("config", {}).get("playbook", {})
     return {t: list(book.get(f"tier{t}", DEFAULT_PLAYBOOK[t])) for t in (1, 2, 3)}

@@ -195,26 +195,36 @@ class Cutoffs(BaseModel):
 class CustomerScore(BaseModel):
     """A customer's own tier for customer success (see tiering.customers)."""
 
-    recurring_revenue: float = Field(description="Recurring revenue as of the snapshot (currency).")
-    p_churn: float | None = Field(
+    recurring_revenue: Money = Field(description="Recurring revenue as of the snapshot (currency).")
+    p_churn: Probability | None = Field(
         default=None,
         description="Probability (0-1, calibrated) of churn or downgrade within the horizon; "
         "None without the customer models.",
     )
-    revenue_at_risk: float | None = Field(
+    revenue_at_risk: Money | None = Field(
         default=None, description="recurring_revenue x p_churn (currency)."
     )
-    expected_expansion: float | None = Field(
+    expected_expansion: Money | None = Field(
         default=None, description="Expected expansion revenue within the horizon (currency)."
     )
-    priority: float = Field(
+    priority: Money = Field(
         description="w_at_risk x revenue_at_risk + w_expansion x expected_expansion (currency)."
     )
-    tier: int | None = None
-    tier_name: str | None = None
-    reasons: list[str] = Field(default_factory=list)
+    tier: int | None = Field(
+        default=None,
+        ge=1,
+        le=3,
+        description="Customer-success tier: 1 dedicated CSM, 2 scheduled check-ins, 3 digital; "
+        "None when it could not be computed.",
+    )
+    tier_name: str | None = Field(default=None, description="The customer-success tier's name.")
+    reasons: list[str] = Field(
+        default_factory=list, description="Why, in a customer-success manager's words."
+    )
     advocacy: str = Field(default="", description="Renewals, tenure, NPS where the data has them.")
-    playbook: list[str] = Field(default_factory=list)
+    playbook: list[str] = Field(
+        default_factory=list, description="What the customer-success tier is entitled to."
+    )
     note: str = Field(default="", description="Customer figures that could not be computed.")
 
 

@@ -193,6 +193,37 @@ def test_an_account_page_says_why_in_a_reps_words(
     assert "Account not found" in browser.find_element(By.TAG_NAME, "h1").text
 
 
+def test_a_customers_page_shows_its_customer_success_tier_and_why(
+    browser: Any, live_server: LiveService
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    from serving.history import HistoryStore
+
+    ids = HistoryStore(live_server.deployment.history_url).rows(columns=["account_id"])
+    ids = list(dict.fromkeys(ids["account_id"].astype(str)))[:300]
+    answer = httpx.post(
+        f"{live_server.base_url}/score",
+        json={"accounts": [{"account_id": i} for i in ids], "reasons": True},
+        headers={"X-API-Key": live_server.api_key},
+        timeout=60,
+    ).json()
+    customers = [a for a in answer["accounts"] if a["segment"] == "customer"]
+    prospect = next(a for a in answer["accounts"] if a["segment"] == "prospect")
+    assert customers, "the demo list has customers"
+    customer = customers[0]
+
+    _sign_in(browser, live_server)
+    browser.get(f"{live_server.base_url}/ui/accounts/{customer['account_id']}")
+    section = browser.find_element(By.ID, "customer").text
+    assert "Customer success" in section
+    tier = customer["customer"]["tier"]
+    assert (f"Tier {tier}" in section) if tier else ("no tier" in section)
+    assert _texts(browser, "#customer-reasons li") == customer["customer"]["reasons"]
+    browser.get(f"{live_server.base_url}/ui/accounts/{prospect['account_id']}")
+    assert not browser.find_elements(By.ID, "customer")
+
+
 def test_the_manager_view_shows_capacity_movement_and_tiers(
     browser: Any, live_server: LiveService
 ) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 
 from tiering.config import Config, CrmConfig
@@ -43,6 +44,10 @@ SALESFORCE_COLUMNS: Mapping[str, str] = {
     "icp_fit": "ICP_Fit__c",
     "model_version": "Tiering_Model_Version__c",
     "scored_date": "Tiering_Scored_Date__c",
+    "segment": "Tiering_Segment__c",
+    "customer_tier": "Customer_Success_Tier__c",
+    "revenue_at_risk": "Revenue_At_Risk__c",
+    "expected_expansion": "Expected_Expansion__c",
 }
 HUBSPOT_COLUMNS: Mapping[str, str] = {
     "record_id": "Record ID",
@@ -59,6 +64,10 @@ HUBSPOT_COLUMNS: Mapping[str, str] = {
     "icp_fit": "ICP fit",
     "model_version": "Tiering model version",
     "scored_date": "Tiering scored date",
+    "segment": "Tiering segment",
+    "customer_tier": "Customer success tier",
+    "revenue_at_risk": "Revenue at risk",
+    "expected_expansion": "Expected expansion",
 }
 TEXT_FIELDS = ("name", "owner", "change_reason", "reason_summary", "model_version")
 SCORE_COLUMNS = (
@@ -72,6 +81,10 @@ SCORE_COLUMNS = (
     "expected_revenue",
     "icp_fit",
     "model_version",
+    "segment",
+    "customer_tier",
+    "revenue_at_risk",
+    "expected_expansion",
 )
 
 
@@ -159,6 +172,11 @@ def preset_frame(
     frame["icp_fit"] = scores["icp_fit"].astype(float).round(1).to_numpy()
     frame["model_version"] = _text_column(scores, "model_version")
     frame["scored_date"] = scored_date.date().isoformat()
+    # Customers' own tier for customer success; empty for prospects (and older score files).
+    frame["segment"] = _text_column(scores, "segment")
+    frame["customer_tier"] = _int_column(scores, "customer_tier")
+    frame["revenue_at_risk"] = _money_column(scores, "revenue_at_risk")
+    frame["expected_expansion"] = _money_column(scores, "expected_expansion")
     for name in TEXT_FIELDS:
         frame[name] = frame[name].map(
             lambda t: truncate_text(t, config.max_text, config.max_text, encoding)
@@ -185,6 +203,12 @@ def _text_column(frame: pd.DataFrame, name: str) -> list[str]:
     if name not in frame:
         return [""] * len(frame)
     return ["" if pd.isna(v) else str(v) for v in frame[name]]
+
+
+def _money_column(frame: pd.DataFrame, name: str) -> Any:
+    if name not in frame:
+        return np.full(len(frame), np.nan)
+    return pd.to_numeric(frame[name], errors="coerce").astype(float).round(2).to_numpy()
 
 
 def _int_column(frame: pd.DataFrame, name: str) -> Any:

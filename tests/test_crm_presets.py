@@ -96,6 +96,14 @@ def test_salesforce_preset_upserts_by_external_id_with_percents_0_100(
     assert (frame["Tiering_Scored_Date__c"] == as_of.date().isoformat()).all()
     assert (frame["Tiering_Model_Version__c"] == "test-1").all()
     _text_fields_fit(frame, ["Name", "Tiering_Owner__c", "Tier_Change_Reason__c", "Tier_Reason__c"])
+    # Customers carry their own customer-success tier; prospects leave it empty.
+    customer = (scores["segment"] == "customer").to_numpy()
+    assert customer.any() and (~customer).any()
+    assert list(frame["Tiering_Segment__c"]) == list(scores["segment"])
+    assert frame.loc[~customer, "Customer_Success_Tier__c"].isna().all()
+    assert list(frame.loc[customer, "Customer_Success_Tier__c"].astype("Int64")) == list(
+        scores.loc[customer, "customer_tier"].astype("Int64")
+    )
 
 
 def test_hubspot_preset_matches_on_record_id_or_domain(

@@ -57,13 +57,23 @@ def _not_blank(path: Path) -> None:
 
 def _navigate(browser: Any, element: Any) -> None:
     """Click what loads a new page, and wait until the old page is gone."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     old = browser.find_element(By.TAG_NAME, "html")
     element.click()
-    WebDriverWait(browser, 15).until(expected_conditions.staleness_of(old))
+
+    def old_page_gone(driver: Any) -> bool:
+        try:
+            return bool(expected_conditions.staleness_of(old)(driver))
+        except WebDriverException:
+            # chromedriver may report the old page's node as "not in the document" instead of
+            # stale while the new page replaces it: gone all the same.
+            return True
+
+    WebDriverWait(browser, 15).until(old_page_gone)
 
 
 def _texts(browser: Any, selector: str) -> list[str]:

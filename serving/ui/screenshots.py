@@ -2,7 +2,7 @@
 
     python -m serving.ui.screenshots docs/ --url http://127.0.0.1:3000 --key "$TIERING_API_KEY"
 
-writes ``accounts.png`` (the account list) and ``account.png`` (the account with the highest
+writes ``rep-page-accounts.png`` (the account list) and ``rep-page-account.png`` (the account with the highest
 expected revenue on the list). Uses the system's Chromium and chromedriver (Debian:
 ``chromium``, ``chromium-driver``); nothing is downloaded. Needs the dev extra (selenium).
 """
@@ -80,9 +80,9 @@ def take(out: Path, base_url: str, api_key: str, owner: str = "") -> list[Path]:
     try:
         sign_in(browser, base_url, api_key, owner)
         browser.get(f"{base_url}/ui/accounts?owner={owner}&sort=expected_revenue&dir=desc&size=25")
-        shots = [full_page(browser, out / "accounts.png")]
+        shots = [full_page(browser, out / "rep-page-accounts.png")]
         browser.get(browser.find_element(By.CSS_SELECTOR, "a.account-link").get_attribute("href"))
-        shots.append(full_page(browser, out / "account.png"))
+        shots.append(full_page(browser, out / "rep-page-account.png"))
         return shots
     finally:
         browser.quit()
@@ -90,7 +90,9 @@ def take(out: Path, base_url: str, api_key: str, owner: str = "") -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("out", type=Path, help="folder for accounts.png and account.png")
+    parser.add_argument(
+        "out", type=Path, help="folder for rep-page-accounts.png and rep-page-account.png"
+    )
     parser.add_argument("--url", default="http://127.0.0.1:3000", help="the running service")
     parser.add_argument("--key", required=True, help="the service's API key")
     parser.add_argument("--owner", default="", help="sign in as this account owner")

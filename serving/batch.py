@@ -312,9 +312,18 @@ def tier_population(
     """``tiering.scoring.score(population=True)`` without the texts: the model runs chunk by
     chunk, the tiers are assigned once over every account (within the groups of
     ``capacity``, when given)."""
+    ranked, icp = rank_population(bundle, features, chunk_size)
+    return assign_population(bundle, ranked, icp, capacity)
+
+
+def rank_population(
+    bundle: Bundle, features: pd.DataFrame, chunk_size: int
+) -> tuple[pd.DataFrame, IcpPatterns]:
+    """What tiers are assigned from, chunk by chunk: ``account_id``, ``RANK_COLUMNS`` and the
+    customers' figures (``CUSTOMER_COLUMNS``), one row per feature row; and the ICP labels."""
     from features.icp import IcpPatterns, icp_patterns
     from tiering.customers import CUSTOMER_COLUMNS
-    from tiering.scoring import OUTPUT_COLUMNS, customers, model_version, rank, tier
+    from tiering.scoring import customers, rank
 
     parts, fits = [], []
     for start in range(0, len(features), chunk_size):
@@ -325,7 +334,24 @@ def tier_population(
         part.insert(0, "account_id", chunk["account_id"].to_numpy(dtype=object))
         parts.append(part)
         fits.append(fit)
-    scored = pd.concat(parts)
+    ranked = pd.concat(parts)
+    segment = customers(bundle, features, population=True).set_axis(ranked.index)
+    return pd.concat([ranked, segment[CUSTOMER_COLUMNS]], axis=1), IcpPatterns.concat(fits)
+
+
+def assign_population(
+    bundle: Bundle,
+    ranked: pd.DataFrame,
+    icp: IcpPatterns | None,
+    capacity: CapacityPlan | None = None,
+) -> TieredPopulation:
+    """Tiers assigned once over every row of ``ranked`` (``rank_population``'s frame, or the
+    parts of several concatenated): the tier policy, within the groups of ``capacity`` when
+    given, and the customer-success tiers over every customer."""
+    from tiering.customers import CUSTOMER_COLUMNS, retier_population
+    from tiering.scoring import OUTPUT_COLUMNS, model_version, tier
+
+    scored = ranked.copy()
     grouped = None
     if capacity is None:
         assignment = tier(scored, bundle, population=True)
@@ -346,9 +372,13 @@ def tier_population(
     scored["tier_rule"] = assignment.rule
     scored["cutoffs_used"] = described
     scored["model_version"] = model_version(bundle)
-    segment = customers(bundle, features, population=True).set_axis(scored.index)
-    scored = pd.concat([scored[OUTPUT_COLUMNS], segment[CUSTOMER_COLUMNS]], axis=1)
-    return TieredPopulation(scored, IcpPatterns.concat(fits), assignment, grouped)
+    customer = retier_population(scored[CUSTOMER_COLUMNS], bundle)
+    return TieredPopulation(
+        pd.concat([scored[OUTPUT_COLUMNS], customer], axis=1),
+        icp,  # type: ignore[arg-type]
+        assignment,
+        grouped,
+    )
 
 
 def scored_chunks(

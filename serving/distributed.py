@@ -48,16 +48,17 @@ from serving.batch import (
     _run_history,
     _scoring_date,
     _typed_field,
+    assign_population,
     atomic_outputs,
     crm_path,
     crm_rows,
     previous_customer_tiers,
+    rank_population,
     scored_chunks,
-    tier_population,
 )
 from tiering.bundle import Bundle
 from tiering.config import Config
-from tiering.customers import CUSTOMER_COLUMNS, retier_population, with_change_reasons
+from tiering.customers import with_change_reasons
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -195,22 +196,19 @@ def _features(part: Any, config: FeatureConfig, global_deals: tuple[int, int]) -
     return build_features(tables, requests, config, global_deals=global_deals)
 
 
-def _rank(bundle: Bundle, features: pd.DataFrame, chunk_size: int) -> TieredPopulation:
-    # Tiers within the partition are thrown away: only the ranks travel to the client.
-    return tier_population(bundle, features, chunk_size)
+def _rank(bundle: Bundle, features: pd.DataFrame, chunk_size: int) -> tuple[Any, Any]:
+    return rank_population(bundle, features, chunk_size)
 
 
-def _ranks(population: TieredPopulation) -> pd.DataFrame:
-    from tiering.customers import CUSTOMER_COLUMNS
-    from tiering.scoring import RANK_COLUMNS
-
-    return population.scores[["account_id", *RANK_COLUMNS, *CUSTOMER_COLUMNS]]
+def _ranks(ranked: tuple[pd.DataFrame, Any]) -> pd.DataFrame:
+    # Only the ranks travel to the client; the ICP labels stay on the worker.
+    return ranked[0]
 
 
 def _reasons(
     bundle: Bundle,
     features: pd.DataFrame,
-    local: TieredPopulation,
+    local: tuple[pd.DataFrame, Any],
     scores: pd.DataFrame,
     assignment: Any,
     *,
@@ -221,7 +219,7 @@ def _reasons(
 ) -> pd.DataFrame:
     """The partition's scores with every text field against the whole list's tiers; written to
     ``part`` (then only the CRM rows come back) or returned whole."""
-    population = TieredPopulation(scores.set_axis(features.index), local.icp, assignment)
+    population = TieredPopulation(scores.set_axis(features.index), local[1], assignment)
     chunks = scored_chunks(
         bundle,
         features,
@@ -278,7 +276,6 @@ def score_accounts_distributed(
         )
     from features.build import build_features, global_deal_counts, scoring_requests
     from features.contract import load_tables
-    from tiering.scoring import OUTPUT_COLUMNS, model_version, tier
 
     report = progress or _no_progress
     tables = load_tables(config.data).tables
@@ -314,21 +311,9 @@ def score_accounts_distributed(
         report("features", bounds[number][1], n)
     del part_f
 
-    # The one global pass: tiers of the whole list, as tier_population assigns them.
-    scored = pd.concat(ranked_parts, ignore_index=True)
-    assignment = tier(scored, bundle, population=True)
-    scored["tier"] = assignment.tier.astype(np.int64)
-    scored["tier_rule"] = assignment.rule
-    scored["cutoffs_used"] = assignment.describe_cutoffs()
-    scored["model_version"] = model_version(bundle)
-    # Customers' tiers too come from one pass: the CSMs' capacity is the whole list's.
-    customer = retier_population(scored[CUSTOMER_COLUMNS], bundle)
-    # The ICP labels stay on the workers: the history needs the tiers only.
-    population = TieredPopulation(
-        pd.concat([scored[OUTPUT_COLUMNS], customer], axis=1),
-        None,  # type: ignore[arg-type]
-        assignment,
-    )
+    # The one global pass: tiers of the whole list, as tier_population assigns them; the ICP
+    # labels stay on the workers (the history needs the tiers only).
+    population = assign_population(bundle, pd.concat(ranked_parts, ignore_index=True), None)
     if history is not None:
         population = history.prepare(population)
     population = dataclasses.replace(

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -22,7 +20,7 @@ from starlette.testclient import TestClient
 
 from tiering.config import Config
 
-from support import TrainedBundle
+from support import TrainedBundle, free_port, serving
 
 API_KEY = "test-key-0123456789"
 
@@ -365,15 +363,9 @@ def test_unknown_technographic_is_a_422_naming_it(client: TestClient) -> None:
 # --------------------------------------------------------------------------- a real server
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_a_real_bentoml_server_answers_on_loopback(deployment: Deployment, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         **_env(deployment),
@@ -383,33 +375,9 @@ def test_a_real_bentoml_server_answers_on_loopback(deployment: Deployment, tmp_p
     }
     env.pop("TIERING_CONFIG", None)
     bentoml = Path(sys.executable).parent / "bentoml"
-    log = (tmp_path / "server.log").open("wb")
-    server = subprocess.Popen(
-        [
-            str(bentoml),
-            "serve",
-            "serving.service:TieringService",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server not ready within 90 s"
-            time.sleep(0.5)
+    command = [str(bentoml), "serve", "serving.service:TieringService"]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    with serving(command, env, port, tmp_path / "server.log") as base:
         body = {"accounts": [{"account_id": deployment.account_ids[0]}, NEW_ACCOUNT]}
         # Metrics exist only in a real server (Prometheus is set up by `bentoml serve`).
         assert httpx.get(f"{base}/metrics", timeout=10).status_code == 200
@@ -420,14 +388,6 @@ def test_a_real_bentoml_server_answers_on_loopback(deployment: Deployment, tmp_p
         )
         assert response.status_code == 200, response.text
         assert [a["source"] for a in response.json()["accounts"]] == ["snapshot", "fields"]
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
 
 
 def test_serve_refuses_to_run_open_on_a_public_interface_or_without_a_key(

@@ -86,17 +86,14 @@ def demo_config(root: Path, paths: dict[str, Path]) -> Any:
     from tiering.config import load_config
 
     base = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.toml")
+    # Every table the demo config reads, pointed at the file the demo wrote for it.
+    tables = {
+        name: source.model_copy(update={"path": paths[name]})
+        for name, source in base.data.sources().items()
+        if name in paths
+    }
     data = base.data.model_copy(
-        update={
-            "accounts": base.data.accounts.model_copy(update={"path": paths["accounts"]}),
-            "opportunities": base.data.opportunities.model_copy(
-                update={"path": paths["opportunities"]}
-            ),
-            "activities": base.data.activities.model_copy(update={"path": paths["activities"]})
-            if base.data.activities is not None
-            else None,
-            "truth_dir": paths["accounts"].parent / "truth",
-        }
+        update={**tables, "truth_dir": paths["accounts"].parent / "truth"}
     )
     scoring = base.scoring.model_copy(update={"snapshot": root / "snapshot.parquet"})
     return base.model_copy(update={"data": data, "scoring": scoring})

@@ -22,8 +22,21 @@ Why it is fast (the idea of WOODELF, Linear TreeSHAP and "decision patterns")
     Per leaf and row that is one polynomial of degree ``|A|`` (usually 1-3, the path's length
     only for the leaf the row reaches), one synthetic division per feature of ``A`` and one
     shared sum for all of ``B``: ``O(|A|^2 + d)`` instead of TreeSHAP's ``O(d^2)`` recursion
-    with its path copies, and no per-leaf tables, so compiling a booster takes well under a
-    second whatever its depth.
+    with its path copies.
+
+    For the short paths boosted trees have (``d <= TABLE_MAX_FEATURES``) the value depends on
+    the row only through its *pattern*, the bit mask of which path features it follows, so
+    each leaf gets a table ``[path feature][pattern]`` computed once at compile time, and a
+    row's contribution to a path feature is one lookup.
+
+How the kernel walks the rows
+    Rows go through the model in blocks of ``BLOCK_ROWS``, tree by tree. For one block and
+    tree it first takes every split decision of the tree for every row (one vectorised pass
+    per split node over the block's transposed features), then per leaf builds each row's
+    pattern from those decisions and adds the table's values into per-feature sums. All the
+    inner loops run over the rows of the block, contiguous in memory, so they vectorise, and
+    nothing depends on the path a single row took. Longer paths fall back to the polynomial,
+    row by row.
 
 Split decisions follow LightGBM's own (``tree.h``): numerical ``x <= threshold`` goes left,
 NaN is read as 0 unless the missing type is NaN, the missing values of the split's missing
@@ -51,6 +64,9 @@ TABLE_MAX_FEATURES = 8
 """Leaves with at most this many features on their path get a table of their values for every
 pattern of followed / not followed (``2^d x d`` values, at most 16 KiB): one lookup per feature
 instead of the polynomial. Longer paths, rare, are computed row by row."""
+BLOCK_ROWS = 256
+"""Rows the kernel takes through the trees together: enough for its inner loops over rows to
+be vectorised, few enough that a block's decisions, features and sums stay in the CPU's cache."""
 _MIN_ROWS_PER_THREAD = 2_000
 """Fewer rows than this per thread cost more in starting threads than they save."""
 
@@ -79,6 +95,8 @@ class TreeShapExplainer:
     node_default_left: NDArray[np.bool_]
     node_cat_row: NDArray[np.intp]  # row of cat_left, -1 for a numerical split
     cat_left: NDArray[np.bool_]  # [categorical split, category code] -> goes left
+    tree_nodes: NDArray[np.intp]  # tree t's split nodes: tree_nodes[t] to tree_nodes[t + 1]
+    tree_leaves: NDArray[np.intp]  # tree t's leaves, likewise
     # Path entries (split, direction) grouped by slot (leaf, unique feature), slots by leaf.
     entry_node: NDArray[np.intp]
     entry_left: NDArray[np.bool_]
@@ -89,7 +107,7 @@ class TreeShapExplainer:
     leaf_value: NDArray[np.float64]
     weights: NDArray[np.float64]  # weights[d, s] = s! (d - s - 1)! / d!
     leaf_table: NDArray[np.int64]  # offset of the leaf's table, -1 for a long path
-    table: NDArray[np.float64]  # per leaf: [pattern, path feature] values, leaf by leaf
+    table: NDArray[np.float64]  # per leaf: [path feature, pattern] values, leaf by leaf
 
     @property
     def mean_path_features(self) -> float:
@@ -135,6 +153,8 @@ class TreeShapExplainer:
             self.node_default_left,
             self.node_cat_row,
             self.cat_left,
+            self.tree_nodes,
+            self.tree_leaves,
             self.entry_node,
             self.entry_left,
             self.slot_bounds,
@@ -160,6 +180,8 @@ def explain_rows(
     default_left: Any,
     cat_row: Any,
     cat_left: Any,
+    tree_nodes: Any,
+    tree_leaves: Any,
     entry_node: Any,
     entry_left: Any,
     slot_bounds: Any,
@@ -173,90 +195,131 @@ def explain_rows(
 ) -> None:
     """Add each row's SHAP values to ``out`` (plain Python; :func:`_kernel` compiles it).
 
-    Per row: every split's decision; per leaf, which of its path features the row follows
-    (``A``) and which not (``B``); then the sums of the module docstring."""
-    n_nodes = node_feature.shape[0]
-    n_leaves = leaf_value.shape[0]
+    Rows go through in blocks of ``BLOCK_ROWS``, tree by tree: every split's decision for the
+    whole block, then per leaf the pattern of path features each row follows and one table
+    lookup per path feature, each an inner loop over the block's rows that the compiler
+    vectorises. Leaves with longer paths than the tables hold take the sums of the module
+    docstring row by row."""
+    n_rows, n_features = x.shape
+    n_trees = tree_nodes.shape[0] - 1
     width = cat_left.shape[1]
     max_d = weights.shape[0] - 1
-    left = np.empty(n_nodes, dtype=np.bool_)
-    follows = np.empty(max_d, dtype=np.bool_)
-    poly = np.empty(max_d + 1)
-    for r in range(x.shape[0]):
-        for k in range(n_nodes):
-            value = x[r, node_feature[k]]
-            if cat_row[k] >= 0:
-                if np.isnan(value) or value < 0 or value >= width:
-                    left[k] = False
-                else:
-                    left[k] = cat_left[cat_row[k], int(value)]
-                continue
-            kind = missing[k]
-            nan = np.isnan(value)
-            if nan and kind != 2:
-                value = 0.0
-            if (kind == 1 and abs(value) <= _ZERO_THRESHOLD) or (kind == 2 and nan):
-                left[k] = default_left[k]
-            else:
-                left[k] = value <= threshold[k]
-        for leaf in range(n_leaves):
-            first = leaf_bounds[leaf]
-            d = leaf_bounds[leaf + 1] - first
-            if leaf_table[leaf] >= 0:
-                # A short path: its values for every pattern are in the table.
-                pattern = 0
-                for j in range(d):
-                    s = first + j
-                    ok = 1
-                    for e in range(slot_bounds[s], slot_bounds[s + 1]):
-                        ok &= left[entry_node[e]] == entry_left[e]
-                    pattern |= ok << j
-                base = leaf_table[leaf] + pattern * d
-                for j in range(d):
-                    out[r, slot_feature[first + j]] += table[base + j]
-                continue
-            # Which path features the row follows, and prod_{j in A} (t + z_j).
-            poly[0] = 1.0
-            degree = 0
-            for j in range(d):
-                s = first + j
-                ok = True
-                for e in range(slot_bounds[s], slot_bounds[s + 1]):
-                    if left[entry_node[e]] != entry_left[e]:
-                        ok = False
-                        break
-                follows[j] = ok
-                if ok:
-                    z = slot_zero[s]
-                    poly[degree + 1] = poly[degree]
-                    for m in range(degree, 0, -1):
-                        poly[m] = poly[m - 1] + z * poly[m]
-                    poly[0] = z * poly[0]
-                    degree += 1
-            # Every feature of B gets the same value: z_i times the product of z over the rest
-            # of B is the product over all of B, whatever z_i (even 0).
-            v = leaf_value[leaf]
-            p = 1.0
-            for j in range(d):
-                if not follows[j]:
-                    p *= slot_zero[first + j]
-            w_all = 0.0
-            for m in range(degree + 1):
-                w_all += weights[d, m] * poly[m]
-            shared = v * p * w_all
-            for j in range(d):
-                s = first + j
-                if not follows[j]:
-                    out[r, slot_feature[s]] -= shared
+    max_nodes = 1
+    for t in range(n_trees):
+        max_nodes = max(max_nodes, tree_nodes[t + 1] - tree_nodes[t])
+    block = BLOCK_ROWS
+    left = np.empty((max_nodes, block), dtype=np.uint8)
+    xt = np.empty((n_features, block))
+    acc = np.empty((n_features, block))
+    pattern = np.empty(block, dtype=np.intp)
+    ok = np.empty(block, dtype=np.uint8)
+    follows = np.empty(max_d + 1, dtype=np.bool_)
+    poly = np.empty(max_d + 2)
+    for start in range(0, n_rows, block):
+        m = min(block, n_rows - start)
+        for f in range(n_features):
+            for r in range(m):
+                xt[f, r] = x[start + r, f]
+                acc[f, r] = 0.0
+        for t in range(n_trees):
+            n0 = tree_nodes[t]
+            for k in range(n0, tree_nodes[t + 1]):
+                row = left[k - n0]
+                column = xt[node_feature[k]]
+                if cat_row[k] >= 0:
+                    members = cat_left[cat_row[k]]
+                    for r in range(m):
+                        value = column[r]
+                        if np.isnan(value) or value < 0 or value >= width:
+                            row[r] = 0
+                        else:
+                            row[r] = members[int(value)]
                     continue
-                # prod_{A minus i} (t + z_j): divide (t + z_i) out, from the top.
-                z = slot_zero[s]
-                q = poly[degree]
-                total = weights[d, degree - 1] * q
-                for m in range(degree - 1, 0, -1):
-                    q = poly[m] - z * q
-                    total += weights[d, m - 1] * q
-                out[r, slot_feature[s]] += v * (1.0 - z) * p * total
+                kind = missing[k]
+                cut = threshold[k]
+                default = 1 if default_left[k] else 0
+                for r in range(m):
+                    value = column[r]
+                    nan = np.isnan(value)
+                    if nan and kind != 2:
+                        value = 0.0
+                    if (kind == 1 and abs(value) <= _ZERO_THRESHOLD) or (kind == 2 and nan):
+                        row[r] = default
+                    else:
+                        row[r] = 1 if value <= cut else 0
+            for leaf in range(tree_leaves[t], tree_leaves[t + 1]):
+                first = leaf_bounds[leaf]
+                d = leaf_bounds[leaf + 1] - first
+                if leaf_table[leaf] >= 0:
+                    # A short path: one lookup per path feature in the leaf's table.
+                    for r in range(m):
+                        pattern[r] = 0
+                    for j in range(d):
+                        s = first + j
+                        for r in range(m):
+                            ok[r] = 1
+                        for e in range(slot_bounds[s], slot_bounds[s + 1]):
+                            decided = left[entry_node[e] - n0]
+                            flip = 0 if entry_left[e] else 1
+                            for r in range(m):
+                                ok[r] &= decided[r] ^ flip
+                        for r in range(m):
+                            pattern[r] |= np.intp(ok[r]) << j
+                    size = 1 << d
+                    for j in range(d):
+                        values = table[
+                            leaf_table[leaf] + j * size : leaf_table[leaf] + (j + 1) * size
+                        ]
+                        target = acc[slot_feature[first + j]]
+                        for r in range(m):
+                            target[r] += values[pattern[r]]
+                    continue
+                v = leaf_value[leaf]
+                for r in range(m):
+                    # Which path features the row follows, and prod_{j in A} (t + z_j).
+                    poly[0] = 1.0
+                    degree = 0
+                    for j in range(d):
+                        s = first + j
+                        follow = True
+                        for e in range(slot_bounds[s], slot_bounds[s + 1]):
+                            if (left[entry_node[e] - n0, r] == 1) != entry_left[e]:
+                                follow = False
+                                break
+                        follows[j] = follow
+                        if follow:
+                            z = slot_zero[s]
+                            poly[degree + 1] = poly[degree]
+                            for q in range(degree, 0, -1):
+                                poly[q] = poly[q - 1] + z * poly[q]
+                            poly[0] = z * poly[0]
+                            degree += 1
+                    # Every feature of B gets the same value: z_i times the product of z over
+                    # the rest of B is the product over all of B, whatever z_i (even 0).
+                    p = 1.0
+                    for j in range(d):
+                        if not follows[j]:
+                            p *= slot_zero[first + j]
+                    w_all = 0.0
+                    for q in range(degree + 1):
+                        w_all += weights[d, q] * poly[q]
+                    shared = v * p * w_all
+                    for j in range(d):
+                        s = first + j
+                        if not follows[j]:
+                            acc[slot_feature[s], r] -= shared
+                            continue
+                        # prod_{A minus i} (t + z_j): divide (t + z_i) out, from the top.
+                        z = slot_zero[s]
+                        quotient = poly[degree]
+                        total = weights[d, degree - 1] * quotient
+                        for q in range(degree - 1, 0, -1):
+                            quotient = poly[q] - z * quotient
+                            total += weights[d, q - 1] * quotient
+                        acc[slot_feature[s], r] += v * (1.0 - z) * p * total
+        for r in range(m):
+            for f in range(n_features):
+                out[start + r, f] += acc[f, r]
 
 
 @functools.cache
@@ -395,11 +458,16 @@ def compile_model(model: dict[str, Any]) -> TreeShapExplainer | None:
     n_features = int(model["max_feature_idx"]) + 1
     nodes: list[dict[str, Any]] = []
     leaves: list[_Leaf] = []
+    tree_nodes, tree_leaves = [0], [0]
     bias = 0.0
     for tree in model["tree_info"]:
         bias += _expected_value(tree)
-        _walk(tree, nodes, leaves)
-    leaves = [leaf for leaf in leaves if leaf.features]
+        grown: list[_Leaf] = []
+        _walk(tree, nodes, grown)
+        leaves.extend(leaf for leaf in grown if leaf.features)
+        if len(nodes) > tree_nodes[-1]:
+            tree_nodes.append(len(nodes))
+            tree_leaves.append(len(leaves))
 
     is_cat = np.array([n["decision_type"] == "==" for n in nodes], dtype=bool)
     cat_nodes = np.flatnonzero(is_cat)
@@ -442,6 +510,8 @@ def compile_model(model: dict[str, Any]) -> TreeShapExplainer | None:
         node_default_left=np.array([bool(n["default_left"]) for n in nodes], dtype=bool),
         node_cat_row=cat_row,
         cat_left=cat_left,
+        tree_nodes=np.array(tree_nodes, dtype=np.intp),
+        tree_leaves=np.array(tree_leaves, dtype=np.intp),
         entry_node=np.array(entry_node, dtype=np.intp),
         entry_left=np.array(entry_left, dtype=bool),
         slot_bounds=np.array(slot_bounds, dtype=np.intp),
@@ -467,7 +537,9 @@ def _tables(leaves: list[_Leaf]) -> tuple[NDArray[np.int64], NDArray[np.float64]
     for d, members in sorted(by_depth.items()):
         values = np.array([leaves[m].value for m in members])
         zero = np.array([leaves[m].zero for m in members])
-        phi = pattern_tables(values, zero)  # (leaves, 2^d, d): leaf-major, pattern, feature
+        # (leaves, d, 2^d): leaf-major, then path feature, so that one feature's values for
+        # every pattern lie together for the kernel's lookups.
+        phi = pattern_tables(values, zero).transpose(0, 2, 1).copy()
         for row, m in enumerate(members):
             offsets[m] = size + row * (d << d)
         parts.append(phi.reshape(-1))

@@ -62,6 +62,15 @@ def demo_data(
         Path, typer.Option("--out", "-o", help="Folder for the CSV/Parquet files and truth/.")
     ] = Path("data/demo"),
     fmt: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
+    part_accounts: Annotated[
+        int | None,
+        typer.Option(
+            "--part-accounts",
+            min=1,
+            help="Write a partitioned Parquet export: every table a folder of parts of this "
+            "many accounts each (implies --format parquet).",
+        ),
+    ] = None,
 ) -> None:
     """Write the demo CRM export (accounts, opportunities, activities) and its ground truth."""
     if fmt not in FORMATS:
@@ -69,8 +78,17 @@ def demo_data(
     from demo import write_demo
 
     checked: Literal["csv", "parquet"] = "csv" if fmt == "csv" else "parquet"
+    if part_accounts is not None:
+        checked = "parquet"
 
     with console.status(f"Generating {accounts:,} demo accounts"):
-        paths = write_demo(out, n_accounts=accounts, seed=seed, dirt_rate=dirt_rate, fmt=checked)
+        paths = write_demo(
+            out,
+            n_accounts=accounts,
+            seed=seed,
+            dirt_rate=dirt_rate,
+            fmt=checked,
+            part_accounts=part_accounts,
+        )
     for name, path in paths.items():
         console.print(f"wrote {name}: {path}")

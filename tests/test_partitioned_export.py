@@ -145,3 +145,18 @@ def test_a_table_lacking_a_part_is_refused_with_the_part_named(tmp_path: Path) -
     data = DataConfig(**{t: TableSource(path=folder / t) for t in TABLES})
     with pytest.raises(DataContractError, match=r"activities: lacks parts .*: part-00002"):
         export_parts(data)
+
+
+def test_demo_data_writes_a_partitioned_export_on_request(tmp_path: Path) -> None:
+    app = typer.Typer(add_completion=False)
+    app.command("validate")(data_cmd.validate)
+    app.command("demo-data")(data_cmd.demo_data)
+    args = ["demo-data", "--accounts", "250", "--part-accounts", "100", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for table in TABLES:
+        parts = sorted(p.name for p in (tmp_path / table).glob("*.parquet"))
+        assert parts == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    accounts = pd.read_parquet(tmp_path / "accounts" / "part-00002.parquet")
+    assert accounts["account_id"].nunique() == 50
+    assert (tmp_path / "truth" / "accounts_truth.parquet").is_file()

@@ -1,6 +1,8 @@
 """Scale: one batch run of the whole account list in one process against the same run on a
 Dask ``LocalCluster`` of two worker processes, with and without reasons, beside raw LightGBM
 ``predict`` / ``pred_contrib`` of the same rows; peak memory of the client and of each worker.
+Then the out-of-core run: a partitioned Parquet export scored without reasons on the
+``LocalCluster(2)``, each worker reading only its own parts.
 
 Setup (not timed): a 3,000-account demo trained with the demo config's settings, then a demo
 CRM of ``BENCH_SCALE_ACCOUNTS`` accounts (default 1,000,000) written to a temporary folder and
@@ -8,9 +10,15 @@ scored with that bundle. The runs are timed one after another in the same proces
 a neighbour's load on a shared machine hits them alike; the raw LightGBM figures are measured
 on the first 50,000 accounts' feature rows and scaled to the list (rows/s).
 
+The partitioned export is generated once into ``$BENCH_DATA_DIR`` (default: the system's
+temporary folder), ``demo-parts-N-seed3/``, and reused by later runs; its generation time is
+printed when it is written.
+
 Environment variables:
     BENCH_SCALE_ACCOUNTS  accounts in the scored list (default 1000000)
-    BENCH_SCALE_PARTS     comma-separated subset of ``plain,reasons`` (default both)
+    BENCH_SCALE_PARTS     comma-separated subset of ``plain,reasons,partitioned`` (default all)
+    BENCH_PART_ACCOUNTS   accounts per part of the partitioned export (default 50000)
+    BENCH_DATA_DIR        where the partitioned export is kept
 """
 
 from __future__ import annotations
@@ -28,8 +36,11 @@ from benchmarks._util import demo_config, print_table
 
 N_ACCOUNTS = int(os.environ.get("BENCH_SCALE_ACCOUNTS", "1000000"))
 PARTS = [
-    p.strip() for p in os.environ.get("BENCH_SCALE_PARTS", "plain,reasons").split(",") if p.strip()
+    p.strip()
+    for p in os.environ.get("BENCH_SCALE_PARTS", "plain,reasons,partitioned").split(",")
+    if p.strip()
 ]
+PART_ACCOUNTS = int(os.environ.get("BENCH_PART_ACCOUNTS", "50000"))
 N_RAW_ROWS = 50_000
 
 
@@ -45,6 +56,86 @@ def _config_for(root: Path, n: int, seed: int) -> Any:
     return demo_config(root, paths)
 
 
+def _partitioned_export(n: int, seed: int = 3) -> tuple[Path, float | None]:
+    """The partitioned demo export of ``n`` accounts, written once (the seconds it took, or
+    None when an earlier run wrote it)."""
+    from demo import write_demo
+
+    root = Path(os.environ.get("BENCH_DATA_DIR", tempfile.gettempdir()))
+    folder = root / f"demo-parts-{n}-seed{seed}-by{PART_ACCOUNTS}"
+    done = folder / ".complete"
+    if done.exists():
+        return folder, None
+    start = time.perf_counter()
+    write_demo(
+        folder,
+        n_accounts=n,
+        seed=seed,
+        dirt_rate=0.0,
+        fmt="parquet",
+        truth_as_of="end",
+        part_accounts=PART_ACCOUNTS,
+    )
+    seconds = time.perf_counter() - start
+    done.write_text(f"{seconds:.1f}\n")
+    return folder, seconds
+
+
+def _out_of_core(bundle: Any, root: Path) -> None:
+    """A partitioned export scored without reasons on LocalCluster(2): the client never loads
+    a table, each worker reads one part at a time."""
+    from distributed import Client, LocalCluster
+
+    from serving.distributed import score_accounts_distributed
+
+    folder, generated = _partitioned_export(N_ACCOUNTS)
+    names = ("accounts", "opportunities", "activities", "subscriptions", "usage", "tickets")
+    config = demo_config(root, {name: folder / name for name in names})
+    history = config.history.model_copy(update={"enabled": False})
+    config = config.model_copy(update={"history": history})
+    size = sum(f.stat().st_size for f in folder.rglob("*.parquet") if "truth" not in f.parts)
+    n_parts = len(list((folder / "accounts").glob("part-*.parquet")))
+    load = os.getloadavg()[0]
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit="4GiB",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        start = time.perf_counter()
+        score_accounts_distributed(
+            config,
+            bundle,
+            client,
+            out=root / "dask-partitioned",
+            snapshot=root / "snap-partitioned.parquet",
+            reasons=False,
+        )
+        seconds = time.perf_counter() - start
+        peaks = client.run(_peak_mib)
+    print_table(
+        f"Out of core: a partitioned Parquet export of {N_ACCOUNTS:,} demo accounts "
+        f"({n_parts} parts of {PART_ACCOUNTS:,}, {size / 2**30:.2f} GiB of tables) scored "
+        f"without reasons on LocalCluster(2), memory_limit 4 GiB per worker (load average "
+        f"{load:.1f} at start; "
+        + (f"export written in {generated:.0f} s, not timed)" if generated else "export reused)"),
+        ["accounts", "seconds", "accounts/s", "peak RSS MiB per worker", "client peak RSS MiB"],
+        [
+            [
+                f"{N_ACCOUNTS:,}",
+                seconds,
+                N_ACCOUNTS / seconds,
+                ", ".join(f"{v:,.0f}" for v in peaks.values()),
+                f"{_peak_mib():,.0f} (setup included)",
+            ]
+        ],
+    )
+
+
 def main() -> None:
     from distributed import Client, LocalCluster
 
@@ -57,6 +148,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         root = Path(tmp)
         bundle, _ = trained_bundle(root / "train")
+        if "partitioned" in PARTS:
+            _out_of_core(bundle, root)
+        in_memory = [part for part in PARTS if part in ("plain", "reasons")]
+        if not in_memory:
+            return
         start = time.perf_counter()
         config = _config_for(root / "list", N_ACCOUNTS, seed=3)
         history = config.history.model_copy(update={"enabled": False})
@@ -77,7 +173,7 @@ def main() -> None:
 
         rows: list[list[Any]] = []
         load = os.getloadavg()[0]
-        for part in PARTS:
+        for part in in_memory:
             reasons = part == "reasons"
             kind = "pred_contrib" if reasons else "raw_score"
             start = time.perf_counter()

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
@@ -63,6 +64,8 @@ PROCESS_COLUMNS = (
 
 # Accounts per chunk: fixed, because the chunking is part of the random stream.
 CHUNK_ACCOUNTS = 25_000
+# Tables keyed by account: a partitioned export splits each of them by account range.
+ACCOUNT_TABLES = ("accounts", "opportunities", "activities", *CUSTOMER_TABLES[:3])
 
 # ---------------------------------------------------------------------------------------------
 # The world: categories and the true effects (log-odds) the generator uses.
@@ -270,6 +273,7 @@ def write_demo(
     years: int = 3,
     truth_as_of: TruthAsOf = "monthly",
     workers: int | None = None,
+    part_accounts: int | None = None,
 ) -> dict[str, Path]:
     """Write accounts, opportunities, activities and ``truth/`` into ``out_dir``, chunk by chunk.
 
@@ -277,9 +281,20 @@ def write_demo(
     accounts_truth, process_truth (CSV files, or Parquet with ``fmt="parquet"``). ``workers`` processes generate
     chunks in parallel (default: up to 2 when there is more than one chunk); the bytes written
     do not depend on it.
+
+    ``part_accounts`` (Parquet only) writes a partitioned export: every table keyed by account
+    becomes a directory of parts (``accounts/part-00000.parquet``, ``opportunities/part-00000
+    .parquet``, ...), part k of every table holding the same ``part_accounts`` consecutive
+    accounts, so one part of each table is a complete, smaller export. The truth stays one file
+    per table. The rows are those of the unpartitioned export.
     """
     if fmt not in ("csv", "parquet"):
         raise ValueError(f"fmt must be 'csv' or 'parquet', not {fmt!r}")
+    if part_accounts is not None and (fmt != "parquet" or part_accounts < 1):
+        raise ValueError(
+            f"part_accounts must be a positive number of accounts with fmt='parquet', "
+            f"not {part_accounts!r} with fmt={fmt!r}"
+        )
     span = _Span.of(start, years)
     jobs = _plan(n_accounts, seed, dirt_rate, span, fmt, truth_as_of)
     out = Path(out_dir)
@@ -293,6 +308,13 @@ def write_demo(
         **customer_paths(out, fmt),
     }
     (out / "truth").mkdir(parents=True, exist_ok=True)
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1)
+    if part_accounts is not None:
+        for name in ACCOUNT_TABLES:
+            paths[name] = out / name
+        _write_parts(paths, _run(jobs, workers), part_accounts)
+        return paths
     if workers is None:
         workers = min(2, os.cpu_count() or 1)
     if fmt == "csv":
@@ -315,6 +337,67 @@ def write_demo(
             for name, table in payload.items():
                 writers[name].write_table(table)
     return paths
+
+
+def _write_parts(
+    paths: dict[str, Path], payloads: Iterator[dict[str, Any]], part_accounts: int
+) -> None:
+    """The chunks' Arrow tables written as a partitioned export (see ``write_demo``).
+
+    A part may span chunks and a chunk parts: rows go to the part of their account's number,
+    and a part's files are closed once the chunks have moved past its accounts."""
+    schemas = _parquet_schemas()
+    for name in ACCOUNT_TABLES:
+        paths[name].mkdir(parents=True, exist_ok=True)
+        for stale in paths[name].glob("part-*.parquet"):
+            stale.unlink()  # a smaller export written here before must not leave parts behind
+    with ExitStack() as stack:
+        whole = {
+            name: stack.enter_context(
+                pq.ParquetWriter(str(path), schemas[name], store_schema=False)
+            )
+            for name, path in paths.items()
+            if name not in ACCOUNT_TABLES
+        }
+        open_parts: dict[tuple[str, int], pq.ParquetWriter] = {}
+        n_accounts = 0
+        for payload in payloads:
+            done = n_accounts // part_accounts
+            for key in [k for k in open_parts if k[1] < done]:
+                open_parts.pop(key).close()
+            for name, table in payload.items():
+                if name not in ACCOUNT_TABLES:
+                    whole[name].write_table(table)
+                    continue
+                part = (_account_numbers(table["account_id"]) - 1) // part_accounts
+                for number in np.unique(part):
+                    key = (name, int(number))
+                    if key not in open_parts:
+                        path = paths[name] / f"part-{int(number):05d}.parquet"
+                        open_parts[key] = pq.ParquetWriter(
+                            str(path), schemas[name], store_schema=False
+                        )
+                    open_parts[key].write_table(table.filter(pa.array(part == number)))
+            n_accounts = int(_account_numbers(payload["accounts"]["account_id"]).max())
+        for writer in open_parts.values():
+            writer.close()
+    # Every part has a file of every table, empty when its accounts have no such rows.
+    for number in range(-(-n_accounts // part_accounts)):
+        for name in ACCOUNT_TABLES:
+            path = paths[name] / f"part-{number:05d}.parquet"
+            if not path.exists():
+                pq.write_table(schemas[name].empty_table(), str(path), store_schema=False)
+
+
+def _account_numbers(column: pa.ChunkedArray) -> np.ndarray:
+    """The numbers of the generator's account ids (A-000123 -> 123); the activities' ids are
+    dictionary-coded, so their dictionary is parsed once."""
+    array = column.combine_chunks()
+    if pa.types.is_dictionary(array.type):
+        return _account_numbers(pa.chunked_array([array.dictionary]))[
+            array.indices.to_numpy(zero_copy_only=False)
+        ]
+    return pc.cast(pc.utf8_slice_codeunits(array, 2), pa.int64()).to_numpy(zero_copy_only=False)
 
 
 def true_logit(

@@ -10,6 +10,7 @@ nothing is written) before validation has passed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -42,6 +43,8 @@ MAX_EXAMPLES = 3
 TABLE_NAMES = ("accounts", "opportunities", "activities")
 CUSTOMER_TABLES = ("subscriptions", "usage", "tickets")
 PARQUET_SUFFIXES = (".parquet", ".pq")
+# The files of a partitioned export's table folder: part k of every table, same accounts.
+PART_GLOB = "part-*.parquet"
 DELIMITER_CANDIDATES = (",", ";", "\t", "|")
 # Dates outside this span are typos (0201 for 2021) or sentinels (9999-12-31), not history.
 EARLIEST_DATE = pd.Timestamp("1900-01-01")
@@ -177,9 +180,13 @@ class Problem:
     rule: str
     count: int | None = None
     examples: tuple[str, ...] = ()
+    part: str | None = None
+    """The part of a partitioned export the rows are in (``part-00003``), if any."""
 
     def __str__(self) -> str:
         where = f"{self.table}.{self.column}" if self.column else self.table
+        if self.part is not None:
+            where = f"{where} in {self.part}"
         count = f"{self.count:,} " if self.count is not None else ""
         examples = f" (e.g. {', '.join(self.examples)})" if self.examples else ""
         return f"{where}: {count}{self.rule}{examples}"
@@ -195,6 +202,10 @@ class DataContractError(ValueError):
         super().__init__(
             f"the data breaks the contract ({n} problem{'s' if n != 1 else ''}):\n{lines}"
         )
+
+    def __reduce__(self) -> tuple[type[DataContractError], tuple[list[Problem]]]:
+        # Raised on a Dask worker, it travels pickled: rebuild it from its problems.
+        return (DataContractError, (self.problems,))
 
 
 @dataclass(frozen=True)
@@ -395,6 +406,8 @@ def read_export(table: str, source: TableSource) -> tuple[pd.DataFrame | None, l
     path = Path(source.path)
     if not path.exists():
         return None, [Problem(table, None, f"file not found: {path}")]
+    if path.is_dir():
+        return _read_parts(table, path)
     if path.stat().st_size == 0:
         return None, [Problem(table, None, f"file is empty: {path}")]
     is_parquet = path.suffix.lower() in PARQUET_SUFFIXES
@@ -435,6 +448,25 @@ def read_export(table: str, source: TableSource) -> tuple[pd.DataFrame | None, l
         return None, [_one_column_problem(table, source, str(frame.columns[0]))]
     if frame.empty:
         return None, [Problem(table, None, f"file has a header but no rows: {path}")]
+    return frame, []
+
+
+def _read_parts(table: str, path: Path) -> tuple[pd.DataFrame | None, list[Problem]]:
+    """A partitioned table read whole, its parts in order (see :func:`export_parts`)."""
+    import pyarrow.parquet as pq
+
+    files = sorted(path.glob(PART_GLOB))
+    if not files:
+        return None, [
+            Problem(table, None, f"folder has no {PART_GLOB} files (a partitioned export): {path}")
+        ]
+    try:
+        frame = pq.ParquetDataset(files).read().to_pandas()
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return None, [Problem(table, None, f"cannot be read ({reason}): {path}")]
+    if frame.empty:
+        return None, [Problem(table, None, f"parts have no rows: {path}")]
     return frame, []
 
 
@@ -1557,3 +1589,132 @@ def load_tables(data: DataConfig, today: date | None = None) -> LoadResult:
     )
     report.notes.extend(_notes(tables, data, derived_closed))
     return LoadResult(tables=tables, report=report)
+
+
+# ---------------------------------------------------------------------------------------------
+# Partitioned exports: every table a folder of parts, part k of each holding the same accounts
+# ---------------------------------------------------------------------------------------------
+
+
+def export_parts(data: DataConfig) -> list[str] | None:
+    """The part names (``part-00000``, ...) of a partitioned export, None for plain files.
+
+    Every configured table must then be a folder holding the same parts: a part is a complete
+    export of its accounts, which is what lets it be checked and featurised on its own."""
+    sources = data.sources()
+    folders = {name: Path(s.path) for name, s in sources.items() if Path(s.path).is_dir()}
+    if not folders:
+        return None
+    files = [name for name in sources if name not in folders]
+    if files:
+        raise DataContractError(
+            [
+                Problem(
+                    name,
+                    None,
+                    f"is one file while {', '.join(folders)} are folders of parts; a "
+                    "partitioned export splits every table by the same accounts (write it "
+                    "as a folder of part-NNNNN.parquet files too)",
+                )
+                for name in files
+            ]
+        )
+    names = {name: {f.stem for f in path.glob(PART_GLOB)} for name, path in folders.items()}
+    every = sorted(set().union(*names.values()))
+    problems = [
+        Problem(
+            name,
+            None,
+            f"lacks parts the other tables have: {', '.join(sorted(set(every) - have)[:5])} "
+            f"(every table needs the same {PART_GLOB} files: {folders[name]})",
+        )
+        for name, have in names.items()
+        if have != set(every)
+    ]
+    if not every:
+        problems.append(Problem(next(iter(folders)), None, f"folders have no {PART_GLOB} files"))
+    if problems:
+        raise DataContractError(problems)
+    return every
+
+
+def part_config(data: DataConfig, part: str) -> DataConfig:
+    """``data`` with every table's folder replaced by its file of ``part``."""
+    update = {
+        name: source.model_copy(update={"path": Path(source.path) / f"{part}.parquet"})
+        for name, source in data.sources().items()
+    }
+    return data.model_copy(update=update)
+
+
+def load_part(data: DataConfig, part: str, today: date | None = None) -> LoadResult:
+    """:func:`load_tables` on one part of a partitioned export; its problems name the part.
+
+    Rules within an account (deals and activities point at accounts, dates in order, ...) are
+    checked here in full, since all rows of an account are in one part: a row in another
+    part than its account is refused as pointing nowhere. Ids unique across the parts are
+    checked by :func:`parts_problems`."""
+    try:
+        return load_tables(part_config(data, part), today)
+    except DataContractError as exc:
+        raise DataContractError([dataclasses.replace(p, part=part) for p in exc.problems]) from None
+
+
+def parts_problems(data: DataConfig, parts: Sequence[str]) -> list[Problem]:
+    """Ids that more than one part holds: the one rule no part can check alone. A pass over
+    the id columns only (a few bytes per row), never the tables."""
+    import pyarrow as pyarrow_
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    problems = []
+    for table, column in (("accounts", "account_id"), ("opportunities", "opportunity_id")):
+        source = getattr(data, table)
+        if source is None:
+            continue
+        name = source.columns.get(column, column)
+        seen: list[pyarrow_.Array] = []
+        owner: list[pyarrow_.Array] = []
+        for number, part in enumerate(parts):
+            path = Path(source.path) / f"{part}.parquet"
+            if name not in pq.read_schema(path).names:
+                break  # reported by the part's own check (or generated from content)
+            ids = pq.read_table(path, columns=[name])[name].combine_chunks()
+            ids = pc.utf8_trim_whitespace(ids.cast(pyarrow_.string()))
+            unique = pc.unique(ids.drop_null())
+            seen.append(unique)
+            owner.append(pyarrow_.array(np.full(len(unique), number, dtype=np.int32)))
+        if not seen:
+            continue
+        ids = pyarrow_.concat_arrays(seen)
+        counts = pc.value_counts(ids)
+        shared = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+        if len(shared) == 0:
+            continue
+        where = pc.is_in(ids, value_set=shared)
+        in_parts = np.unique(pyarrow_.concat_arrays(owner).filter(where).to_numpy())
+        problems.append(
+            Problem(
+                table,
+                column,
+                f"ids are in more than one part ({', '.join(parts[i] for i in in_parts[:5])}); "
+                "ids must be unique, and all rows of an account belong in one part",
+                len(shared),
+                tuple(_quote(pd.Series(shared.slice(0, MAX_EXAMPLES).to_pylist()))),
+            )
+        )
+    return problems
+
+
+def merge_reports(reports: Sequence[CleaningReport]) -> CleaningReport:
+    """The cleaning of every part as one report: each step's rows summed over the parts."""
+    merged = CleaningReport()
+    steps: dict[tuple[str, str, str | None], list[CleaningStep]] = {}
+    for report in reports:
+        for step in report.steps:
+            steps.setdefault((step.step, step.table, step.column), []).append(step)
+        merged.notes.extend(n for n in report.notes if n not in merged.notes)
+    for (name, table, column), group in steps.items():
+        examples = [e for step in group for e in step.examples]
+        merged.add(name, table, column, sum(s.rows for s in group), examples)
+    return merged

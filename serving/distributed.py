@@ -20,6 +20,14 @@ previous outputs as they were. With the tier history on, the client annotates ea
 (previous tier, tier since, change reason) and the run is recorded in one transaction at the
 end. On a remote cluster (``tcp://...``) the workers write the parts: ``out`` must be on a
 file system the workers and the client share.
+
+A partitioned export (every table a folder of ``part-NNNNN.parquet`` files, part k of each
+holding the same accounts; ``tiering demo-data --part-accounts``) is read out of core: its parts
+are the partitions, and each worker reads, checks against the data contract and featurises
+only its own parts, so the client never loads a table and a worker's memory grows with a part,
+not the export. The workers read each part twice: once for the scoring date (the end of the
+data) and the global win rate's deal counts, which the features need from the whole list,
+then for the features.
 """
 
 from __future__ import annotations
@@ -63,7 +71,7 @@ from tiering.customers import with_change_reasons
 if TYPE_CHECKING:
     from distributed import Client
 
-    from features.config import FeatureConfig
+    from features.config import DataConfig, FeatureConfig
     from features.tables import Tables
 
 _LOCAL = re.compile(r"^local(?::(?P<workers>\d+))?$")
@@ -186,6 +194,140 @@ def split_tables(
     ]
 
 
+# ------------------------------------------------------------------------ reading
+
+
+@dataclass
+class _Source:
+    """What the run needs of the data before ranking: the scoring date, the partitions'
+    account rows (in list order), a future of each partition's features on the workers, the
+    cold-start row, and the accounts for the tier history (None when it is off)."""
+
+    when: pd.Timestamp
+    bounds: list[tuple[int, int]]
+    features_f: list[Any]
+    cold: pd.DataFrame
+    accounts: pd.DataFrame | None
+
+
+def _cut_in_memory(
+    config: Config, client: Client, as_of: pd.Timestamp | str | None, partition_size: int | None
+) -> _Source:
+    """One export file per table: the client loads the tables and cuts them into partitions."""
+    from features.build import build_features, global_deal_counts, scoring_requests
+    from features.contract import load_tables
+
+    tables = load_tables(config.data).tables
+    when = _scoring_date(as_of, config, tables.end_of_data())
+    requests = scoring_requests(tables.accounts, when).reset_index(drop=True)
+    n = len(requests)
+    workers = max(len(client.scheduler_info().get("workers", {})), 1)
+    size = partition_size or config.scoring.partition_size
+    if size is None:
+        size = max(1, -(-n // (workers * DEFAULT_PARTITIONS_PER_WORKER)))
+    bounds = partition_bounds(n, size)
+    parts = split_tables(tables, requests, bounds)
+    cold = build_features(
+        tables,
+        pd.DataFrame({"account_id": [COLD_START_ID], "as_of": [when]}),
+        config.features,
+    )
+    # The one figure features need from the whole list: the global win rate's deal counts.
+    deals = global_deal_counts(tables, when)
+    accounts = tables.accounts if config.history.enabled else None
+    del tables
+    part_f = client.scatter(parts)
+    del parts
+    features_f = [client.submit(_features, p, config.features, deals) for p in part_f]
+    return _Source(when, bounds, features_f, cold, accounts)
+
+
+@dataclass(frozen=True)
+class _Survey:
+    """One part of a partitioned export as the client needs it before features: its account
+    count, its end of data, and its decided deals (decided, won) as of the scoring date, or,
+    with no date given, as of its own end and as of any later day."""
+
+    accounts: int
+    end: pd.Timestamp
+    deals_at: tuple[int, int]
+    deals_after: tuple[int, int] | None
+    account_rows: pd.DataFrame | None
+
+
+def _survey(data: DataConfig, part: str, when: pd.Timestamp | None, with_accounts: bool) -> _Survey:
+    from features.build import global_deal_counts
+    from features.contract import load_part
+
+    tables = load_part(data, part).tables
+    end = tables.end_of_data()
+    # A part's deals are all decided by its own end: counted as of its end and as of the next
+    # day, the client has the counts as of the whole list's end, whichever part it is in.
+    return _Survey(
+        accounts=len(tables.accounts),
+        end=end,
+        deals_at=global_deal_counts(tables, end if when is None else when),
+        deals_after=global_deal_counts(tables, end + pd.Timedelta(days=1))
+        if when is None
+        else None,
+        account_rows=tables.accounts if with_accounts else None,
+    )
+
+
+def _part_features(
+    data: DataConfig,
+    part: str,
+    when: pd.Timestamp,
+    config: FeatureConfig,
+    global_deals: tuple[int, int],
+    cold: bool = False,
+) -> pd.DataFrame:
+    """One part read, checked against the data contract and featurised on its worker; with
+    ``cold``, the cold-start row instead (it needs some part's tables, none of its rows)."""
+    from features.build import build_features, scoring_requests
+    from features.contract import load_part
+
+    tables = load_part(data, part).tables
+    requests = (
+        pd.DataFrame({"account_id": [COLD_START_ID], "as_of": [when]})
+        if cold
+        else scoring_requests(tables.accounts, when)
+    )
+    return build_features(tables, requests, config, global_deals=global_deals)
+
+
+def _read_by_part(
+    config: Config, client: Client, as_of: pd.Timestamp | str | None, parts: list[str]
+) -> _Source:
+    """A partitioned export: each worker reads its own parts, twice (a survey for the scoring
+    date and the global deal counts, then the features), so that the client never holds a
+    table and a worker holds one part at a time; the partitions are the export's parts."""
+    given = (
+        _scoring_date(as_of, config, pd.Timestamp(0))
+        if as_of is not None or config.data.as_of is not None
+        else None
+    )
+    history = config.history.enabled
+    surveys = client.gather(
+        [client.submit(_survey, config.data, part, given, history) for part in parts]
+    )
+    when = given if given is not None else max(s.end for s in surveys)
+    decided = [s.deals_at if given is not None or s.end == when else s.deals_after for s in surveys]
+    deals = (sum(d[0] for d in decided if d), sum(d[1] for d in decided if d))
+    starts = np.cumsum([0] + [s.accounts for s in surveys])
+    bounds = [(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:], strict=True)]
+    accounts = pd.concat([s.account_rows for s in surveys], ignore_index=True) if history else None
+    del surveys
+    features_f = [
+        client.submit(_part_features, config.data, part, when, config.features, deals)
+        for part in parts
+    ]
+    cold = client.submit(
+        _part_features, config.data, parts[0], when, config.features, deals, cold=True
+    ).result()
+    return _Source(when, bounds, features_f, cold, accounts)
+
+
 # ------------------------------------------------------------------------ worker tasks
 
 
@@ -274,42 +416,30 @@ def score_accounts_distributed(
             "the single-process run only; score without --cluster, or set [capacity] within = "
             '"global" and [elevation] enabled = false'
         )
-    from features.build import build_features, global_deal_counts, scoring_requests
-    from features.contract import load_tables
+    from features.contract import export_parts
 
     report = progress or _no_progress
-    tables = load_tables(config.data).tables
-    when = _scoring_date(as_of, config, tables.end_of_data())
-    requests = scoring_requests(tables.accounts, when).reset_index(drop=True)
-    n = len(requests)
-    workers = max(len(client.scheduler_info().get("workers", {})), 1)
-    size = partition_size or config.scoring.partition_size
-    if size is None:
-        size = max(1, -(-n // (workers * DEFAULT_PARTITIONS_PER_WORKER)))
-    bounds = partition_bounds(n, size)
-    parts = split_tables(tables, requests, bounds)
-    cold = build_features(
-        tables,
-        pd.DataFrame({"account_id": [COLD_START_ID], "as_of": [when]}),
-        config.features,
-    )
-    history = _run_history(config, bundle, when, tables.accounts)
-    # The one figure features need from the whole list: the global win rate's deal counts.
-    deals = global_deal_counts(tables, when)
-    del tables
-
     chunk_size = config.scoring.chunk_size
+    parts = export_parts(config.data)
+    if parts is None:
+        source = _cut_in_memory(config, client, as_of, partition_size)
+    else:
+        source = _read_by_part(config, client, as_of, parts)
+    when, bounds, features_f = source.when, source.bounds, source.features_f
+    n, cold = bounds[-1][1], source.cold
+    # The accounts came along only with the tier history on.
+    history = (
+        None if source.accounts is None else _run_history(config, bundle, when, source.accounts)
+    )
+    del source
+
     [bundle_f] = client.scatter([bundle], broadcast=True)
-    part_f = client.scatter(parts)
-    del parts
-    features_f = [client.submit(_features, p, config.features, deals) for p in part_f]
     local_f = [client.submit(_rank, bundle_f, f, chunk_size) for f in features_f]
     ranks_f = [client.submit(_ranks, p) for p in local_f]
     ranked_parts = []
     for number, future in enumerate(ranks_f):
         ranked_parts.append(future.result())
         report("features", bounds[number][1], n)
-    del part_f
 
     # The one global pass: tiers of the whole list, as tier_population assigns them; the ICP
     # labels stay on the workers (the history needs the tiers only).

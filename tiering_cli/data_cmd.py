@@ -4,11 +4,15 @@ write the demo CRM."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
 from tiering_cli.common import CONFIG_OPTION, console, fail, known_errors, read_config
+
+if TYPE_CHECKING:
+    from features.config import DataConfig
+    from features.contract import LoadResult
 
 FORMATS = ("csv", "parquet")
 
@@ -21,12 +25,13 @@ def validate(config: Path = CONFIG_OPTION) -> None:
     the export lacks, only one outcome, too little history for the snapshots' time split, a
     feature the leakage audit refuses).
     """
-    from features.contract import DataContractError, load_tables
+    from features.contract import DataContractError, export_parts, load_tables
     from features.quality import quality_report, render_quality, training_problems
 
     settings = read_config(config)
     with known_errors():
-        result = load_tables(settings.data)
+        parts = export_parts(settings.data)
+        result = _load_parts(settings.data, parts) if parts else load_tables(settings.data)
         render_quality(quality_report(result.tables, result.report), console)
         problems = training_problems(
             result.tables,
@@ -40,6 +45,42 @@ def validate(config: Path = CONFIG_OPTION) -> None:
         if problems:
             raise DataContractError(problems)
     console.print(f"[green]valid:[/] the data meets the contract ({config})")
+
+
+def _load_parts(data: DataConfig, parts: list[str]) -> LoadResult:
+    """A partitioned export checked one part at a time, so memory grows with a part, not the
+    export: every part's problems (each naming its part) and the ids shared across parts, as
+    one error; else the first part's tables (the quality report and the training checks read
+    it as a sample of the accounts) with the cleaning of every part."""
+    from features.contract import (
+        DataContractError,
+        LoadResult,
+        load_part,
+        merge_reports,
+        parts_problems,
+    )
+
+    problems, reports, first = [], [], None
+    with console.status(f"Checking {len(parts)} parts") as status:
+        for number, part in enumerate(parts):
+            status.update(f"Checking part {number + 1} of {len(parts)} ({part})")
+            try:
+                result = load_part(data, part)
+            except DataContractError as exc:
+                problems.extend(exc.problems)
+                continue
+            reports.append(result.report)
+            if first is None:
+                first = result.tables
+        problems.extend(parts_problems(data, parts))
+    if problems:
+        raise DataContractError(problems)
+    assert first is not None
+    console.print(
+        f"{len(parts)} parts meet the contract; the quality report and the training checks "
+        f"below read the first part ({parts[0]}) as a sample of the accounts"
+    )
+    return LoadResult(tables=first, report=merge_reports(reports))
 
 
 def demo_data(
@@ -62,6 +103,15 @@ def demo_data(
         Path, typer.Option("--out", "-o", help="Folder for the CSV/Parquet files and truth/.")
     ] = Path("data/demo"),
     fmt: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
+    part_accounts: Annotated[
+        int | None,
+        typer.Option(
+            "--part-accounts",
+            min=1,
+            help="Write a partitioned Parquet export: every table a folder of parts of this "
+            "many accounts each (implies --format parquet).",
+        ),
+    ] = None,
 ) -> None:
     """Write the demo CRM export (accounts, opportunities, activities) and its ground truth."""
     if fmt not in FORMATS:
@@ -69,8 +119,17 @@ def demo_data(
     from demo import write_demo
 
     checked: Literal["csv", "parquet"] = "csv" if fmt == "csv" else "parquet"
+    if part_accounts is not None:
+        checked = "parquet"
 
     with console.status(f"Generating {accounts:,} demo accounts"):
-        paths = write_demo(out, n_accounts=accounts, seed=seed, dirt_rate=dirt_rate, fmt=checked)
+        paths = write_demo(
+            out,
+            n_accounts=accounts,
+            seed=seed,
+            dirt_rate=dirt_rate,
+            fmt=checked,
+            part_accounts=part_accounts,
+        )
     for name, path in paths.items():
         console.print(f"wrote {name}: {path}")

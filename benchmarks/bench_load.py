@@ -86,7 +86,7 @@ def _free_port() -> int:
 
 def _deployment(root: Path) -> tuple[Path, Path, list[str]]:
     """A bundle folder, its account snapshot and the account ids."""
-    from features.demo import write_demo
+    from demo import write_demo
     from serving.batch import score_accounts
     from tiering.bundle import Bundle
     from training.pipeline import fit_and_evaluate

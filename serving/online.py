@@ -9,9 +9,9 @@ the reference cut-offs frozen in the bundle, and every answer says so.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -19,7 +19,7 @@ import pandas as pd
 from features.config import FeatureConfig
 from serving.group_cutoffs import GroupCutoffsCache
 from serving.model_loader import LoadedModel
-from serving.request_features import RequestFeatures
+from serving.request_features import RequestFeatures, RequestRejected
 from serving.schemas import (
     AccountRequest,
     AccountScore,
@@ -35,6 +35,8 @@ from serving.schemas import (
 from serving.settings import ServingSettings
 from serving.snapshot import SnapshotCache
 from tiering.config import TIER_NAMES
+
+T = TypeVar("T")
 
 TIERING_TRACKING_URI = "the environment variable TIERING_TRACKING_URI"
 
@@ -104,6 +106,43 @@ class OnlineScorer:
 
     # ------------------------------------------------------------------ answers
     def score(self, accounts: list[AccountRequest], *, reasons: bool = True) -> ScoreResponse:
+        scored, sources, warnings, grouped = self._scored(accounts, reasons)
+        return self._score_response(scored, sources, warnings, reasons, grouped)
+
+    def score_each(
+        self, requests: Sequence[tuple[AccountRequest, bool]]
+    ) -> list[ScoreResponse | RequestRejected]:
+        """Single-account requests (account, reasons) answered by one scoring call per
+        ``reasons`` value: each gets the answer ``score([account])`` would give it, or its own
+        rejection."""
+        answers: list[ScoreResponse | RequestRejected | None] = [None] * len(requests)
+        for reasons in (True, False):
+            chosen = [i for i, (_, r) in enumerate(requests) if r is reasons]
+            if not chosen:
+                continue
+            accounts = [requests[i][0] for i in chosen]
+            try:
+                scored, sources, warnings, grouped = self._scored(accounts, reasons)
+            except RequestRejected:
+                # Somebody's account is bad: each request on its own, so only its own fails.
+                for i in chosen:
+                    answers[i] = _answer_or_rejection(self.score, [requests[i][0]], reasons=reasons)
+                continue
+            for k, i in enumerate(chosen):
+                answers[i] = self._score_response(
+                    scored[k : k + 1],
+                    sources[k : k + 1],
+                    _own(warnings, k, "accounts[0]"),
+                    reasons,
+                    grouped,
+                )
+        return [a for a in answers if a is not None]
+
+    def _scored(
+        self, accounts: list[AccountRequest], reasons: bool
+    ) -> tuple[list[dict[Any, Any]], list[str], list[Problem], bool]:
+        """The one scoring path of the service: feature rows, then ``tiering.scoring.score``
+        (against the group cut-offs when there are any); rows, sources, warnings, grouped."""
         from tiering.scoring import score
 
         warnings: list[Problem] = []
@@ -125,27 +164,53 @@ class OnlineScorer:
                 population=False,
                 top_reasons=self.top_reasons,
             )
-        used = scored["cutoffs_used"].unique()
+        return scored.to_dict("records"), sources, warnings, groups is not None
+
+    def _score_response(
+        self,
+        rows: list[dict[Any, Any]],
+        sources: list[str],
+        warnings: list[Problem],
+        reasons: bool,
+        grouped: bool,
+    ) -> ScoreResponse:
+        used = list(dict.fromkeys(str(row["cutoffs_used"]) for row in rows))
         return ScoreResponse(
             model_version=self.version,
             scored_at=_now(),
             warnings=warnings,
             cutoffs=self.cutoffs(
-                str(used[0]) if len(used) == 1 else "per account: see each account's cutoffs_used"
+                used[0] if len(used) == 1 else "per account: see each account's cutoffs_used"
             ),
             accounts=[
-                _account_score(row, source, reasons, grouped=groups is not None)
-                for row, source in zip(scored.to_dict("records"), sources, strict=True)
+                _account_score(row, source, reasons, grouped=grouped)
+                for row, source in zip(rows, sources, strict=True)
             ],
         )
 
     def explain(self, account: AccountRequest) -> ExplainResponse:
+        return self._explained([account], path="account")[0]
+
+    def explain_each(
+        self, accounts: Sequence[AccountRequest]
+    ) -> list[ExplainResponse | RequestRejected]:
+        """Explain requests answered by one model call: each gets the answer ``explain`` would
+        give it, or its own rejection."""
+        if self.groups.current() is not None:
+            # Each account may have its own group's cut-offs: one call per account.
+            return [_answer_or_rejection(self.explain, a) for a in accounts]
+        try:
+            return list(self._explained(list(accounts), path="accounts"))
+        except RequestRejected:
+            return [_answer_or_rejection(self.explain, a) for a in accounts]
+
+    def _explained(self, accounts: list[AccountRequest], path: str) -> list[ExplainResponse]:
         from tiering.explain import drivers
         from tiering.scoring import base_win_probability, score
 
         warnings: list[Problem] = []
         features, sources = self.features.rows(
-            [account], self.snapshots.current(), path="account", warnings=warnings
+            accounts, self.snapshots.current(), path=path, warnings=warnings
         )
         win_contrib, value_contrib = self.bundle.contributions(features)
         groups = self.groups.current()
@@ -153,7 +218,8 @@ class OnlineScorer:
         if groups is not None:
             from serving.online_groups import bundle_for
 
-            bundle = bundle_for(self.bundle, groups, [account])[0]
+            # Only ever one account here (explain_each explains grouped accounts one by one).
+            bundle = bundle_for(self.bundle, groups, accounts[:1])[0]
         scored = score(
             bundle,
             features,
@@ -163,6 +229,7 @@ class OnlineScorer:
             contributions=(win_contrib, value_contrib),
         )
         if groups is not None:
+            account = accounts[0]
             key = groups.group_of(account.account_id, account.owner, account.territory)
             scored = scored.assign(cutoffs_used=groups.describe(key))
         every = drivers(
@@ -172,17 +239,19 @@ class OnlineScorer:
             scored["p_convert"].to_numpy(),
             base_win_probability(self.bundle, win_contrib["bias"].to_numpy(dtype=np.float64)),
             top=len(self.bundle.feature_names),
-        )[0]
-        return ExplainResponse(
-            model_version=self.version,
-            scored_at=_now(),
-            warnings=warnings,
-            cutoffs=self.cutoffs(str(scored["cutoffs_used"].iloc[0])),
-            account=_account_score(
-                scored.to_dict("records")[0], sources[0], True, grouped=groups is not None
-            ),
-            drivers=[Driver.model_validate(d) for d in every],
         )
+        rows = scored.to_dict("records")
+        return [
+            ExplainResponse(
+                model_version=self.version,
+                scored_at=_now(),
+                warnings=warnings if path == "account" else _own(warnings, k, "account"),
+                cutoffs=self.cutoffs(str(rows[k]["cutoffs_used"])),
+                account=_account_score(rows[k], sources[k], True, grouped=groups is not None),
+                drivers=[Driver.model_validate(d) for d in every[k]],
+            )
+            for k in range(len(accounts))
+        ]
 
     def cutoffs(self, description: str) -> Cutoffs:
         ref = self.bundle.cutoffs
@@ -215,6 +284,25 @@ class OnlineScorer:
             snapshot_problem=snapshot.problem,
             max_accounts_per_request=self.max_accounts,
         )
+
+
+def _answer_or_rejection(
+    answer: Callable[..., T], *args: Any, **kwargs: Any
+) -> T | RequestRejected:
+    try:
+        return answer(*args, **kwargs)
+    except RequestRejected as exc:
+        return exc
+
+
+def _own(warnings: list[Problem], k: int, path: str) -> list[Problem]:
+    """The warnings about merged account ``k``, with the path its own request knows it by."""
+    prefix = f"accounts[{k}]"
+    return [
+        w.model_copy(update={"path": path + w.path[len(prefix) :]})
+        for w in warnings
+        if w.path == prefix or w.path.startswith(prefix + ".")
+    ]
 
 
 def _now() -> dt.datetime:

@@ -13,11 +13,13 @@ BentoML restart the worker forever while /healthz hangs.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 import sys
 from http import HTTPStatus
+from typing import Any
 
 import bentoml
 from bentoml.exceptions import BentoMLException
@@ -25,6 +27,7 @@ from fastapi import FastAPI
 
 from serving.account_history import AccountTimeline, history_response, service_store
 from serving.auth import ApiKeyMiddleware, listening_addresses, refuse_open_service
+from serving.batching import BATCH_SIZE_BUCKETS, Batcher
 from serving.bento import declared_model, with_bento_model
 from serving.contract import ApiContract
 from serving.online import OnlineScorer
@@ -43,7 +46,7 @@ from serving.schemas import (
     ScoreRequest,
     ScoreResponse,
 )
-from serving.settings import ServingSettings, traffic_from_env
+from serving.settings import ServingSettings, traffic_from_env, workers_from_env
 from serving.traffic import RequestLimits, quiet_client_errors
 from serving.ui import app as ui_app
 from serving.ui import bind as bind_ui
@@ -83,7 +86,16 @@ def _stop_server(reason: str) -> None:
         os._exit(EXIT_CANNOT_START)
 
 
-@bentoml.service(name="account_tiering", traffic=traffic_from_env())
+# Requests answered per model call (1 without batching): /metrics shows whether merging works.
+batch_size_histogram = bentoml.metrics.Histogram(
+    name="tiering_batch_size",
+    documentation="Requests answered by one model call",
+    labelnames=["endpoint"],
+    buckets=BATCH_SIZE_BUCKETS,
+)
+
+
+@bentoml.service(name="account_tiering", traffic=traffic_from_env(), workers=workers_from_env())
 @bentoml.asgi_app(model_app, path="/")
 class TieringService:
     # Inside a Bento: the bundle and snapshot packed by `tiering build` (serving.bento).
@@ -96,6 +108,8 @@ class TieringService:
             refuse_open_service(self.settings, listening_addresses())
             self.scorer = OnlineScorer.from_settings(self.settings)
             self.history = service_store(self.settings.config)
+            self.score_batcher = self._batcher(self.scorer.score_each, "score")
+            self.explain_batcher = self._batcher(self.scorer.explain_each, "explain")
             api_key = self.settings.api_key
             bind_ui(
                 self.scorer,
@@ -111,13 +125,23 @@ class TieringService:
             _stop_server(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
             raise
 
+    def _batcher(self, compute: Any, endpoint: str) -> Batcher[Any, Any]:
+        settings = self.settings
+        return Batcher(
+            compute,
+            # Batching off: every request its own call (the same path, batches of one).
+            max_size=settings.batch_max_size if settings.batching else 1,
+            max_latency_ms=settings.batch_max_latency_ms if settings.batching else 0.0,
+            observe=batch_size_histogram.labels(endpoint=endpoint).observe,
+        )
+
     def __is_ready__(self) -> bool:
         """Not ready only while no account snapshot was ever readable although one is there;
         a bad replacement of a good one keeps the good one (and /model says so)."""
         return self.scorer.snapshots.ready
 
     @bentoml.api(route="/score", input_spec=ScoreRequest)
-    def score(self, accounts: list[AccountRequest], reasons: bool = True) -> ScoreResponse:
+    async def score(self, accounts: list[AccountRequest], reasons: bool = True) -> ScoreResponse:
         """Score 1 to 1,000 accounts: by account_id (features from the account snapshot),
         by their own fields (a new account), or both (fields override the snapshot)."""
         limit = self.settings.max_accounts_per_request
@@ -127,16 +151,21 @@ class TieringService:
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
             )
         try:
-            return self.scorer.score(accounts, reasons=reasons)
+            if len(accounts) == 1:
+                answer: ScoreResponse = await self.score_batcher((accounts[0], reasons))
+                return answer
+            # A request of many accounts is a batch already.
+            return await asyncio.to_thread(self.scorer.score, accounts, reasons=reasons)
         except RequestRejected as exc:
             raise ApiError(str(exc), exc.status) from None
 
     @bentoml.api(route="/explain", input_spec=ExplainRequest)
-    def explain(self, account: AccountRequest) -> ExplainResponse:
+    async def explain(self, account: AccountRequest) -> ExplainResponse:
         """One account in full detail: every driver, ICP criteria, the tier rule, what would
         move it up a tier, and the playbook of its tier."""
         try:
-            return self.scorer.explain(account)
+            answer: ExplainResponse = await self.explain_batcher(account)
+            return answer
         except RequestRejected as exc:
             raise ApiError(str(exc), exc.status) from None
 

@@ -522,10 +522,10 @@ def _per_value(values: pd.Series, transform: Callable[[pd.Series], pd.Series]) -
     """Apply a string transform once per distinct value: exports repeat few labels many times."""
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
     done = np.asarray(transform(pd.Series(uniques, dtype=object)), dtype=object)
-    out = np.full(len(codes), np.nan, dtype=object)
-    present = codes >= 0
-    out[present] = done[codes[present]]
-    return pd.Series(out, index=values.index).astype(pd.StringDtype(na_value=np.nan))
+    # Only the distinct values become text; the column is a take of them (missing for -1),
+    # never a Python object per row.
+    text = pd.array(done, dtype=pd.StringDtype(na_value=np.nan))
+    return pd.Series(text.take(codes, allow_fill=True), index=values.index)
 
 
 def _fold_text(values: pd.Series) -> pd.Series:

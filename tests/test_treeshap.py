@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from tiering import treeshap
-from tiering.bundle import CUSTOMER_MODELS, Bundle
+from tiering.bundle import CHURN, CUSTOMER_MODELS, EXPANSION, Bundle, encode_features
 
 from support import TrainedBundle
 
@@ -87,6 +87,26 @@ def test_bundle_contributions_come_from_the_kernel_and_equal_lightgbm(
         expected = model.booster.predict(matrix, pred_contrib=True, num_threads=1)
         assert list(contrib.columns) == [*bundle.feature_names, "bias"]
         assert np.abs(contrib.to_numpy() - expected).max() < TOLERANCE
+        assert treeshap.explainer_for(model.booster) is not None
+
+
+def test_customer_models_contributions_equal_lightgbm(trained_bundle: TrainedBundle) -> None:
+    bundle = Bundle.load(trained_bundle.bundle_dir)
+    assert bundle.has_customer_models
+    features = _feature_rows(trained_bundle)
+    customers = features[pd.to_numeric(features["cs_customer"], errors="coerce") > 0]
+    assert len(customers) > 0
+    predicted = bundle.predict_customers(customers)
+    # LightGBM's own values on the encoded frame (its own category re-mapping).
+    inputs = list(bundle.customer["feature_names"])
+    levels = {k: list(v) for k, v in bundle.customer.get("categories", {}).items()}
+    encoded = encode_features(customers, inputs, levels)
+    names = [*inputs, "bias"]
+    for prefix, model in ((CHURN, bundle.models[CHURN]), (EXPANSION, bundle.models[EXPANSION])):
+        assert model.booster is not None
+        expected = model.booster.predict(encoded, pred_contrib=True, num_threads=1)
+        got = predicted[[f"{prefix}:{n}" for n in names]].to_numpy()
+        assert np.abs(got - expected).max() < TOLERANCE, prefix
         assert treeshap.explainer_for(model.booster) is not None
 
 

@@ -260,6 +260,25 @@ def _plain_numeric(dtype: Any) -> bool:
     return isinstance(dtype, np.dtype) and dtype.kind in "biuf"
 
 
+def _model_matrix(
+    features: pd.DataFrame,
+    names: list[str],
+    categories: dict[str, list[str]],
+    boosters: list[lgb.Booster],
+) -> np.ndarray | pd.DataFrame:
+    """The matrix ``boosters`` read (see ``Bundle.model_matrix``): float64 with level codes
+    when every booster reads the columns and levels of ``encode_features``, else the encoded
+    DataFrame for LightGBM's own re-mapping."""
+    plan = _plan(tuple(names), _categories_key(categories))
+    levels = [list(dtype.categories) for _, dtype, _ in plan.categorical]
+    codes = all(
+        booster.num_feature() == len(plan.feature_names)
+        and (booster.pandas_categorical is None or booster.pandas_categorical == levels)
+        for booster in boosters
+    )
+    return plan.matrix(features) if codes else encode_features(features, names, categories)
+
+
 @functools.lru_cache(maxsize=16)
 def _plan(
     feature_names: tuple[str, ...], categories: tuple[tuple[str, tuple[str, ...]], ...]
@@ -429,14 +448,15 @@ class Bundle:
         in log-odds, ``expansion:<feature>`` in log revenue, each with its ``bias``)."""
         names = list(self.customer["feature_names"])
         categories = {k: list(v) for k, v in self.customer.get("categories", {}).items()}
-        encoded = encode_features(features, names, categories)
         churn = self.models[CHURN]
         expansion = self.models[EXPANSION]
         assert isinstance(churn, ProbabilityModel) and isinstance(expansion, AmountModel)
+        boosters = [m.booster for m in (churn, expansion) if m.booster is not None]
+        encoded = _model_matrix(features, names, categories, boosters)
         out: dict[str, Any] = {}
         if churn.booster is not None:
             raw = self._run(churn.booster, encoded, raw_score=True)
-            contrib = self._run(churn.booster, encoded, pred_contrib=True)
+            contrib = self._explain(churn.booster, encoded)
         else:
             raw = churn.constant_raw(len(features))
             contrib = np.zeros((len(features), len(names) + 1))
@@ -444,7 +464,7 @@ class Bundle:
         out["p_churn"] = churn.predict(raw)
         if expansion.booster is not None:
             raw_e = self._run(expansion.booster, encoded, raw_score=True)
-            contrib_e = self._run(expansion.booster, encoded, pred_contrib=True)
+            contrib_e = self._explain(expansion.booster, encoded)
         else:
             raw_e = np.log(np.maximum(expansion.fallback(features), 1e-9))
             contrib_e = np.zeros((len(features), len(names) + 1))
@@ -491,18 +511,7 @@ class Bundle:
         ``encode(features)`` (categoricals as level codes, NaN when missing or unseen), built
         directly; the encoded DataFrame when a booster's stored category levels differ from
         the bundle's, so that LightGBM's own re-mapping applies."""
-        plan = _plan(tuple(self.feature_names), _categories_key(self.categories))
-        if not self._boosters_read_codes(plan):
-            return self.encode(features)
-        return plan.matrix(features)
-
-    def _boosters_read_codes(self, plan: _EncodingPlan) -> bool:
-        levels = [list(dtype.categories) for _, dtype, _ in plan.categorical]
-        return all(
-            booster.num_feature() == len(plan.feature_names)
-            and (booster.pandas_categorical is None or booster.pandas_categorical == levels)
-            for booster in self.boosters()
-        )
+        return _model_matrix(features, self.feature_names, self.categories, self.boosters())
 
     @staticmethod
     def _threads(booster: lgb.Booster, n_rows: int) -> int:

@@ -273,14 +273,16 @@ def customer_reasons(
     points = _points(contributions, p, list(settings["feature_names"]))[names]
     # one driver per business field: a metric's level and its trend speak together
     groups = _groups(names)
-    group_points = pd.DataFrame(
-        {g: points[cols].sum(axis=1) for g, cols in groups.items()}, index=points.index
-    )
-    exp_raw = contributions[[f"expansion:{c}" for c in names]]
-    exp_group = pd.DataFrame(
-        {g: exp_raw[[f"expansion:{c}" for c in cols]].sum(axis=1) for g, cols in groups.items()},
-        index=exp_raw.index,
-    ).to_numpy(dtype=float)
+    # Each group's sum as one matrix product (rows x columns @ columns x groups): no frame per
+    # group, which cost more than the rest of a single account's reasons.
+    member = np.zeros((len(names), len(groups)))
+    position_of = {c: k for k, c in enumerate(names)}
+    for g, cols in enumerate(groups.values()):
+        member[[position_of[c] for c in cols], g] = 1.0
+    # (missing values count as 0, as pandas' sum skips them)
+    group_points = np.nan_to_num(points.to_numpy(dtype=float), nan=0.0) @ member
+    exp_raw = contributions[[f"expansion:{c}" for c in names]].to_numpy(dtype=float)
+    exp_group = np.nan_to_num(exp_raw, nan=0.0) @ member
     expected = scored.loc[rows, "expected_expansion"].to_numpy(dtype=float)
     products_offered = int(settings.get("products_offered") or 0)
     position = {idx: k for k, idx in enumerate(features.index)}
@@ -294,7 +296,7 @@ def customer_reasons(
             f"{fmt_money(scored.loc[idx, 'recurring_revenue'])} recurring revenue at risk",
             f"expected expansion {fmt_money(expected[j])}",
         ]
-        values = group_points.iloc[j].to_numpy()
+        values = group_points[j]
         for k in np.argsort(-np.abs(values))[:top]:
             if abs(values[k]) < 0.5:
                 continue

@@ -284,16 +284,23 @@ def customer_reasons(
     exp_raw = contributions[[f"expansion:{c}" for c in names]].to_numpy(dtype=float)
     exp_group = np.nan_to_num(exp_raw, nan=0.0) @ member
     expected = scored.loc[rows, "expected_expansion"].to_numpy(dtype=float)
+    at_risk = scored.loc[rows, "revenue_at_risk"].to_numpy(dtype=float)
+    recurring = scored.loc[rows, "recurring_revenue"].to_numpy(dtype=float)
     products_offered = int(settings.get("products_offered") or 0)
     position = {idx: k for k, idx in enumerate(features.index)}
     labels = list(groups)
+    # The described fields as numbers, once per column (not per row and field).
+    described = features.loc[rows]
+    numbers = {
+        c: _num(described, c) for c in dict.fromkeys(c for cols in groups.values() for c in cols)
+    }
     for j, idx in enumerate(rows):
         i = position[idx]
-        row = features.loc[idx]
+        row = {c: float(v[j]) for c, v in numbers.items()}
         lines = [
             f"churn or downgrade risk {p[j]:.0%} within the horizon: "
-            f"{fmt_money(scored.loc[idx, 'revenue_at_risk'])} of "
-            f"{fmt_money(scored.loc[idx, 'recurring_revenue'])} recurring revenue at risk",
+            f"{fmt_money(at_risk[j])} of "
+            f"{fmt_money(recurring[j])} recurring revenue at risk",
             f"expected expansion {fmt_money(expected[j])}",
         ]
         values = group_points[j]
@@ -331,18 +338,19 @@ def _groups(names: list[str]) -> dict[str, list[str]]:
     return groups
 
 
-def _describe_group(key: str, columns: list[str], row: pd.Series, products_offered: int) -> str:
-    """A field in a CSM's words: a metric by its change over 90 days where known."""
+def _describe_group(
+    key: str, columns: list[str], row: dict[str, float], products_offered: int
+) -> str:
+    """A field in a CSM's words: a metric by its change over 90 days where known. ``row``:
+    the customer's fields as numbers (NaN where missing or not a number)."""
     change = [c for c in columns if "_change_" in c]
-    if change:
-        value = pd.to_numeric(pd.Series([row.get(change[0])]), errors="coerce").iloc[0]
-        if np.isfinite(value):
-            return _describe(change[0], row, products_offered)
+    if change and np.isfinite(row.get(change[0], np.nan)):
+        return _describe(change[0], row, products_offered)
     return _describe(columns[0], row, products_offered)
 
 
-def _describe(name: str, row: pd.Series, products_offered: int) -> str:
-    value = pd.to_numeric(pd.Series([row.get(name)]), errors="coerce").iloc[0]
+def _describe(name: str, row: dict[str, float], products_offered: int) -> str:
+    value = row.get(name, np.nan)
     word = _FIELD_WORDS.get(name, name)
     if not np.isfinite(value):
         if name.startswith("cs_usage_"):

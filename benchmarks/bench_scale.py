@@ -1,8 +1,9 @@
 """Scale: one batch run of the whole account list in one process against the same run on a
 Dask ``LocalCluster`` of two worker processes, with and without reasons, beside raw LightGBM
 ``predict`` / ``pred_contrib`` of the same rows; peak memory of the client and of each worker.
-Then the out-of-core run: a partitioned Parquet export scored without reasons on the
-``LocalCluster(2)``, each worker reading only its own parts.
+Then the out-of-core runs: a partitioned Parquet export scored with and without reasons on the
+``LocalCluster(2)``, each worker reading only its own parts; and where a worker's time goes,
+step by step on one part, beside LightGBM's ``predict`` and ``pred_contrib`` of its rows.
 
 Setup (not timed): a 3,000-account demo trained with the demo config's settings, then a demo
 CRM of ``BENCH_SCALE_ACCOUNTS`` accounts (default 1,000,000) written to a temporary folder and
@@ -16,7 +17,8 @@ printed when it is written.
 
 Environment variables:
     BENCH_SCALE_ACCOUNTS  accounts in the scored list (default 1000000)
-    BENCH_SCALE_PARTS     comma-separated subset of ``plain,reasons,partitioned`` (default all)
+    BENCH_SCALE_PARTS     comma-separated subset of ``plain,reasons,partitioned,stages``
+                          (default all)
     BENCH_PART_ACCOUNTS   accounts per part of the partitioned export (default 50000)
     BENCH_DATA_DIR        where the partitioned export is kept
 """
@@ -37,7 +39,7 @@ from benchmarks._util import demo_config, print_table
 N_ACCOUNTS = int(os.environ.get("BENCH_SCALE_ACCOUNTS", "1000000"))
 PARTS = [
     p.strip()
-    for p in os.environ.get("BENCH_SCALE_PARTS", "plain,reasons,partitioned").split(",")
+    for p in os.environ.get("BENCH_SCALE_PARTS", "plain,reasons,partitioned,stages").split(",")
     if p.strip()
 ]
 PART_ACCOUNTS = int(os.environ.get("BENCH_PART_ACCOUNTS", "50000"))
@@ -82,57 +84,134 @@ def _partitioned_export(n: int, seed: int = 3) -> tuple[Path, float | None]:
 
 
 def _out_of_core(bundle: Any, root: Path) -> None:
-    """A partitioned export scored without reasons on LocalCluster(2): the client never loads
-    a table, each worker reads one part at a time."""
+    """A partitioned export scored without and with reasons on LocalCluster(2): the client
+    never loads a table, each worker reads one part at a time."""
     from distributed import Client, LocalCluster
 
     from serving.distributed import score_accounts_distributed
 
     folder, generated = _partitioned_export(N_ACCOUNTS)
-    names = ("accounts", "opportunities", "activities", "subscriptions", "usage", "tickets")
-    config = demo_config(root, {name: folder / name for name in names})
-    history = config.history.model_copy(update={"enabled": False})
-    config = config.model_copy(update={"history": history})
+    config = _parts_config(root, folder)
     size = sum(f.stat().st_size for f in folder.rglob("*.parquet") if "truth" not in f.parts)
     n_parts = len(list((folder / "accounts").glob("part-*.parquet")))
     load = os.getloadavg()[0]
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            memory_limit="4GiB",
-            dashboard_address=None,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        start = time.perf_counter()
-        score_accounts_distributed(
-            config,
-            bundle,
-            client,
-            out=root / "dask-partitioned",
-            snapshot=root / "snap-partitioned.parquet",
-            reasons=False,
-        )
-        seconds = time.perf_counter() - start
-        peaks = client.run(_peak_mib)
-    print_table(
-        f"Out of core: a partitioned Parquet export of {N_ACCOUNTS:,} demo accounts "
-        f"({n_parts} parts of {PART_ACCOUNTS:,}, {size / 2**30:.2f} GiB of tables) scored "
-        f"without reasons on LocalCluster(2), memory_limit 4 GiB per worker (load average "
-        f"{load:.1f} at start; "
-        + (f"export written in {generated:.0f} s, not timed)" if generated else "export reused)"),
-        ["accounts", "seconds", "accounts/s", "peak RSS MiB per worker", "client peak RSS MiB"],
-        [
+    rows = []
+    for reasons in (False, True):
+        with (
+            LocalCluster(
+                n_workers=2,
+                threads_per_worker=1,
+                processes=True,
+                memory_limit="4GiB",
+                dashboard_address=None,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            start = time.perf_counter()
+            score_accounts_distributed(
+                config,
+                bundle,
+                client,
+                out=root / f"dask-partitioned-{reasons}",
+                snapshot=root / "snap-partitioned.parquet",
+                reasons=reasons,
+            )
+            seconds = time.perf_counter() - start
+            peaks = client.run(_peak_mib)
+        rows.append(
             [
+                "yes" if reasons else "no",
                 f"{N_ACCOUNTS:,}",
                 seconds,
                 N_ACCOUNTS / seconds,
                 ", ".join(f"{v:,.0f}" for v in peaks.values()),
                 f"{_peak_mib():,.0f} (setup included)",
             ]
+        )
+    print_table(
+        f"Out of core: a partitioned Parquet export of {N_ACCOUNTS:,} demo accounts "
+        f"({n_parts} parts of {PART_ACCOUNTS:,}, {size / 2**30:.2f} GiB of tables) scored "
+        f"on LocalCluster(2), memory_limit 4 GiB per worker (load average "
+        f"{load:.1f} at start; "
+        + (f"export written in {generated:.0f} s, not timed)" if generated else "export reused)"),
+        [
+            "reasons",
+            "accounts",
+            "seconds",
+            "accounts/s",
+            "peak RSS MiB per worker",
+            "client peak RSS MiB",
         ],
+        rows,
+    )
+
+
+def _parts_config(root: Path, folder: Path) -> Any:
+    names = ("accounts", "opportunities", "activities", "subscriptions", "usage", "tickets")
+    config = demo_config(root, {name: folder / name for name in names})
+    history = config.history.model_copy(update={"enabled": False})
+    return config.model_copy(update={"history": history})
+
+
+def _where_time_goes(bundle: Any, root: Path) -> None:
+    """Each step of a worker's run on one part of the partitioned export, in one process,
+    medians of 3, beside LightGBM's own ``predict`` and ``pred_contrib`` of the same rows; and
+    what each step comes to for the whole list on two workers."""
+    from features.build import build_features, scoring_requests
+    from features.contract import export_parts, load_part
+    from tiering.scoring import score
+
+    folder, _ = _partitioned_export(N_ACCOUNTS)
+    config = _parts_config(root, folder)
+    part = (export_parts(config.data) or [""])[0]
+    steps: dict[str, list[float]] = {}
+
+    def timed(name: str, run: Any, *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        result = run(*args, **kwargs)
+        steps.setdefault(name, []).append(time.perf_counter() - start)
+        return result
+
+    def lightgbm(matrix: Any, **kind: bool) -> None:
+        for booster in (bundle.conversion.booster, bundle.revenue.booster):
+            if booster is not None:
+                booster.predict(matrix, **kind)
+
+    shap_step = "exact SHAP values, both models (tiering.treeshap)"
+    contrib_step = "LightGBM pred_contrib, both models (reference)"
+    for _ in range(3):
+        loaded = timed("read and check the part (data contract)", load_part, config.data, part)
+        tables = loaded.tables
+        requests = scoring_requests(tables.accounts, tables.end_of_data())
+        features = timed("features", build_features, tables, requests, config.features)
+        del tables, loaded
+        timed("predictions and tiers", score, bundle, features, reasons=False)
+        shap = timed(shap_step, bundle.contributions, features)
+        timed(
+            "predictions, tiers and reasons from those SHAP values",
+            score,
+            bundle,
+            features,
+            reasons=True,
+            contributions=shap,
+        )
+        matrix = bundle.model_matrix(features)
+        timed("LightGBM predict, both models (reference)", lightgbm, matrix, raw_score=True)
+        timed(contrib_step, lightgbm, matrix, pred_contrib=True)
+    n = len(features)
+    medians = {name: float(np.median(times)) for name, times in steps.items()}
+    rows = [
+        [name, seconds, n / seconds, seconds * N_ACCOUNTS / n / 2]
+        for name, seconds in medians.items()
+    ]
+    shap_rate = n / medians[shap_step]
+    contrib_rate = n / medians[contrib_step]
+    print_table(
+        f"Where the time goes: one part of {n:,} accounts in one process (medians of 3; "
+        f"load average {os.getloadavg()[0]:.1f}); exact SHAP {shap_rate / contrib_rate:.1f}x "
+        "LightGBM's pred_contrib on the same rows",
+        ["step", "seconds", "accounts/s", f"seconds for {N_ACCOUNTS:,} on 2 workers"],
+        rows,
     )
 
 
@@ -148,6 +227,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         root = Path(tmp)
         bundle, _ = trained_bundle(root / "train")
+        if "stages" in PARTS:
+            _where_time_goes(bundle, root)
         if "partitioned" in PARTS:
             _out_of_core(bundle, root)
         in_memory = [part for part in PARTS if part in ("plain", "reasons")]

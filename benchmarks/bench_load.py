@@ -286,6 +286,7 @@ def _single_account_rows(root: Path, bundle: Path, snapshot: Path, ids: list[str
                 "-",
                 _ms(latencies, 0.99),
                 "1.0",
+                "-",
             ]
         )
         errors = sum(v for k, v in phase.statuses.items() if k != "200")
@@ -301,6 +302,8 @@ def _single_account_rows(root: Path, bundle: Path, snapshot: Path, ids: list[str
                 _ms(phase.ok_latency, 0.95),
                 _ms(phase.ok_latency, 0.99),
                 f"{merged:.1f}",
+                ", ".join(f"{k}: {v}" for k, v in sorted(phase.statuses.items()) if k != "200")
+                or "none",
             ]
         )
     print_table(
@@ -316,6 +319,7 @@ def _single_account_rows(root: Path, bundle: Path, snapshot: Path, ids: list[str
             "p95",
             "p99",
             "requests per model call",
+            "errors by kind",
         ],
         rows,
     )

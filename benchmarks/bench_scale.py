@@ -21,6 +21,8 @@ Environment variables:
                           (default all)
     BENCH_PART_ACCOUNTS   accounts per part of the partitioned export (default 50000)
     BENCH_DATA_DIR        where the partitioned export is kept
+    BENCH_OUT_OF_CORE_REASONS  ``no,yes`` (default): the partitioned runs, without and with
+                          reasons (``no`` alone for the 10M-account run)
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ PARTS = [
     if p.strip()
 ]
 PART_ACCOUNTS = int(os.environ.get("BENCH_PART_ACCOUNTS", "50000"))
+OUT_OF_CORE_REASONS = [
+    r.strip() == "yes" for r in os.environ.get("BENCH_OUT_OF_CORE_REASONS", "no,yes").split(",")
+]
 N_RAW_ROWS = 50_000
 
 
@@ -96,7 +101,7 @@ def _out_of_core(bundle: Any, root: Path) -> None:
     n_parts = len(list((folder / "accounts").glob("part-*.parquet")))
     load = os.getloadavg()[0]
     rows = []
-    for reasons in (False, True):
+    for reasons in OUT_OF_CORE_REASONS:
         with (
             LocalCluster(
                 n_workers=2,

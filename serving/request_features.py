@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 
 from features.config import FeatureConfig
-from features.customers import is_customer_column
 from serving.schemas import AccountRequest, Problem
 from serving.snapshot import Snapshot
 from tiering.bundle import Bundle
@@ -197,12 +196,13 @@ def _with_customer_columns(
     inputs, for the customer tier (``tiering.customers``); missing for accounts not in it."""
     if snapshot is None:
         return frame
-    names = [c for c in snapshot.features.columns if is_customer_column(c) and c not in frame]
-    if not names:
+    all_names, block = snapshot.customer_block
+    wanted = [k for k, c in enumerate(all_names) if c not in frame]
+    if not wanted:
         return frame
-    values = np.full((len(frame), len(names)), np.nan)
+    values = np.full((len(frame), len(wanted)), np.nan)
     known = position >= 0
     if known.any():
-        rows = snapshot.features.iloc[position[known]][names]
-        values[known] = rows.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+        values[known] = block[np.ix_(position[known], np.asarray(wanted, dtype=np.intp))]
+    names = [all_names[k] for k in wanted]
     return pd.concat([frame, pd.DataFrame(values, columns=names, index=frame.index)], axis=1)

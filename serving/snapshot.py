@@ -9,6 +9,7 @@ stays in use and the problem is reported, instead of every request failing.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -18,6 +19,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from features.customers import is_customer_column
 
 SNAPSHOT_METADATA_KEY = b"account_tiering"
 logger = logging.getLogger("tiering.service")
@@ -37,6 +40,23 @@ class Snapshot:
     model_version: str
     cold_start: dict[str, Any]
     """Feature values of an account with no known history or engagement as of ``as_of``."""
+
+    @functools.cached_property
+    def customer_block(self) -> tuple[list[str], np.ndarray]:
+        """The customer columns (``cs_``) and their values as floats (rows as ``features``),
+        converted once per snapshot instead of once per request."""
+        names = [c for c in self.features.columns if is_customer_column(c)]
+        values = (
+            np.column_stack(
+                [
+                    pd.to_numeric(self.features[c], errors="coerce").to_numpy(dtype=float)
+                    for c in names
+                ]
+            )
+            if names
+            else np.empty((len(self.features), 0))
+        )
+        return names, values
 
 
 def write_snapshot(

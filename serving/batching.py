@@ -27,7 +27,9 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 class Batcher(Generic[Item, Answer]):
     """Collects items until ``max_size`` are waiting or the first has waited
     ``max_latency_ms``, then runs ``compute`` on them in a thread (the event loop keeps
-    accepting requests meanwhile, which form the next batch)."""
+    accepting requests meanwhile, which form the next batch). With ``max_latency_ms`` 0 the
+    batches are what arrived during the previous computation: one at low load, larger as the
+    load grows, never a wait on an idle worker."""
 
     def __init__(
         self,

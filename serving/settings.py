@@ -24,7 +24,7 @@ DEFAULT_MAX_CONCURRENCY = 2
 # company: one call costs ~30 ms whether it scores 1 account or 16, so merging is where the
 # throughput comes from, and a few milliseconds of waiting is cheap beside it.
 DEFAULT_BATCH_MAX_SIZE = 32
-DEFAULT_BATCH_MAX_LATENCY_MS = 5.0
+DEFAULT_BATCH_MAX_LATENCY_MS = 0.0
 DEFAULT_REQUEST_TIMEOUT_S = 10.0
 
 
@@ -118,7 +118,10 @@ class ServingSettings(BaseSettings):
     batch_max_latency_ms: float = Field(
         default=DEFAULT_BATCH_MAX_LATENCY_MS,
         ge=0,
-        description="Longest the first request of a batch waits for others to join it.",
+        description="Longest the first request of a batch waits for others to join it. 0 (the "
+        "default): a request reaching an idle worker is computed at once, and the requests "
+        "that arrive while it computes form the next batch, so batches grow with the load "
+        "and a lone request never waits.",
     )
     workers: int = Field(
         default_factory=workers_from_env,

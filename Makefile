@@ -60,7 +60,7 @@ bento: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
-## bench-load: the service under 1x and 3x its capacity on loopback (goodput, p50/p99, 503s)
+## bench-load: the service on loopback: single accounts at 200/s with and without batching, then 1x and 3x capacity
 bench-load: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_load
 

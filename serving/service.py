@@ -14,10 +14,12 @@ BentoML restart the worker forever while /healthz hangs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
+import time
 from http import HTTPStatus
 from typing import Any
 
@@ -59,6 +61,8 @@ model_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 model_app.mount("/ui", ui_app)
 
 EXIT_CANNOT_START = 3
+# How long a worker other than the first waits for the first to stop a server that cannot start.
+OTHER_WORKERS_WAIT_S = 30.0
 
 
 class ApiError(BentoMLException):
@@ -75,15 +79,36 @@ def _stop_server(reason: str) -> None:
     process's caller gets the exception."""
     from bentoml._internal.context import server_context
 
-    if server_context.worker_index is None:
+    worker = server_context.worker_index
+    if worker is None:
         logger.error("tiering service cannot start: %s", reason)
-    else:
-        # Straight to the server's stderr: the worker is about to go, log handlers may not flush.
-        print(f"error: tiering service cannot start: {reason}", file=sys.stderr, flush=True)
-        parent = os.getppid()
-        if parent > 1:
+        return
+    parent = os.getppid()
+    # Every worker loads the same bundle and fails the same way: the first worker says so
+    # and stops the server; the others wait for that, so the reason is printed once. Should
+    # the first worker have started after all, a later one speaks for itself.
+    if worker > 1:
+        # The server stopping this worker (SIGTERM) is the first worker having spoken.
+        with contextlib.suppress(ValueError):  # not the main thread: wait for the parent only
+            signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(EXIT_CANNOT_START))
+        if _outlived(parent, OTHER_WORKERS_WAIT_S):
+            os._exit(EXIT_CANNOT_START)
+    # Straight to the server's stderr: the worker is about to go, log handlers may not flush.
+    print(f"error: tiering service cannot start: {reason}", file=sys.stderr, flush=True)
+    if parent > 1:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(parent, signal.SIGTERM)
-        os._exit(EXIT_CANNOT_START)
+    os._exit(EXIT_CANNOT_START)
+
+
+def _outlived(parent: int, timeout_s: float) -> bool:
+    """Whether the server process ``parent`` went away within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if os.getppid() != parent:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 # Requests answered per model call (1 without batching): /metrics shows whether merging works.

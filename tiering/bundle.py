@@ -613,10 +613,11 @@ class Bundle:
 
     def explainer_key(self) -> str:
         """A digest of everything ``contributions`` depends on besides the rows: the account
-        models' trees, their inputs and category levels. Not the version label: bundles
+        models' trees, their inputs and category levels, and the LightGBM that reads the trees
+        (it computes the values of an encoded DataFrame itself). Not the version label: bundles
         trained outside the registry all read "unregistered", and their SHAP values differ."""
         digest = hashlib.sha256()
-        digest.update(json.dumps([self.feature_names, self.categories]).encode())
+        digest.update(json.dumps([lgb.__version__, self.feature_names, self.categories]).encode())
         for name in (CONVERSION, REVENUE):
             model = self.models[name]
             digest.update(json.dumps([name, model.to_dict()], default=_json_default).encode())

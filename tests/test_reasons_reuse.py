@@ -176,3 +176,34 @@ def test_a_dask_run_reuses_what_a_single_process_run_stored(
     )
     assert _counts(config) == (len(single), 0)
     pd.testing.assert_frame_equal(pd.read_parquet(spread.output), single)
+
+
+def test_the_fingerprint_reads_what_the_models_read(trained_bundle: TrainedBundle) -> None:
+    from features.build import build_features, scoring_requests
+    from features.contract import load_tables
+
+    bundle = Bundle.load(trained_bundle.bundle_dir)
+    tables = load_tables(trained_bundle.config.data).tables
+    requests = scoring_requests(tables.accounts, tables.end_of_data()).iloc[:3]
+    rows = build_features(tables, requests, trained_bundle.config.features)
+    numeric = next(c for c in bundle.feature_names if c not in bundle.categories)
+    category = next(iter(bundle.categories))
+    base = bundle.input_fingerprints(rows)
+    assert len(set(base)) == 3
+
+    alike = rows.copy()
+    alike[numeric] = [0.0, np.nan, 1.0]
+    twin = alike.copy()
+    twin[numeric] = [-0.0, float("nan") * -1, 1.0]  # the same to the trees
+    twin["not a model input"] = 1
+    assert bundle.input_fingerprints(twin).tolist() == bundle.input_fingerprints(alike).tolist()
+
+    unseen = rows.copy()
+    unseen[category] = ["no such level", None, rows[category].iloc[2]]
+    missing = unseen.copy()
+    missing[category] = [None, "nor this one", rows[category].iloc[2]]
+    assert bundle.input_fingerprints(unseen).tolist() == bundle.input_fingerprints(missing).tolist()
+
+    moved = rows.copy()
+    moved.loc[moved.index[1], numeric] = 1e9
+    assert (bundle.input_fingerprints(moved) != base).tolist() == [False, True, False]

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from serving.tier_changes import RunHistory
     from tiering.capacity import CapacityPlan, GroupedTiers
     from tiering.policy import TierAssignment
+    from tiering.reuse import ReasonCache
 
 CRM_COLUMNS = (
     "account_id",
@@ -152,6 +153,7 @@ def score_accounts(
             history=history,
             capacity=plan,
             previous_customers=previous,
+            cache=None if history is None or not reasons else history.reason_cache(bundle),
         )
         report("write", 1, 3)
         write_snapshot(
@@ -390,10 +392,13 @@ def scored_chunks(
     reasons: bool = True,
     top_reasons: int = 3,
     reason_chunk_size: int = REASON_CHUNK_SIZE,
+    cache: ReasonCache | None = None,
 ) -> Iterator[pd.DataFrame]:
     """Every field of ``tiering.scoring.score`` for one chunk at a time, reasons phrased
     against the whole list's tiers (ranks and cut-offs of all accounts), ``reason_chunk_size``
-    accounts at a time."""
+    accounts at a time. With ``cache``, the SHAP values of accounts whose model input did not
+    change come from it, and every chunk carries ``tiering.reuse.CACHE_COLUMNS`` for the
+    history to store (``RunHistory.annotate`` takes them out)."""
     for start in range(0, len(features), chunk_size):
         stop = min(start + chunk_size, len(features))
         part = population.scores.iloc[start:stop]
@@ -407,6 +412,7 @@ def scored_chunks(
                 population,
                 slice(sub, min(sub + reason_chunk_size, stop)),
                 top_reasons,
+                cache,
             )
             for sub in range(start, stop, reason_chunk_size)
         ]
@@ -419,10 +425,16 @@ def _phrased(
     population: TieredPopulation,
     rows: slice,
     top: int,
+    cache: ReasonCache | None = None,
 ) -> pd.DataFrame:
     """The scores of ``rows`` with every text field."""
     part = population.scores.iloc[rows]
     fit = population.icp.rows(rows)
+    # Explained once for all of ``rows`` (the groups below phrase slices of it).
+    explained = None if cache is None else cache.explain(bundle, features.iloc[rows])
+    contributions = (
+        bundle.contributions(features.iloc[rows]) if explained is None else explained.contributions
+    )
     if population.grouped is None:
         text = _chunk_reasons(
             bundle,
@@ -432,6 +444,7 @@ def _phrased(
             population.assignment,
             rows,
             top,
+            contributions,
         )
     else:
         from tiering.capacity import grouped_reasons
@@ -449,9 +462,18 @@ def _phrased(
                 assignment,
                 slice(None),
                 top,
+                (contributions[0].iloc[sub], contributions[1].iloc[sub]),
             ),
         )
     met, missed = fit.label_lists()
+    if explained is not None:
+        from tiering.reuse import FINGERPRINT_COLUMN, PACKED_COLUMN
+
+        cached: dict[str, Any] = {
+            FINGERPRINT_COLUMN: explained.fingerprints,
+            PACKED_COLUMN: pd.Series(explained.packed, index=part.index, dtype=object),
+        }
+        part = part.assign(**cached)
     return part.assign(
         headline=text["headline"].to_numpy(),
         reasons=text["reasons"].to_numpy(),
@@ -502,11 +524,13 @@ def write_scores(
     history: RunHistory | None = None,
     capacity: CapacityPlan | None = None,
     previous_customers: pd.DataFrame | None = None,
+    cache: ReasonCache | None = None,
 ) -> tuple[pd.DataFrame, str]:
     """Score the whole list and stream the scores and the CRM rows to disk chunk by chunk, so
     the reason texts of only one chunk are ever in memory. Returns the scores without the
     texts (``tiering.scoring.OUTPUT_COLUMNS``) and the cut-offs used. With ``history``, the
-    tiers are those of the stability policy and every row says how its tier changed."""
+    tiers are those of the stability policy and every row says how its tier changed, and
+    ``cache`` (``RunHistory.reason_cache``) stands in for the SHAP values it holds."""
     population = tier_population(bundle, features, chunk_size, capacity)
     if history is not None:
         population = history.prepare(population)
@@ -522,6 +546,7 @@ def write_scores(
             reasons=reasons,
             top_reasons=top_reasons,
             reason_chunk_size=reason_chunk_size,
+            cache=cache,
         )
         for i, chunk in enumerate(chunks):
             if history is not None:
@@ -540,6 +565,7 @@ def _chunk_reasons(
     assignment: TierAssignment,
     rows: slice,
     top: int,
+    contributions: tuple[pd.DataFrame, pd.DataFrame],
 ) -> pd.DataFrame:
     from tiering.scoring import phrase
 
@@ -552,7 +578,8 @@ def _chunk_reasons(
         rank=None if assignment.rank is None else assignment.rank[rows],
     )
     return pd.DataFrame(
-        phrase(bundle, features, scored, icp_missed, sub, top=top), index=features.index
+        phrase(bundle, features, scored, icp_missed, sub, top=top, contributions=contributions),
+        index=features.index,
     )
 
 

@@ -73,6 +73,7 @@ if TYPE_CHECKING:
 
     from features.config import DataConfig, FeatureConfig
     from features.tables import Tables
+    from tiering.reuse import ReasonCache
 
 _LOCAL = re.compile(r"^local(?::(?P<workers>\d+))?$")
 DEFAULT_PARTITIONS_PER_WORKER = 2
@@ -358,6 +359,7 @@ def _reasons(
     reasons: bool,
     top_reasons: int,
     part: Path | None,
+    cache: ReasonCache | None = None,
 ) -> pd.DataFrame:
     """The partition's scores with every text field against the whole list's tiers; written to
     ``part`` (then only the CRM rows come back) or returned whole."""
@@ -369,6 +371,7 @@ def _reasons(
         chunk_size=chunk_size,
         reasons=reasons,
         top_reasons=top_reasons,
+        cache=cache,
     )
     if part is None:
         return pd.concat(list(chunks))
@@ -433,6 +436,7 @@ def score_accounts_distributed(
     )
     del source
 
+    cache = history.reason_cache(bundle) if history is not None and reasons else None
     [bundle_f] = client.scatter([bundle], broadcast=True)
     local_f = [client.submit(_rank, bundle_f, f, chunk_size) for f in features_f]
     ranks_f = [client.submit(_ranks, p) for p in local_f]
@@ -472,6 +476,10 @@ def score_accounts_distributed(
                     reasons=reasons,
                     top_reasons=config.scoring.top_reasons,
                     part=None if history is not None else part,
+                    # Only the partition's own stored SHAP values travel with it.
+                    cache=None
+                    if cache is None
+                    else cache.only(population.scores["account_id"].iloc[start:stop]),
                     pure=False,
                 )
             )

@@ -35,6 +35,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     SmallInteger,
     String,
@@ -82,6 +83,10 @@ class RunRow(Base):
     """The tier policy and the stability policy the run applied."""
     cutoffs: Mapped[dict[str, Any]] = mapped_column(JSON)
     source: Mapped[str] = mapped_column(String(40), default="batch")
+    reasons_reused: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """Accounts whose SHAP values came from the store (None: a run without reasons)."""
+    reasons_explained: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """Accounts explained afresh by TreeSHAP in this run."""
 
 
 class TierRow(Base):
@@ -113,10 +118,32 @@ class TierRow(Base):
     """The model's figures (win chance, expected value, ICP fit, ...), whatever it outputs."""
     drivers: Mapped[dict[str, float]] = mapped_column(JSON)
     """Each reason's contribution in points, by label: what "why did it change" diffs."""
+    input_fingerprint: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    """Digest of the row the models read (``Bundle.input_fingerprints``); None without
+    reasons."""
+
+
+class ContributionRow(Base):
+    """The SHAP values an account was last explained with, and what they were computed
+    from: one row per account, replaced when it is explained again. The values are a function
+    of the models and the row alone, so one copy serves any later run that matches both; a
+    copy per run would multiply the history's size for values nobody reads again."""
+
+    __tablename__ = "tiering_contributions"
+
+    account_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    explainer_key: Mapped[str] = mapped_column(String(32), index=True)
+    """``Bundle.explainer_key`` of the models that computed them."""
+    input_fingerprint: Mapped[str] = mapped_column(String(32))
+    run_id: Mapped[str] = mapped_column(String(32))
+    """The run that computed them (no foreign key: they outlive a rerun of its date)."""
+    contributions: Mapped[bytes] = mapped_column(LargeBinary)
+    """Both models' values, features and bias, as float64 (``tiering.reuse.pack``)."""
 
 
 ROW_COLUMNS = [c.name for c in TierRow.__table__.columns]
 TYPED_COLUMNS = frozenset(ROW_COLUMNS) - {"figures", "drivers"}
+CONTRIBUTION_COLUMNS = [c.name for c in ContributionRow.__table__.columns]
 
 
 @dataclass(frozen=True)
@@ -128,6 +155,8 @@ class RunRecord:
     policy: dict[str, Any] = field(default_factory=dict)
     cutoffs: dict[str, Any] = field(default_factory=dict)
     source: str = "batch"
+    reasons_reused: int | None = None
+    reasons_explained: int | None = None
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
@@ -202,16 +231,19 @@ class HistoryStore:
         run: RunRecord,
         rows: pd.DataFrame | Iterable[pd.DataFrame],
         progress: Callable[[int], None] | None = None,
+        contributions: Iterable[pd.DataFrame] = (),
     ) -> str:
         """Write a run and its rows in one transaction, replacing a run of the same date.
 
         ``rows``: one frame (or frames, e.g. chunks) with the typed columns of
         :class:`TierRow` but run_id, as_of and model_version (taken from ``run``), plus
-        ``figures`` and ``drivers`` (dicts)."""
+        ``figures`` and ``drivers`` (dicts). ``contributions``: frames of the SHAP values
+        explained in this run (the columns of :class:`ContributionRow` but run_id), which
+        replace those stored for the same accounts."""
         frames = [rows] if isinstance(rows, pd.DataFrame) else rows
         as_of = run.as_of.date()
         try:
-            self._write(run, frames, as_of, progress)
+            self._write(run, frames, as_of, progress, contributions)
         except SQLAlchemyError as exc:
             raise HistoryError(
                 f"history store {self.shown()}: the run of {as_of} was not written, nothing "
@@ -225,6 +257,7 @@ class HistoryStore:
         frames: Iterable[pd.DataFrame],
         as_of: dt.date,
         progress: Callable[[int], None] | None,
+        contributions: Iterable[pd.DataFrame] = (),
     ) -> None:
         done = 0
         with self.engine.begin() as conn:
@@ -243,6 +276,8 @@ class HistoryStore:
                     policy=run.policy,
                     cutoffs=run.cutoffs,
                     source=run.source,
+                    reasons_reused=run.reasons_reused,
+                    reasons_explained=run.reasons_explained,
                 )
             )
             for frame in frames:
@@ -252,6 +287,18 @@ class HistoryStore:
                     done += len(records[start : start + INSERT_CHUNK])
                     if progress is not None:
                         progress(done)
+            for frame in contributions:
+                stored: list[dict[str, Any]] = [
+                    {str(k): v for k, v in r.items()}
+                    for r in frame.assign(run_id=run.run_id)[CONTRIBUTION_COLUMNS].to_dict(
+                        "records"
+                    )
+                ]
+                for start in range(0, len(stored), INSERT_CHUNK):
+                    batch = stored[start : start + INSERT_CHUNK]
+                    ids = [str(r["account_id"]) for r in batch]
+                    conn.execute(delete(ContributionRow).where(ContributionRow.account_id.in_(ids)))
+                    conn.execute(insert(ContributionRow), batch)
 
     # ------------------------------------------------------------------------ reading
     def runs(self) -> pd.DataFrame:
@@ -319,6 +366,16 @@ class HistoryStore:
 
     def account_history(self, account_id: str) -> pd.DataFrame:
         return self.rows(account_id=account_id)
+
+    def contributions(self, explainer_key: str) -> dict[str, tuple[str, bytes]]:
+        """The stored SHAP values computed by the models of ``explainer_key``: account id ->
+        (input fingerprint, packed values)."""
+        c = ContributionRow
+        query = select(c.account_id, c.input_fingerprint, c.contributions).where(
+            c.explainer_key == explainer_key
+        )
+        with self.engine.connect() as conn:
+            return {str(a): (str(fp), bytes(v)) for a, fp, v in conn.execute(query)}
 
 
 def _records(frame: pd.DataFrame, run: RunRecord, as_of: dt.date) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from serving.history import TYPED_COLUMNS, HistoryStore, RunRecord
 from tiering.capacity import Pin, PinnedTiers, stabilise_within
 from tiering.config import Config, TierPolicy
 from tiering.elevation import Elevation
+from tiering.reuse import CACHE_COLUMNS, FINGERPRINT_COLUMN, PACKED_COLUMN, ReasonCache
 from tiering.stability import (
     CHANGE_GATE,
     HOLD,
@@ -32,6 +33,7 @@ from tiering.stability import (
 
 if TYPE_CHECKING:
     from serving.batch import TieredPopulation
+    from tiering.bundle import Bundle
 
 HISTORY_COLUMNS = ["base_tier", "previous_tier", "tier_since", "change_reason"]
 """Added to the scores file after the reason columns."""
@@ -88,6 +90,18 @@ class RunHistory:
         self.started: list[Elevation] = []
         self.elevated: list[Elevation] = []
         """Every elevation holding a seat this run (running and started)."""
+        self.explainer_key: str | None = None
+        self.explained: list[pd.DataFrame] = []
+        """The SHAP values explained afresh in this run, to store at :meth:`commit`."""
+        self.reused = 0
+
+    def reason_cache(self, bundle: Bundle) -> ReasonCache:
+        """The stored SHAP values of the bundle's models (none with ``[history]
+        reuse_reasons = false``: every account is explained, and stored for the next run)."""
+        self.explainer_key = bundle.explainer_key()
+        if not self.config.history.reuse_reasons:
+            return ReasonCache(self.explainer_key)
+        return ReasonCache(self.explainer_key, self.store.contributions(self.explainer_key))
 
     def _elevations(
         self, ids: np.ndarray, base_tier: np.ndarray, population: TieredPopulation
@@ -248,6 +262,8 @@ class RunHistory:
         if self.extra is None or self.stable is None:
             raise RuntimeError("RunHistory.prepare must run before annotate")
         ids = chunk["account_id"].astype(str).to_numpy()
+        fingerprints = self._keep_explained(chunk, ids)
+        chunk = chunk.drop(columns=[c for c in CACHE_COLUMNS if c in chunk])
         extra = self.extra.loc[list(ids)]
         drivers = (
             [drivers_of(r) for r in chunk["reasons"]] if "reasons" in chunk else [{} for _ in ids]
@@ -300,8 +316,30 @@ class RunHistory:
         if self.signal is not None:
             until = {e.account_id: e.until.date().isoformat() for e in self.elevated}
             out = out.assign(elevated_until=[until.get(a, "") for a in ids])
-        self.parts.append(self._rows(out, extra, drivers))
+        self.parts.append(self._rows(out, extra, drivers).assign(input_fingerprint=fingerprints))
         return out
+
+    def _keep_explained(self, chunk: pd.DataFrame, ids: np.ndarray) -> np.ndarray | None:
+        """The chunk's input fingerprints; its freshly explained SHAP values kept for the
+        store and its reused ones counted."""
+        if FINGERPRINT_COLUMN not in chunk:
+            return None
+        fingerprints = chunk[FINGERPRINT_COLUMN].to_numpy(dtype=object)
+        packed = chunk[PACKED_COLUMN].to_numpy(dtype=object)
+        fresh = np.array([p is not None for p in packed], dtype=bool)
+        self.reused += int((~fresh).sum())
+        if fresh.any():
+            self.explained.append(
+                pd.DataFrame(
+                    {
+                        "account_id": ids[fresh],
+                        "explainer_key": self.explainer_key,
+                        "input_fingerprint": fingerprints[fresh],
+                        "contributions": packed[fresh],
+                    }
+                )
+            )
+        return fingerprints
 
     def _hold_note(self, tier: int, base: int) -> str:
         s = self.config.stability
@@ -396,8 +434,12 @@ class RunHistory:
             },
             cutoffs={"tier1": self.stable.cutoffs[0], "tier12": self.stable.cutoffs[1]},
             source=self.source,
+            reasons_reused=self.reused if self.explainer_key is not None else None,
+            reasons_explained=(
+                sum(len(f) for f in self.explained) if self.explainer_key is not None else None
+            ),
         )
-        run_id = self.store.record_run(run, self.parts)
+        run_id = self.store.record_run(run, self.parts, contributions=self.explained)
         if self.signal is not None:
             from serving.elevations import record_elevations
 
@@ -428,7 +470,14 @@ def describe_run(config: Config, as_of: pd.Timestamp) -> str:
     moved = int((rows["change_code"] != "").sum())
     held = int((rows["tier"] != rows["base_tier"]).sum())
     kind = "a review" if bool(run["review"].iloc[0]) else "between reviews"
-    return (
+    line = (
         f"history:  {store.shown()} ({kind}): {moved:,} accounts changed tier, "
         f"{held:,} held by the stability policy"
     )
+    reused, explained = run["reasons_reused"].iloc[0], run["reasons_explained"].iloc[0]
+    if pd.notna(reused) and pd.notna(explained):
+        line += (
+            f"\nreasons:  {int(explained):,} accounts explained, {int(reused):,} reused their "
+            "SHAP values (model input and models unchanged; --fresh-reasons recomputes)"
+        )
+    return line

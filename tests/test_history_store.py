@@ -4,14 +4,9 @@ trace."""
 
 from __future__ import annotations
 
-import glob
-import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -20,71 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import create_engine, inspect, text
 
 from serving.history import VERSION_TABLE, HistoryError, HistoryStore, RunRecord, history_url
 
+from support import free_port
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-# ---------------------------------------------------------------- a throwaway PostgreSQL server
-def _postgres_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(found[-1]).parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    """A PostgreSQL server of the Debian package, in a temporary folder on a free port, for
-    this module only. PostgreSQL refuses to run as root, so as root it runs as the
-    ``postgres`` user."""
-    bindir = _postgres_bin()
-    if bindir is None:
-        message = (
-            "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin "
-            "(apt-get install postgresql)"
-        )
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message + "; CI must install them (.ci/run does)")
-        pytest.skip(message)
-    as_root = os.geteuid() == 0
-    # As root the server runs as `postgres`, which must reach the folder: /tmp, not a TMPDIR
-    # that may sit under root's home.
-    root = Path(tempfile.mkdtemp(prefix="tiering-pg-", dir="/tmp" if as_root else None))
-    if as_root:
-        shutil.chown(root, "postgres")
-
-    def run(*args: str) -> None:
-        command = [*(["runuser", "-u", "postgres", "--"] if as_root else []), *args]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode:
-            raise RuntimeError(f"{' '.join(args)} failed: {done.stderr or done.stdout}")
-
-    port = _free_port()
-    data = root / "data"
-    run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "tiering", "--no-sync")
-    run(
-        str(bindir / "pg_ctl"),
-        "-D",
-        str(data),
-        "-l",
-        str(root / "server.log"),
-        "-w",
-        "-o",
-        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off",
-        "start",
-    )
-    try:
-        yield f"postgresql+psycopg://tiering@127.0.0.1:{port}/postgres"
-    finally:
-        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -101,11 +38,12 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HistorySto
 
 
 def _wipe(hist: HistoryStore) -> None:
-    from serving.history import RunRow, TierRow
+    from serving.history import ContributionRow, RunRow, TierRow
 
     with hist.engine.begin() as conn:
         conn.execute(TierRow.__table__.delete())
         conn.execute(RunRow.__table__.delete())
+        conn.execute(ContributionRow.__table__.delete())
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -263,7 +201,97 @@ def test_default_url_sits_beside_the_mlflow_store(
 
 
 def test_an_unreachable_database_gets_a_clear_error() -> None:
-    hist = HistoryStore(f"postgresql+psycopg://nobody:secret@127.0.0.1:{_free_port()}/none")
+    hist = HistoryStore(f"postgresql+psycopg://nobody:secret@127.0.0.1:{free_port()}/none")
     with pytest.raises(HistoryError, match="cannot open") as err:
         hist.runs()
     assert "secret" not in str(err.value)
+
+
+def _empty_database(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> str:
+    """A URL of a database with no tables yet, on ``backend``."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'upgraded.db'}"
+    server = request.getfixturevalue("postgres_url")
+    name = f"upgrade_{tmp_path.name.lower().replace('-', '_')}"[:60]
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return server.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_history_of_revision_0002_upgrades_to_0003_and_keeps_its_runs(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str
+) -> None:
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    from serving.history import MIGRATIONS
+
+    url = _empty_database(request, backend, tmp_path)
+    engine = create_engine(url)
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0002")
+    # A run written by the code of revision 0002: none of the new columns exist yet.
+    with engine.begin() as conn:
+        assert "tiering_contributions" not in inspect(conn).get_table_names()
+        conn.execute(
+            text(
+                "INSERT INTO tiering_runs (run_id, as_of, created_at, model_version, review, "
+                "n_accounts, policy, cutoffs, source) VALUES ('old', '2026-05-31', "
+                "'2026-05-31 12:00:00', 'v1', true, 1, '{}', '{}', 'batch')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO tiering_tier_history (run_id, as_of, account_id, model_version, "
+                "tier, base_tier, ceiling, priority, tier_since, change_code, change_reason, "
+                "reason_summary, figures, drivers) VALUES ('old', '2026-05-31', 'A-00001', "
+                "'v1', 2, 2, 1, 0.5, '2026-05-31', '', '', '', '{}', '{}')"
+            )
+        )
+    engine.dispose()
+
+    store = HistoryStore(url)  # migrates to the newest revision on first use
+    try:
+        with store.engine.connect() as conn:
+            version = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+        assert version == "0003"
+        runs = store.runs()
+        assert runs["run_id"].tolist() == ["old"]
+        assert runs["reasons_reused"].isna().all() and runs["reasons_explained"].isna().all()
+        old = store.rows(run_id="old")
+        assert old["account_id"].tolist() == ["A-00001"] and old["input_fingerprint"].isna().all()
+        assert store.contributions("key") == {}
+
+        blob = np.arange(4, dtype=np.float64).tobytes()
+        explained = pd.DataFrame(
+            {
+                "account_id": ["A-00001"],
+                "explainer_key": ["key"],
+                "input_fingerprint": ["fp"],
+                "contributions": [blob],
+            }
+        )
+        store.record_run(
+            RunRecord(
+                as_of=pd.Timestamp("2026-06-30"),
+                model_version="v1",
+                review=False,
+                n_accounts=1,
+                reasons_reused=0,
+                reasons_explained=1,
+            ),
+            rows(1).assign(input_fingerprint="fp"),
+            contributions=[explained],
+        )
+        assert store.contributions("key") == {"A-00001": ("fp", blob)}
+        assert store.contributions("other models") == {}
+        assert store.runs()["reasons_explained"].tolist()[-1] == 1
+    finally:
+        store.close()

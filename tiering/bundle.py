@@ -620,6 +620,40 @@ class Bundle:
             self._contributions_encoded(encoded, features),
         )
 
+    def explainer_key(self) -> str:
+        """A digest of everything ``contributions`` depends on besides the rows: the account
+        models' trees, their inputs and category levels, and the LightGBM that reads the trees
+        (it computes the values of an encoded DataFrame itself). Not the version label: bundles
+        trained outside the registry all read "unregistered", and their SHAP values differ."""
+        digest = hashlib.sha256()
+        digest.update(json.dumps([lgb.__version__, self.feature_names, self.categories]).encode())
+        for name in (CONVERSION, REVENUE):
+            model = self.models[name]
+            digest.update(json.dumps([name, model.to_dict()], default=_json_default).encode())
+            if model.booster is not None:
+                digest.update(booster_to_text(model.booster).encode())
+        return digest.hexdigest()[:32]
+
+    def input_fingerprints(self, features: pd.DataFrame) -> np.ndarray:
+        """One digest per row of what ``contributions`` reads of it: the model matrix (the
+        category codes under the bundle's levels fix what LightGBM's own re-mapping reads)
+        and, when the revenue model is the segment-median fallback, the segment. Equal
+        digests under an equal ``explainer_key`` mean equal SHAP values."""
+        plan = _plan(tuple(self.feature_names), _categories_key(self.categories))
+        # One bit pattern per value: every NaN alike, -0.0 as 0.0 (the trees read them alike).
+        matrix = np.ascontiguousarray(plan.matrix(features)) + 0.0
+        matrix[np.isnan(matrix)] = np.nan
+        segment = (
+            segment_key(features).to_numpy(dtype=str) if self.revenue.booster is None else None
+        )
+        out = np.empty(len(matrix), dtype=object)
+        for i, row in enumerate(matrix):
+            digest = hashlib.blake2b(row.tobytes(), digest_size=16)
+            if segment is not None:
+                digest.update(str(segment[i]).encode())
+            out[i] = digest.hexdigest()
+        return out
+
     @property
     def version(self) -> str:
         return str(self.metadata.get("model_version", "unregistered"))

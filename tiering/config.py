@@ -246,6 +246,12 @@ class HistoryConfig(StrictModel):
         "default: a SQLite file history.db beside the MLflow store. TIERING_HISTORY_URL overrides.",
     )
     enabled: bool = Field(True, description="Record batch runs in the history store.")
+    reuse_reasons: bool = Field(
+        True,
+        description="Reuse the SHAP values of accounts whose model input and models did not "
+        "change since they were last explained, instead of running TreeSHAP again; "
+        "`tiering score --fresh-reasons` recomputes them all.",
+    )
 
 
 class StabilityConfig(StrictModel):

@@ -68,6 +68,11 @@ def score(
         "--cluster",
         help="Score on Dask: local, local:N (N worker processes) or a scheduler address such as tcp://scheduler:8786; --out is then a directory of Parquet parts. Default: the config's scoring.cluster, else one process.",
     ),
+    fresh_reasons: bool = typer.Option(
+        False,
+        "--fresh-reasons",
+        help="Run TreeSHAP for every account instead of reusing the SHAP values the tier history kept for accounts whose model input and models did not change (the config's history.reuse_reasons = false).",
+    ),
 ) -> None:
     """Tier every account of the list with the champion model, with reasons, and write the
     scores, the CRM write-back CSV and the account snapshot (all atomically)."""
@@ -77,6 +82,10 @@ def score(
     from tiering_cli.capacity_view import book_breakdown
 
     cfg = read_config(config)
+    if fresh_reasons:
+        cfg = cfg.model_copy(
+            update={"history": cfg.history.model_copy(update={"reuse_reasons": False})}
+        )
     if crm is not None and crm not in ("generic", "salesforce", "hubspot"):
         raise fail(f"--crm: {crm!r} is not a preset; choose salesforce, hubspot or generic")
     with known_errors():

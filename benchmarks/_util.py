@@ -92,8 +92,6 @@ def demo_config(root: Path, paths: dict[str, Path]) -> Any:
         for name, source in base.data.sources().items()
         if name in paths
     }
-    data = base.data.model_copy(
-        update={**tables, "truth_dir": paths["accounts"].parent / "truth"}
-    )
+    data = base.data.model_copy(update={**tables, "truth_dir": paths["accounts"].parent / "truth"})
     scoring = base.scoring.model_copy(update={"snapshot": root / "snapshot.parquet"})
     return base.model_copy(update={"data": data, "scoring": scoring})

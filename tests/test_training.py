@@ -229,4 +229,4 @@ def test_the_mlflow_run_logs_both_candidates_of_each_booster_and_the_choice(
     console = Console(record=True, width=250)
     console.print(_size_table(sizes))
     text = console.export_text()
-    assert text.count("standard") == 2 and text.count("smaller") == 2
+    assert text.count("│ standard") == 2 and text.count("│ smaller") == 2  # rows, not the title

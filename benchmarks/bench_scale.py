@@ -88,12 +88,37 @@ def _partitioned_export(n: int, seed: int = 3) -> tuple[Path, float | None]:
     return folder, seconds
 
 
-def _out_of_core(bundle: Any, root: Path) -> None:
-    """A partitioned export scored without and with reasons on LocalCluster(2): the client
-    never loads a table, each worker reads one part at a time."""
+def _on_local_cluster(
+    config: Any, bundle: Any, *, out: Path, snapshot: Path, reasons: bool
+) -> tuple[float, dict[str, float]]:
+    """One scoring run on a fresh LocalCluster(2) with 4 GiB per worker: its seconds and each
+    worker's peak RSS (MiB)."""
     from distributed import Client, LocalCluster
 
     from serving.distributed import score_accounts_distributed
+
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit="4GiB",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        start = time.perf_counter()
+        score_accounts_distributed(
+            config, bundle, client, out=out, snapshot=snapshot, reasons=reasons
+        )
+        seconds = time.perf_counter() - start
+        peaks: dict[str, float] = client.run(_peak_mib)
+    return seconds, peaks
+
+
+def _out_of_core(bundle: Any, root: Path) -> None:
+    """A partitioned export scored without and with reasons on LocalCluster(2): the client
+    never loads a table, each worker reads one part at a time."""
 
     folder, generated = _partitioned_export(N_ACCOUNTS)
     config = _parts_config(root, folder)
@@ -102,27 +127,13 @@ def _out_of_core(bundle: Any, root: Path) -> None:
     load = os.getloadavg()[0]
     rows = []
     for reasons in OUT_OF_CORE_REASONS:
-        with (
-            LocalCluster(
-                n_workers=2,
-                threads_per_worker=1,
-                processes=True,
-                memory_limit="4GiB",
-                dashboard_address=None,
-            ) as cluster,
-            Client(cluster) as client,
-        ):
-            start = time.perf_counter()
-            score_accounts_distributed(
-                config,
-                bundle,
-                client,
-                out=root / f"dask-partitioned-{reasons}",
-                snapshot=root / "snap-partitioned.parquet",
-                reasons=reasons,
-            )
-            seconds = time.perf_counter() - start
-            peaks = client.run(_peak_mib)
+        seconds, peaks = _on_local_cluster(
+            config,
+            bundle,
+            out=root / f"dask-partitioned-{reasons}",
+            snapshot=root / "snap-partitioned.parquet",
+            reasons=reasons,
+        )
         rows.append(
             [
                 "yes" if reasons else "no",
@@ -221,13 +232,11 @@ def _where_time_goes(bundle: Any, root: Path) -> None:
 
 
 def main() -> None:
-    from distributed import Client, LocalCluster
 
     from benchmarks.bench_explain import trained_bundle
     from features.build import build_features, scoring_requests
     from features.contract import load_tables
     from serving.batch import score_accounts
-    from serving.distributed import score_accounts_distributed
 
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         root = Path(tmp)
@@ -282,27 +291,13 @@ def main() -> None:
                     f"{_peak_mib():,.0f} (process, setup included)",
                 ]
             )
-            with (
-                LocalCluster(
-                    n_workers=2,
-                    threads_per_worker=1,
-                    processes=True,
-                    memory_limit="4GiB",
-                    dashboard_address=None,
-                ) as cluster,
-                Client(cluster) as client,
-            ):
-                start = time.perf_counter()
-                score_accounts_distributed(
-                    config,
-                    bundle,
-                    client,
-                    out=root / f"dask-{part}",
-                    snapshot=root / "snap-dask.parquet",
-                    reasons=reasons,
-                )
-                spread = time.perf_counter() - start
-                peaks = client.run(_peak_mib)
+            spread, peaks = _on_local_cluster(
+                config,
+                bundle,
+                out=root / f"dask-{part}",
+                snapshot=root / "snap-dask.parquet",
+                reasons=reasons,
+            )
             rows.append(
                 [
                     "LocalCluster(2)",

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_history_store import postgres_url  # noqa: F401  # the module's PostgreSQL fixture
 from typer.testing import CliRunner
 
 from serving.batch import score_accounts

@@ -19,8 +19,9 @@ import logging
 import os
 import signal
 import sys
-import time
+import tempfile
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 import bentoml
@@ -61,8 +62,6 @@ model_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 model_app.mount("/ui", ui_app)
 
 EXIT_CANNOT_START = 3
-# How long a worker other than the first waits for the first to stop a server that cannot start.
-OTHER_WORKERS_WAIT_S = 30.0
 
 
 class ApiError(BentoMLException):
@@ -79,36 +78,36 @@ def _stop_server(reason: str) -> None:
     process's caller gets the exception."""
     from bentoml._internal.context import server_context
 
-    worker = server_context.worker_index
-    if worker is None:
+    if server_context.worker_index is None:
         logger.error("tiering service cannot start: %s", reason)
         return
     parent = os.getppid()
-    # Every worker loads the same bundle and fails the same way: the first worker says so
-    # and stops the server; the others wait for that, so the reason is printed once. Should
-    # the first worker have started after all, a later one speaks for itself.
-    if worker > 1:
-        # The server stopping this worker (SIGTERM) is the first worker having spoken.
-        with contextlib.suppress(ValueError):  # not the main thread: wait for the parent only
-            signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(EXIT_CANNOT_START))
-        if _outlived(parent, OTHER_WORKERS_WAIT_S):
-            os._exit(EXIT_CANNOT_START)
-    # Straight to the server's stderr: the worker is about to go, log handlers may not flush.
-    print(f"error: tiering service cannot start: {reason}", file=sys.stderr, flush=True)
+    # Every worker loads the same bundle and fails the same way, and the server may restart a
+    # worker before it stops: the first to claim this server's marker says why, once.
+    if _first_to_say(parent):
+        # Straight to the server's stderr: the worker is about to go, log handlers may not flush.
+        print(f"error: tiering service cannot start: {reason}", file=sys.stderr, flush=True)
     if parent > 1:
         with contextlib.suppress(ProcessLookupError):
             os.kill(parent, signal.SIGTERM)
     os._exit(EXIT_CANNOT_START)
 
 
-def _outlived(parent: int, timeout_s: float) -> bool:
-    """Whether the server process ``parent`` went away within ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if os.getppid() != parent:
-            return True
-        time.sleep(0.05)
-    return False
+def _first_to_say(parent: int) -> bool:
+    """Whether this worker is the first of server process ``parent`` to report (the marker is
+    named by the server's pid and start time, so a later server with the same pid reports)."""
+    try:
+        started = Path(f"/proc/{parent}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return True
+    marker = Path(tempfile.gettempdir()) / f"tiering-cannot-start-{parent}-{started}"
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 # Requests answered per model call (1 without batching): /metrics shows whether merging works.

@@ -603,6 +603,36 @@ def _decided_before(
     return g_pos, global_tl.cumulative(won.astype(float))[g_pos]
 
 
+def _smoothed_win_rate(
+    n_won: np.ndarray,
+    n_closed: np.ndarray,
+    g_pos: np.ndarray,
+    g_won: np.ndarray,
+    config: FeatureConfig,
+) -> np.ndarray:
+    """The account's win rate smoothed towards the global one (``prior_smoothing`` deals)."""
+    global_rate = (g_won + 1.0) / (g_pos + 2.0)
+    k = config.prior_smoothing
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.asarray((n_won + k * global_rate) / (n_closed + k), dtype=float)
+
+
+def with_global_deals(
+    features: pd.DataFrame, global_deals: tuple[int, int], config: FeatureConfig
+) -> pd.DataFrame:
+    """``features`` with ``prior_win_rate`` smoothed towards the global rate of
+    ``global_deals``: equal to ``build_features(..., global_deals=global_deals)`` on the same
+    tables and requests, since the rate is the only feature the global counts enter. A run
+    that reads its data part by part featurises each part once, before the whole list's counts
+    are known, and applies them after."""
+    n_won = features["prior_won"].to_numpy(dtype=float)
+    n_closed = n_won + features["prior_lost"].to_numpy(dtype=float)
+    g_pos = np.full(len(features), float(global_deals[0]))
+    g_won = np.full(len(features), float(global_deals[1]))
+    rate = _smoothed_win_rate(n_won, n_closed, g_pos, g_won, config)
+    return features.assign(prior_win_rate=rate)
+
+
 def global_deal_counts(tables: Tables, as_of: pd.Timestamp) -> tuple[int, int]:
     """Deals of the listed accounts decided before ``as_of``, and how many were won: the global
     win rate ``prior_win_rate`` is smoothed towards. A run that builds features part by part
@@ -685,14 +715,10 @@ def _history_features(
         g_won = np.full(len(as_of), float(global_deals[1]))
     if report is not None and len(as_of):
         report["global"] = (int(g_pos[0]), int(g_won[0]))
-    global_rate = (g_won + 1.0) / (g_pos + 2.0)
-    k = config.prior_smoothing
-    with np.errstate(invalid="ignore", divide="ignore"):
-        prior_rate = (n_won + k * global_rate) / (n_closed + k)
     return {
         "prior_won": n_won,
         "prior_lost": n_closed - n_won,
-        "prior_win_rate": prior_rate,
+        "prior_win_rate": _smoothed_win_rate(n_won, n_closed, g_pos, g_won, config),
         "revenue_won": revenue,
         "revenue_won_365d": revenue_365d,
         "days_since_last_won": days_since_won,

@@ -25,9 +25,10 @@ A partitioned export (every table a folder of ``part-NNNNN.parquet`` files, part
 holding the same accounts; ``tiering demo-data --part-accounts``) is read out of core: its parts
 are the partitions, and each worker reads, checks against the data contract and featurises
 only its own parts, so the client never loads a table and a worker's memory grows with a part,
-not the export. The workers read each part twice: once for the scoring date (the end of the
-data) and the global win rate's deal counts, which the features need from the whole list,
-then for the features.
+not the export. Each part is read and featurised once; the two figures the features need from
+the whole list (its end of data, when no date is given, and the global win rate's deal counts)
+are applied afterwards, and only a part whose own data ends earlier than the list's is read
+again.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ if TYPE_CHECKING:
     from features.tables import Tables
     from tiering.reuse import ReasonCache
 
+_DAY = pd.Timedelta(days=1)
 _LOCAL = re.compile(r"^local(?::(?P<workers>\d+))?$")
 DEFAULT_PARTITIONS_PER_WORKER = 2
 """Partitions per worker when no size is given: enough for the workers to share the load
@@ -245,9 +247,9 @@ def _cut_in_memory(
 
 @dataclass(frozen=True)
 class _Survey:
-    """One part of a partitioned export as the client needs it before features: its account
-    count, its end of data, and its decided deals (decided, won) as of the scoring date, or,
-    with no date given, as of its own end and as of any later day."""
+    """One part of a partitioned export as the client needs it to finish the features: its
+    account count, its end of data, and its decided deals (decided, won) as of the scoring
+    date, or, with no date given, as of its own end and as of any later day."""
 
     accounts: int
     end: pd.Timestamp
@@ -256,76 +258,107 @@ class _Survey:
     account_rows: pd.DataFrame | None
 
 
-def _survey(data: DataConfig, part: str, when: pd.Timestamp | None, with_accounts: bool) -> _Survey:
-    from features.build import global_deal_counts
+def _read_part(
+    data: DataConfig,
+    part: str,
+    given: pd.Timestamp | None,
+    config: FeatureConfig,
+    with_accounts: bool,
+    cold: bool,
+) -> tuple[pd.DataFrame, _Survey, pd.DataFrame | None]:
+    """One part read, checked against the data contract and featurised as of ``given`` (else
+    its own end of data) on its worker, once: its features before the whole list's deal
+    counts (``with_global_deals`` applies them), its survey, and with ``cold`` the cold-start
+    row (it needs some part's tables, none of its rows)."""
+    from features.build import build_features, global_deal_counts, scoring_requests
     from features.contract import load_part
 
     tables = load_part(data, part).tables
     end = tables.end_of_data()
+    when = end if given is None else given
     # A part's deals are all decided by its own end: counted as of its end and as of the next
     # day, the client has the counts as of the whole list's end, whichever part it is in.
-    return _Survey(
+    survey = _Survey(
         accounts=len(tables.accounts),
         end=end,
-        deals_at=global_deal_counts(tables, end if when is None else when),
-        deals_after=global_deal_counts(tables, end + pd.Timedelta(days=1))
-        if when is None
-        else None,
+        deals_at=global_deal_counts(tables, when),
+        deals_after=None if given is not None else global_deal_counts(tables, end + _DAY),
         account_rows=tables.accounts if with_accounts else None,
     )
+    # Placeholder counts: the rate they smooth towards is replaced once all parts are in.
+    features = build_features(
+        tables, scoring_requests(tables.accounts, when), config, global_deals=(0, 0)
+    )
+    cold_row = (
+        build_features(
+            tables,
+            pd.DataFrame({"account_id": [COLD_START_ID], "as_of": [when]}),
+            config,
+            global_deals=(0, 0),
+        )
+        if cold
+        else None
+    )
+    return features, survey, cold_row
 
 
-def _part_features(
-    data: DataConfig,
-    part: str,
-    when: pd.Timestamp,
-    config: FeatureConfig,
+def _survey_of(read: tuple[pd.DataFrame, _Survey, pd.DataFrame | None]) -> _Survey:
+    return read[1]
+
+
+def _finished(
+    read: tuple[pd.DataFrame, _Survey, pd.DataFrame | None],
     global_deals: tuple[int, int],
+    config: FeatureConfig,
     cold: bool = False,
 ) -> pd.DataFrame:
-    """One part read, checked against the data contract and featurised on its worker; with
-    ``cold``, the cold-start row instead (it needs some part's tables, none of its rows)."""
-    from features.build import build_features, scoring_requests
-    from features.contract import load_part
+    """A part's features (or, with ``cold``, its cold-start row) with the whole list's deal
+    counts applied."""
+    from features.build import with_global_deals
 
-    tables = load_part(data, part).tables
-    requests = (
-        pd.DataFrame({"account_id": [COLD_START_ID], "as_of": [when]})
-        if cold
-        else scoring_requests(tables.accounts, when)
-    )
-    return build_features(tables, requests, config, global_deals=global_deals)
+    frame = read[2] if cold else read[0]
+    assert frame is not None
+    return with_global_deals(frame, global_deals, config)
 
 
 def _read_by_part(
     config: Config, client: Client, as_of: pd.Timestamp | str | None, parts: list[str]
 ) -> _Source:
-    """A partitioned export: each worker reads its own parts, twice (a survey for the scoring
-    date and the global deal counts, then the features), so that the client never holds a
-    table and a worker holds one part at a time; the partitions are the export's parts."""
+    """A partitioned export: each worker reads, checks and featurises its own parts once, so
+    that the client never holds a table and a worker holds one part's tables at a time; the
+    partitions are the export's parts. The whole list's deal counts (for the smoothed win
+    rate) and, with no date given, its end of data are known only when every part is in:
+    the counts are applied to the features afterwards, and a part whose own end of data is
+    earlier than the list's is featurised again as of the list's."""
     given = (
         _scoring_date(as_of, config, pd.Timestamp(0))
         if as_of is not None or config.data.as_of is not None
         else None
     )
     history = config.history.enabled
-    surveys = client.gather(
-        [client.submit(_survey, config.data, part, given, history) for part in parts]
-    )
+    features = config.features
+    read_f = [
+        client.submit(_read_part, config.data, part, given, features, history, number == 0)
+        for number, part in enumerate(parts)
+    ]
+    surveys = client.gather([client.submit(_survey_of, f) for f in read_f])
     when = given if given is not None else max(s.end for s in surveys)
     decided = [s.deals_at if given is not None or s.end == when else s.deals_after for s in surveys]
     deals = (sum(d[0] for d in decided if d), sum(d[1] for d in decided if d))
     starts = np.cumsum([0] + [s.accounts for s in surveys])
     bounds = [(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:], strict=True)]
     accounts = pd.concat([s.account_rows for s in surveys], ignore_index=True) if history else None
-    del surveys
-    features_f = [
-        client.submit(_part_features, config.data, part, when, config.features, deals)
-        for part in parts
+    # Featurised as of the list's date already, or again as of it.
+    read_f = [
+        f
+        if s.end == when or given is not None
+        else client.submit(_read_part, config.data, part, when, features, False, number == 0)
+        for number, (f, s, part) in enumerate(zip(read_f, surveys, parts, strict=True))
     ]
-    cold = client.submit(
-        _part_features, config.data, parts[0], when, config.features, deals, cold=True
-    ).result()
+    del surveys
+    features_f = [client.submit(_finished, f, deals, features) for f in read_f]
+    cold = client.submit(_finished, read_f[0], deals, features, cold=True).result()
+    del read_f  # the parts' unfinished features go once the finished ones are computed
     return _Source(when, bounds, features_f, cold, accounts)
 
 

@@ -15,6 +15,7 @@ from features.build import (
     feature_field,
     scoring_requests,
     training_requests,
+    with_global_deals,
 )
 from features.config import FeatureConfig
 from features.tables import ACTIVITY_TYPES, Tables
@@ -292,6 +293,20 @@ def test_smoothed_prior_win_rate_uses_pseudo_deals_at_the_past_global_rate():
 
 
 # -------------------------------------------------------------------------------- shape
+
+
+def test_global_deal_counts_applied_afterwards_equal_them_given_up_front():
+    """A part featurised before the whole list's deal counts are known, the counts applied
+    after, must give every feature bit for bit as if they had been given."""
+    tables = random_tables(seed=11)
+    requests = scoring_requests(tables.accounts, pd.Timestamp("2024-09-01"))
+    for counts, smoothing in (((120, 47), 5.0), ((0, 0), 5.0), ((9, 9), 0.0)):
+        config = CONFIG.model_copy(update={"prior_smoothing": smoothing})
+        given = build_features(tables, requests, config, global_deals=counts)
+        placeholder = build_features(tables, requests, config, global_deals=(3, 1))
+        # With smoothing, the counts matter (else the test would prove nothing).
+        assert smoothing == 0 or not given["prior_win_rate"].equals(placeholder["prior_win_rate"])
+        pd.testing.assert_frame_equal(with_global_deals(placeholder, counts, config), given)
 
 
 def test_rows_keep_the_requests_order_and_index_and_unknown_accounts_are_blank():

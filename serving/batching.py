@@ -1,5 +1,6 @@
-"""Adaptive batching of single-account requests: concurrent calls wait a few milliseconds for
-company and are then answered by one model call.
+"""Adaptive batching of single-account requests: concurrent calls are answered by one model
+call (the requests that arrived while the previous call computed, or, with a maximum latency
+set, also those arriving within it).
 
 BentoML's ``batchable`` APIs merge only HTTP calls to the batchable route itself: a sync call
 of one from another API runs it alone, and ``self.to_async`` goes back through the service's
@@ -61,7 +62,7 @@ class Batcher(Generic[Item, Answer]):
     async def _flush(self) -> None:
         while self._waiting:
             async with self._lock:
-                if len(self._waiting) < self.max_size:
+                if self.max_latency > 0 and len(self._waiting) < self.max_size:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._full.wait(), self.max_latency)
                 batch = self._waiting[: self.max_size]

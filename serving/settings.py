@@ -21,8 +21,8 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 # answers 503: a bounded queue keeps the latency of what is accepted bounded.
 DEFAULT_MAX_CONCURRENCY = 2
 # Single-account requests merged into one model call, and how long the first one waits for
-# company: one call costs ~30 ms whether it scores 1 account or 16, so merging is where the
-# throughput comes from, and a few milliseconds of waiting is cheap beside it.
+# company: a call's fixed cost dwarfs its cost per account, so merging is where the throughput
+# comes from; no wait by default (the next batch fills while the previous one computes).
 DEFAULT_BATCH_MAX_SIZE = 32
 DEFAULT_BATCH_MAX_LATENCY_MS = 0.0
 DEFAULT_REQUEST_TIMEOUT_S = 10.0

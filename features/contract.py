@@ -1706,6 +1706,37 @@ def parts_problems(data: DataConfig, parts: Sequence[str]) -> list[Problem]:
     return problems
 
 
+def check_parts(
+    data: DataConfig,
+    parts: Sequence[str],
+    progress: Callable[[int, str], None] | None = None,
+) -> LoadResult:
+    """A partitioned export checked one part at a time, so memory grows with a part, not the
+    export: every part's problems (each naming its part) and the ids shared across parts, as
+    one error; else the first part's tables (a sample of the accounts, for the quality report
+    and the training checks) with the cleaning of every part. ``progress(number, part)`` is
+    called before each part is read."""
+    problems: list[Problem] = []
+    reports: list[CleaningReport] = []
+    first: Tables | None = None
+    for number, part in enumerate(parts):
+        if progress is not None:
+            progress(number, part)
+        try:
+            result = load_part(data, part)
+        except DataContractError as exc:
+            problems.extend(exc.problems)
+            continue
+        reports.append(result.report)
+        if first is None:
+            first = result.tables
+    problems.extend(parts_problems(data, parts))
+    if problems:
+        raise DataContractError(problems)
+    assert first is not None
+    return LoadResult(tables=first, report=merge_reports(reports))
+
+
 def merge_reports(reports: Sequence[CleaningReport]) -> CleaningReport:
     """The cleaning of every part as one report: each step's rows summed over the parts."""
     merged = CleaningReport()

@@ -48,39 +48,22 @@ def validate(config: Path = CONFIG_OPTION) -> None:
 
 
 def _load_parts(data: DataConfig, parts: list[str]) -> LoadResult:
-    """A partitioned export checked one part at a time, so memory grows with a part, not the
-    export: every part's problems (each naming its part) and the ids shared across parts, as
-    one error; else the first part's tables (the quality report and the training checks read
-    it as a sample of the accounts) with the cleaning of every part."""
-    from features.contract import (
-        DataContractError,
-        LoadResult,
-        load_part,
-        merge_reports,
-        parts_problems,
-    )
+    """``features.contract.check_parts`` with a status line per part."""
+    from features.contract import check_parts
 
-    problems, reports, first = [], [], None
     with console.status(f"Checking {len(parts)} parts") as status:
-        for number, part in enumerate(parts):
-            status.update(f"Checking part {number + 1} of {len(parts)} ({part})")
-            try:
-                result = load_part(data, part)
-            except DataContractError as exc:
-                problems.extend(exc.problems)
-                continue
-            reports.append(result.report)
-            if first is None:
-                first = result.tables
-        problems.extend(parts_problems(data, parts))
-    if problems:
-        raise DataContractError(problems)
-    assert first is not None
+        result = check_parts(
+            data,
+            parts,
+            lambda number, part: status.update(
+                f"Checking part {number + 1} of {len(parts)} ({part})"
+            ),
+        )
     console.print(
         f"{len(parts)} parts meet the contract; the quality report and the training checks "
         f"below read the first part ({parts[0]}) as a sample of the accounts"
     )
-    return LoadResult(tables=first, report=merge_reports(reports))
+    return result
 
 
 def demo_data(

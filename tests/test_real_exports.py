@@ -306,7 +306,7 @@ def test_without_amounts_the_revenue_model_is_the_documented_default() -> None:
         }
     )
     none = np.array([], dtype=float)
-    model, table, segment, notes = fit_revenue(
+    model, table, segment, notes, sizes = fit_revenue(
         frame.iloc[:0],
         none,
         frame.iloc[:0],
@@ -320,6 +320,7 @@ def test_without_amounts_the_revenue_model_is_the_documented_default() -> None:
     assert model.fallback(frame).tolist() == [2500.0] * 40
     assert segment.predict(frame).tolist() == [2500.0] * 40
     assert table["objective"].tolist() == ["none (default_deal_value)"]
+    assert sizes is None  # no booster, so no smaller candidate either
     assert notes == [
         "no revenue model: converted accounts with revenue are 0 in train and 0 in the "
         "calibration slice (at least 2 and 1 needed); expected revenue = P(convert) x 2,500 "

@@ -6,6 +6,7 @@ export)."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 
 from tiering.config import MlflowConfig, TrainingConfig, load_config
 from training.evaluate import expected_calibration_error
-from training.fit import choose_calibrator, conformal_interval
+from training.fit import choose_calibrator, choose_size, conformal_interval
 
 from support import FAST_TRAINING, training_config, write_small_demo
 
@@ -55,6 +56,39 @@ def test_ece_uses_equal_mass_bins() -> None:
     y = np.r_[np.zeros(810), np.ones(90), np.ones(90), np.zeros(10)]
     assert expected_calibration_error(y, p) == pytest.approx(0.0)
     assert expected_calibration_error(y, np.clip(p + 0.05, 0, 1)) == pytest.approx(0.05)
+
+
+# --------------------------------------------------------------------------- model size
+def _choose(loss_larger: np.ndarray, loss_smaller: np.ndarray) -> bool:
+    return choose_size(
+        loss_larger, loss_smaller, confidence=0.95, resamples=500, seed=0
+    ).keep_smaller
+
+
+def test_the_smaller_model_is_kept_when_the_larger_is_better_only_within_noise() -> None:
+    rng = np.random.default_rng(2)
+    loss_larger = rng.exponential(0.5, 2000)
+    # On average a hair better than the smaller, but row by row the two differ far more.
+    loss_smaller = loss_larger + rng.normal(0.002, 0.3, 2000)
+    assert loss_smaller.mean() > loss_larger.mean()
+    choice = choose_size(loss_larger, loss_smaller, confidence=0.95, resamples=500, seed=0)
+    assert choice.keep_smaller and 0.0 < choice.larger_better_share < 0.95
+
+
+def test_the_larger_model_is_kept_when_clearly_better() -> None:
+    rng = np.random.default_rng(3)
+    loss_larger = rng.exponential(0.5, 2000)
+    loss_smaller = loss_larger + rng.normal(0.05, 0.3, 2000)  # ~7 standard errors worse
+    assert not _choose(loss_larger, loss_smaller)
+    # the same gap the other way round: the smaller is better, so it is kept
+    assert _choose(loss_smaller, loss_larger)
+
+
+def test_an_exact_tie_keeps_the_smaller_model() -> None:
+    loss = np.random.default_rng(4).exponential(0.5, 500)
+    choice = choose_size(loss, loss.copy(), confidence=0.95, resamples=200, seed=0)
+    assert choice.keep_smaller and choice.larger_better_share == 0.0
+    assert choice.mean_difference == 0.0
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -143,3 +177,56 @@ def test_maven_export_shows_the_baselines_and_invents_no_lift(tmp_path: Path) ->
     assert any("one outcome only" in note for note in result.notes)
     # the gate's word names the baseline it compared with
     assert any("naive baseline" in reason for reason in result.gate.reasons)
+
+
+def test_the_mlflow_run_logs_both_candidates_of_each_booster_and_the_choice(
+    demo_dir: Path, tmp_path: Path
+) -> None:
+    import mlflow
+    from rich.console import Console
+
+    from tiering_cli.model_cmd import _size_table
+    from training.pipeline import train
+
+    config = training_config(demo_dir)
+    config = config.model_copy(
+        update={
+            "mlflow": MlflowConfig(
+                tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                artifact_location=str(tmp_path / "artifacts"),
+            )
+        }
+    )
+    result = train(config)
+    run = mlflow.MlflowClient(result.tracking_uri).get_run(result.run_id)
+    metrics, params, tags = run.data.metrics, run.data.params, run.data.tags
+    sizes = result.sizes
+    assert sizes is not None
+    assert sorted(zip(sizes["model"], sizes["candidate"], strict=True)) == [
+        ("conversion", "smaller"),
+        ("conversion", "standard"),
+        ("revenue", "smaller"),
+        ("revenue", "standard"),
+    ]
+    for model in ("conversion", "revenue"):
+        rows = sizes[sizes["model"] == model].set_index("candidate")
+        assert rows["chosen"].sum() == 1
+        kept = str(rows.index[rows["chosen"]][0])
+        assert params[f"size.{model}.kept"].startswith(kept)
+        assert tags[f"size.{model}"] == params[f"size.{model}.kept"]
+        assert metrics[f"size_{model}_smaller_kept"] == float(kept == "smaller")
+        for candidate in ("standard", "smaller"):
+            for figure in ("trees", "num_leaves", "trees_x_leaves", "total_leaves", "score"):
+                assert metrics[f"size_{model}_{candidate}_{figure}"] == pytest.approx(
+                    float(rows.loc[candidate, figure])
+                )
+        assert rows.loc["smaller", "num_leaves"] < rows.loc["standard", "num_leaves"]
+        # the bundle holds the kept candidate
+        assert metrics[f"{model}_trees"] == rows.loc[kept, "trees"]
+    logged = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/evaluation/model_sizes.csv")
+    assert len(pd.read_csv(io.StringIO(logged))) == 4
+    # and the CLI's training summary shows both candidates
+    console = Console(record=True, width=250)
+    console.print(_size_table(sizes))
+    text = console.export_text()
+    assert text.count("│ standard") == 2 and text.count("│ smaller") == 2  # rows, not the title

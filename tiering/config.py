@@ -161,6 +161,34 @@ class TrainingConfig(StrictModel):
         default_factory=lambda: list[ValueObjective](["log_l2", "gamma"]),
         description="Deal-value objectives compared on the calibration slice; the better is kept.",
     )
+    prefer_smaller: bool = Field(
+        True,
+        description="Fit a second, smaller candidate of the conversion and revenue boosters "
+        "(smaller_num_leaves, smaller_learning_rate) and keep the one with fewer trees x leaves "
+        "(what explaining an account costs) unless the other scores better on the calibration "
+        "slice by more than the noise (a paired bootstrap). Both are logged in the MLflow run.",
+    )
+    smaller_num_leaves: int | None = Field(
+        None,
+        gt=1,
+        description="Leaves per tree of the smaller candidate; default: half of num_leaves.",
+    )
+    smaller_learning_rate: float | None = Field(
+        None,
+        gt=0,
+        description="Learning rate of the smaller candidate; default: twice learning_rate, so "
+        "early stopping needs about half the trees.",
+    )
+    selection_confidence: float = Field(
+        0.95,
+        gt=0.5,
+        lt=1,
+        description="The larger candidate is kept only if it scores better in at least this "
+        "share of the bootstrap resamples of the calibration slice.",
+    )
+    selection_resamples: int = Field(
+        500, ge=50, description="Paired bootstrap resamples of the size comparison."
+    )
 
 
 class PromotionGate(StrictModel):

@@ -78,6 +78,39 @@ def _summary_table(summary: pd.DataFrame) -> Table:
     return table
 
 
+def _size_table(sizes: pd.DataFrame) -> Table:
+    table = Table(
+        title="Model size: each booster beside its smaller candidate (calibration slice; the "
+        "larger is kept only if better beyond the noise)"
+    )
+    for col in (
+        "model",
+        "candidate",
+        "leaves/tree",
+        "trees",
+        "trees x leaves",
+        "leaves in all",
+        "loss",
+        "larger better in",
+        "kept",
+    ):
+        table.add_column(col, justify="left" if col in ("model", "candidate", "kept") else "right")
+    for row in sizes.to_dict("records"):
+        table.add_row(
+            str(row["model"]),
+            str(row["candidate"]),
+            str(row["num_leaves"]),
+            f"{row['trees']:,}",
+            f"{row['trees_x_leaves']:,}",
+            f"{row['total_leaves']:,}",
+            f"{row['score']:.4f} ({row['metric']})",
+            f"{row['larger_better_share']:.0%} of resamples",
+            "yes" if row["chosen"] else "",
+            style="bold" if row["chosen"] else None,
+        )
+    return table
+
+
 def capture_table(capture: pd.DataFrame) -> Table:
     table = Table(title="Share of the window's won revenue booked by the top accounts, by ranking")
     columns = [c for c in capture.columns if c != "ranking"]
@@ -151,6 +184,8 @@ def train(config: Path = CONFIG_OPTION) -> None:
 
     console.print(_split_table(result.split))
     console.print(_summary_table(result.metrics))
+    if result.sizes is not None:
+        console.print(_size_table(result.sizes))
     console.print(capture_table(result.capture))
     for note in result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")

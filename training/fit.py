@@ -3,7 +3,8 @@ P10-P90 range, and the baselines they are shown beside.
 
 Who sees which rows (the time split decides):
 - train: the boosters' trees.
-- calibration slice: early stopping of both boosters, the choice and fit of the calibrator
+- calibration slice: early stopping of both boosters, the choice between each booster and its
+  smaller candidate (``prefer_smaller``), the choice and fit of the calibrator
   (chosen by cross-validation *within* the slice, so no candidate is judged on rows it was
   fitted on), the choice of the value objective, the log_l2 smearing factor and the conformal
   offsets of the value range.
@@ -40,8 +41,10 @@ from tiering.bundle import encode_features as encode
 from tiering.config import TrainingConfig
 
 CALIBRATION_FOLDS = 5
+BOOTSTRAP_CELLS = 2_000_000  # resample indices drawn at once: bounds the bootstrap's memory
 INTERVAL_LEVEL = 0.8  # P10-P90
 TWEEDIE_VARIANCE_POWER = 1.5
+CONVERSION_SIZE_NAME, REVENUE_SIZE_NAME = "conversion", "revenue"
 
 
 class TrainingDataError(ValueError):
@@ -121,6 +124,116 @@ def fit_win_model(
 def raw_probability(booster: lgb.Booster, x: pd.DataFrame) -> np.ndarray:
     margin = np.asarray(booster.predict(x, raw_score=True), dtype=float)
     return 1.0 / (1.0 + np.exp(-margin))
+
+
+# --------------------------------------------------------------------------- model size
+@dataclass(frozen=True)
+class SizeChoice:
+    keep_smaller: bool
+    mean_difference: float
+    """Mean loss of the smaller candidate minus the larger's: > 0 when the larger scores better."""
+    larger_better_share: float
+    """Share of the bootstrap resamples in which the larger candidate has the lower mean loss."""
+
+
+def choose_size(
+    loss_larger: np.ndarray,
+    loss_smaller: np.ndarray,
+    *,
+    confidence: float,
+    resamples: int,
+    seed: int,
+) -> SizeChoice:
+    """Keep the smaller of two models unless the larger is better beyond the noise.
+
+    The losses are per row of the same slice, so the comparison is paired: each bootstrap
+    resample draws rows with replacement and compares the two models' mean loss on those same
+    rows. The larger model is kept only if it has the lower mean loss in at least
+    ``confidence`` of the resamples; a tie (no resample where it is strictly better) keeps the
+    smaller, whose explanations cost less.
+    """
+    diff = np.asarray(loss_smaller, dtype=float) - np.asarray(loss_larger, dtype=float)
+    n = len(diff)
+    if n == 0:
+        return SizeChoice(True, 0.0, 0.0)
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    step = max(1, BOOTSTRAP_CELLS // n)
+    for start in range(0, resamples, step):
+        stop = min(start + step, resamples)
+        means[start:stop] = diff[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+    share = float(np.mean(means > 0))
+    return SizeChoice(share < confidence, float(diff.mean()), share)
+
+
+def smaller_config(config: TrainingConfig) -> TrainingConfig:
+    """The smaller candidate's settings: fewer leaves per tree and a higher learning rate, so
+    early stopping also ends with fewer trees; TreeSHAP's cost grows with trees x leaves."""
+    return config.model_copy(
+        update={
+            "num_leaves": config.smaller_num_leaves or max(2, config.num_leaves // 2),
+            "learning_rate": config.smaller_learning_rate or 2 * config.learning_rate,
+        }
+    )
+
+
+def total_leaves(booster: lgb.Booster) -> int:
+    """Leaves over all trees (trees may stop short of num_leaves)."""
+    return int(sum(tree["num_leaves"] for tree in booster.dump_model()["tree_info"]))
+
+
+def select_size(
+    model: str,
+    metric: str,
+    standard: tuple[lgb.Booster, np.ndarray],
+    smaller: tuple[lgb.Booster, np.ndarray],
+    config: TrainingConfig,
+) -> tuple[bool, pd.DataFrame]:
+    """Whether the smaller candidate is kept, and both candidates' sizes and scores.
+
+    ``standard`` and ``smaller`` are each a booster and its per-row loss on the calibration
+    slice. Which one is the larger is decided by the leaves they ended with, not by their
+    settings: early stopping may leave the "smaller" settings with more trees.
+    """
+    small_config = smaller_config(config)
+    rows = []
+    for name, cfg, (booster, loss) in (
+        ("standard", config, standard),
+        ("smaller", small_config, smaller),
+    ):
+        trees = booster.current_iteration()
+        rows.append(
+            {
+                "model": model,
+                "candidate": name,
+                "num_leaves": cfg.num_leaves,
+                "learning_rate": cfg.learning_rate,
+                "trees": trees,
+                "trees_x_leaves": trees * cfg.num_leaves,
+                "total_leaves": total_leaves(booster),
+                "metric": metric,
+                "score": float(np.mean(loss)),
+            }
+        )
+    smaller_is_smaller = total_leaves(smaller[0]) <= total_leaves(standard[0])
+    large, small = (standard, smaller) if smaller_is_smaller else (smaller, standard)
+    choice = choose_size(
+        large[1],
+        small[1],
+        confidence=config.selection_confidence,
+        resamples=config.selection_resamples,
+        seed=config.seed,
+    )
+    keep_smaller_candidate = choice.keep_smaller == smaller_is_smaller
+    table = pd.DataFrame(rows)
+    table["larger_better_share"] = choice.larger_better_share
+    table["chosen"] = [not keep_smaller_candidate, keep_smaller_candidate]
+    return keep_smaller_candidate, table
+
+
+def _log_loss_rows(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, P_CLIP, 1 - P_CLIP)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
 
 
 # --------------------------------------------------------------------------- calibration
@@ -288,6 +401,35 @@ def choose_value_model(
     return fits[best], table
 
 
+def _abs_log_error_rows(amount: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    return np.abs(np.log(np.asarray(amount, dtype=float)) - np.log(np.asarray(predicted, float)))
+
+
+def prefer_smaller_value_model(
+    fit: ValueFit,
+    x_train: pd.DataFrame,
+    amount_train: np.ndarray,
+    x_cal: pd.DataFrame,
+    amount_cal: np.ndarray,
+    config: TrainingConfig,
+) -> tuple[ValueFit, pd.DataFrame]:
+    """The chosen objective refitted as the smaller candidate; the smaller of the two is kept
+    unless the other's mean |log error| on the calibration slice is lower beyond the noise.
+    Only the chosen objective gets a smaller twin: the objectives' comparison is about the
+    shape of the errors, the size's about their cost."""
+    small = fit_value_model(
+        fit.objective, x_train, amount_train, x_cal, amount_cal, smaller_config(config)
+    )
+    keep_small, sizes = select_size(
+        REVENUE_SIZE_NAME,
+        "mean_abs_log_error",
+        (fit.booster, _abs_log_error_rows(amount_cal, fit.predict(x_cal))),
+        (small.booster, _abs_log_error_rows(amount_cal, small.predict(x_cal))),
+        config,
+    )
+    return (small if keep_small else fit), sizes
+
+
 def conformal_interval(
     amount_cal: np.ndarray, predicted_cal: np.ndarray, level: float = INTERVAL_LEVEL
 ) -> ValueInterval:
@@ -428,6 +570,14 @@ class FittedModels:
     deal_segment: SegmentWinRate | None = None
     notes: list[str] = field(default_factory=list)
     """What fell back or was left out, in words for the report."""
+    size_selection: pd.DataFrame | None = None
+    """The conversion and revenue boosters beside their smaller candidates (``select_size``);
+    None when ``prefer_smaller`` is off or no booster was fitted."""
+
+
+def _concat(frames: list[pd.DataFrame | None]) -> pd.DataFrame | None:
+    present = [f for f in frames if f is not None]
+    return pd.concat(present, ignore_index=True) if present else None
 
 
 def fit_probability(
@@ -436,11 +586,17 @@ def fit_probability(
     x_cal: pd.DataFrame,
     y_cal: np.ndarray,
     config: TrainingConfig,
-) -> tuple[ProbabilityModel, pd.DataFrame]:
+    *,
+    size_model: str | None = None,
+) -> tuple[ProbabilityModel, pd.DataFrame, pd.DataFrame | None]:
     """A binary booster (trees on train, early stopping on calibration) and its calibrator
     (chosen by cross-validation inside the calibration slice). A slice with one outcome only
     (every account bought within the horizon, say) leaves nothing to learn: the model is the
-    observed rate, and the caller's notes say so."""
+    observed rate, and the caller's notes say so.
+
+    With ``size_model`` (the model's name) and ``config.prefer_smaller``, a smaller candidate
+    is fitted too and kept unless the first has a lower log loss on the calibration slice
+    beyond the noise (``select_size``); the third value is that comparison."""
     if len(np.unique(y_train)) < 2 or len(np.unique(y_cal)) < 2:
         rate = float(np.concatenate([y_train, y_cal]).mean())
         table = pd.DataFrame(
@@ -451,10 +607,24 @@ def fit_probability(
                 "chosen": [True],
             }
         )
-        return ProbabilityModel(None, Calibrator("identity"), rate), table
+        return ProbabilityModel(None, Calibrator("identity"), rate), table, None
     booster = fit_win_model(x_train, y_train, x_cal, y_cal, config)
-    calibrator, scores = choose_calibrator(raw_probability(booster, x_cal), y_cal, seed=config.seed)
-    return ProbabilityModel(booster, calibrator), scores
+    p_cal = raw_probability(booster, x_cal)
+    sizes = None
+    if size_model is not None and config.prefer_smaller:
+        small = fit_win_model(x_train, y_train, x_cal, y_cal, smaller_config(config))
+        p_small = raw_probability(small, x_cal)
+        keep_small, sizes = select_size(
+            size_model,
+            "log_loss",
+            (booster, _log_loss_rows(y_cal, p_cal)),
+            (small, _log_loss_rows(y_cal, p_small)),
+            config,
+        )
+        if keep_small:
+            booster, p_cal = small, p_small
+    calibrator, scores = choose_calibrator(p_cal, y_cal, seed=config.seed)
+    return ProbabilityModel(booster, calibrator), scores, sizes
 
 
 def fit_revenue(
@@ -466,7 +636,7 @@ def fit_revenue(
     frame_cal: pd.DataFrame,
     config: TrainingConfig,
     default_value: float = 1.0,
-) -> tuple[AmountModel, pd.DataFrame, SegmentMedianValue, list[str]]:
+) -> tuple[AmountModel, pd.DataFrame, SegmentMedianValue, list[str], pd.DataFrame | None]:
     """Revenue if the account converts (rows: converted snapshots with revenue > 0).
 
     Each configured objective is fitted, and the best by mean |log error| on the calibration
@@ -497,10 +667,20 @@ def fit_revenue(
             f"train and {len(revenue_cal)} in the calibration slice (at least 2 and 1 needed); "
             f"expected revenue = P(convert) x {default_value:,g} (data.default_deal_value)"
         )
-        return model, table, segment, [note]
+        return model, table, segment, [note], None
     fit, table = choose_value_model(
         list(config.value_objectives), x_train, revenue_train, x_cal, revenue_cal, config
     )
+    sizes = None
+    if config.prefer_smaller:
+        fit, sizes = prefer_smaller_value_model(
+            fit, x_train, revenue_train, x_cal, revenue_cal, config
+        )
+        # The objective's row shows the booster that is kept.
+        kept = table["objective"] == fit.objective
+        for key, value in value_errors(revenue_cal, fit.predict(x_cal)).items():
+            table.loc[kept, key] = value
+        table.loc[kept, "trees"] = fit.booster.current_iteration()
     median_cal = segment.predict(frame_cal)
     median_errors = value_errors(revenue_cal, median_cal)
     table = pd.concat(
@@ -533,7 +713,7 @@ def fit_revenue(
             overall=segment.overall_,
         )
     table["chosen"] = table["objective"] == chosen
-    return model, table, segment, notes
+    return model, table, segment, notes, sizes
 
 
 def fit_models(
@@ -555,7 +735,9 @@ def fit_models(
     x_cal = encode(calibration, feature_names, categories)
     y_train = train["converted"].to_numpy(dtype=int)
     y_cal = calibration["converted"].to_numpy(dtype=int)
-    conversion, calibration_scores = fit_probability(x_train, y_train, x_cal, y_cal, config)
+    conversion, calibration_scores, conversion_sizes = fit_probability(
+        x_train, y_train, x_cal, y_cal, config, size_model=CONVERSION_SIZE_NAME
+    )
     constant_notes = []
     if conversion.booster is None:
         constant_notes.append(
@@ -567,7 +749,7 @@ def fit_models(
 
     pos_train = (y_train == 1) & (train["revenue"].to_numpy(dtype=float) > 0)
     pos_cal = (y_cal == 1) & (calibration["revenue"].to_numpy(dtype=float) > 0)
-    revenue, comparison, segment_revenue, notes = fit_revenue(
+    revenue, comparison, segment_revenue, notes, revenue_sizes = fit_revenue(
         x_train[pos_train],
         train["revenue"].to_numpy(dtype=float)[pos_train],
         x_cal[pos_cal],
@@ -587,6 +769,7 @@ def fit_models(
         segment_conversion=SegmentWinRate().fit(train, y_train),
         segment_revenue=segment_revenue,
         notes=constant_notes + notes,
+        size_selection=_concat([conversion_sizes, revenue_sizes]),
     )
     if deals_train is not None and deals_calibration is not None:
         try:
@@ -594,7 +777,8 @@ def fit_models(
             xd_cal = encode(deals_calibration, feature_names, categories)
             yd_train = deals_train["won"].to_numpy(dtype=int)
             yd_cal = deals_calibration["won"].to_numpy(dtype=int)
-            fitted.deal_win, fitted.deal_calibration_scores = fit_probability(
+            # Not explained per account, so its size costs little: no smaller candidate.
+            fitted.deal_win, fitted.deal_calibration_scores, _ = fit_probability(
                 xd_train, yd_train, xd_cal, yd_cal, config
             )
         except TrainingDataError as exc:

@@ -105,6 +105,7 @@ class TrainResult:
     tracking_uri: str
     all_metrics: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    sizes: pd.DataFrame | None = None  # each booster beside its smaller candidate
 
 
 def _step(progress: Progress | None, index: int) -> None:
@@ -395,6 +396,7 @@ def fit_and_evaluate(
     for key, model in bundle.models.items():
         if model.booster is not None:
             metrics[f"{key}_trees"] = float(model.booster.current_iteration())
+    metrics.update(size_metrics(models.size_selection))
 
     _step(progress, 5)
     scoring_as_of = pd.Timestamp(config.data.as_of) if config.data.as_of else tables.end_of_data()
@@ -430,6 +432,36 @@ def fit_and_evaluate(
         notes=notes,
         customers=customers,
     )
+
+
+SIZE_FIGURES = ("num_leaves", "trees", "trees_x_leaves", "total_leaves", "score")
+
+
+def size_metrics(sizes: pd.DataFrame | None) -> dict[str, float]:
+    """Both candidates of each booster as metrics: ``size_{model}_{candidate}_{figure}`` (the
+    score is the calibration-slice loss named in the table), plus the bootstrap share in which
+    the larger scored better and 1.0 / 0.0 for the smaller candidate kept."""
+    out: dict[str, float] = {}
+    if sizes is None:
+        return out
+    for row in sizes.to_dict("records"):
+        prefix = f"size_{row['model']}_{row['candidate']}"
+        out.update({f"{prefix}_{k}": float(row[k]) for k in SIZE_FIGURES})
+        out[f"size_{row['model']}_larger_better_share"] = float(row["larger_better_share"])
+        if row["chosen"]:
+            out[f"size_{row['model']}_smaller_kept"] = float(row["candidate"] == "smaller")
+    return out
+
+
+def size_choices(sizes: pd.DataFrame | None) -> dict[str, str]:
+    """The kept candidate of each booster in words, e.g. "smaller (15 leaves, 120 trees)"."""
+    if sizes is None:
+        return {}
+    kept = sizes[sizes["chosen"]]
+    return {
+        str(row["model"]): f"{row['candidate']} ({row['num_leaves']} leaves, {row['trees']} trees)"
+        for row in kept.to_dict("records")
+    }
 
 
 def freeze_cutoffs(bundle: Bundle, account_features: pd.DataFrame, as_of: pd.Timestamp) -> Any:
@@ -541,6 +573,10 @@ def _log_run(outcome: TrainingOutcome, workdir: Path) -> Any:
         "conversion.calibration": models.conversion.calibrator.method,
         "revenue.objective": models.revenue.objective,
         "revenue.interval": models.revenue.interval.method,
+        **{
+            f"size.{model}.kept": kept
+            for model, kept in size_choices(models.size_selection).items()
+        },
         "deal_win": models.deal_win is not None,
         "tiers.method": cfg.tiers.method,
         "tiers.weights": cfg.tiers.weights.model_dump(),
@@ -559,6 +595,11 @@ def _log_run(outcome: TrainingOutcome, workdir: Path) -> Any:
         "evaluation/calibration_curve.csv": outcome.evaluation.calibration,
         "evaluation/tier_backtest.csv": outcome.evaluation.backtest,
     }
+    if models.size_selection is not None:
+        frames["evaluation/model_sizes.csv"] = models.size_selection
+        mlflow.set_tags(
+            {f"size.{m}": kept for m, kept in size_choices(models.size_selection).items()}
+        )
     for name, frame in frames.items():
         mlflow.log_text(frame.to_csv(index=False), name)
     mlflow.log_text("\n".join(outcome.notes), "evaluation/notes.txt")
@@ -705,4 +746,5 @@ def train(config: Config, *, progress: Progress | None = None) -> TrainResult:
         split=outcome.split.describe(),
         tracking_uri=uri,
         all_metrics=outcome.metrics,
+        sizes=outcome.models.size_selection,
     )

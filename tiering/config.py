@@ -161,6 +161,18 @@ class TrainingConfig(StrictModel):
         default_factory=lambda: list[ValueObjective](["log_l2", "gamma"]),
         description="Deal-value objectives compared on the calibration slice; the better is kept.",
     )
+    cluster: str | None = Field(
+        None,
+        description="Fit the boosters of large snapshot sets on Dask (lightgbm.dask): local, "
+        "local:N or a scheduler address such as tcp://scheduler:8786. Default: one process. "
+        "`tiering train --cluster` overrides.",
+    )
+    cluster_pilot_rows: int = Field(
+        200_000,
+        gt=0,
+        description="With a cluster, boosters whose training rows exceed this are fitted on it; "
+        "an early-stopped fit on a sample of this many rows sizes their number of trees.",
+    )
 
 
 class PromotionGate(StrictModel):

@@ -66,6 +66,7 @@ from serving.batch import (
     scored_chunks,
 )
 from tiering.bundle import Bundle
+from tiering.cluster import ClusterSpec, connect
 from tiering.config import Config
 from tiering.customers import with_change_reasons
 
@@ -77,71 +78,9 @@ if TYPE_CHECKING:
     from tiering.reuse import ReasonCache
 
 _DAY = pd.Timedelta(days=1)
-_LOCAL = re.compile(r"^local(?::(?P<workers>\d+))?$")
 DEFAULT_PARTITIONS_PER_WORKER = 2
 """Partitions per worker when no size is given: enough for the workers to share the load
 evenly, few enough that each partition's fixed costs stay small."""
-
-
-class ClusterError(ValueError):
-    """A cluster address that cannot be used."""
-
-
-@dataclass(frozen=True)
-class ClusterSpec:
-    """``local`` / ``local:N`` (a LocalCluster of N worker processes, default: one per core) or
-    ``tcp://host:port`` (the scheduler of an existing cluster)."""
-
-    address: str | None
-    workers: int | None
-
-    @classmethod
-    def parse(cls, text: str) -> ClusterSpec:
-        spec = text.strip()
-        if match := _LOCAL.match(spec):
-            workers = int(match["workers"]) if match["workers"] else None
-            if workers == 0:
-                raise ClusterError("cluster: local:N needs at least one worker (e.g. local:2)")
-            return cls(None, workers)
-        if re.match(r"^(tcp|tls|ucx|inproc)://[^:/]+(:\d+)?$", spec):
-            return cls(spec, None)
-        raise ClusterError(
-            f"cluster: {text!r} is not a cluster; use local, local:N (N worker processes) or "
-            "the scheduler's address, e.g. tcp://scheduler:8786"
-        )
-
-
-@contextlib.contextmanager
-def connect(spec: ClusterSpec | str, *, memory_limit: str | None = None) -> Iterator[Client]:
-    """A Dask client: on a new LocalCluster (one thread per worker process, closed on exit) or
-    on the given scheduler (left running)."""
-    from distributed import Client, LocalCluster
-
-    if isinstance(spec, str):
-        spec = ClusterSpec.parse(spec)
-    if spec.address is not None:
-        try:
-            client = Client(spec.address, timeout="10s")
-        except OSError as exc:
-            raise ClusterError(
-                f"cluster: no Dask scheduler answers at {spec.address} ({exc}); start one with "
-                "`dask scheduler` and workers with `dask worker <address>`"
-            ) from None
-        with client:
-            yield client
-        return
-    workers = spec.workers or os.cpu_count() or 1
-    with (
-        LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            memory_limit=memory_limit or "auto",
-            dashboard_address=None,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        yield client
 
 
 # ------------------------------------------------------------------------------ partitions

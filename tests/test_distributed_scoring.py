@@ -16,7 +16,7 @@ from support import TECH, TrainedBundle
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[object]:
-    from serving.distributed import connect
+    from tiering.cluster import connect
 
     with connect("local:2", memory_limit="1GiB") as c:
         yield c
@@ -117,14 +117,14 @@ def test_a_failed_run_leaves_the_previous_output_whole(
     ],
 )
 def test_cluster_addresses_parse(text: str, address: str | None, workers: int | None) -> None:
-    from serving.distributed import ClusterSpec
+    from tiering.cluster import ClusterSpec
 
     assert ClusterSpec.parse(text) == ClusterSpec(address, workers)
 
 
 @pytest.mark.parametrize("text", ["local:0", "remote", "http://x:1", "local:two"])
 def test_a_bad_cluster_address_is_refused_with_the_forms_that_work(text: str) -> None:
-    from serving.distributed import ClusterError, ClusterSpec
+    from tiering.cluster import ClusterError, ClusterSpec
 
     with pytest.raises(ClusterError, match="local:N|at least one worker"):
         ClusterSpec.parse(text)

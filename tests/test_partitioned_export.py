@@ -45,7 +45,7 @@ def _pointed_at(config: Config, folder: Path) -> Config:
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[object]:
-    from serving.distributed import connect
+    from tiering.cluster import connect
 
     with connect("local:2", memory_limit="1GiB") as c:
         yield c

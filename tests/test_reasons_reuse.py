@@ -153,7 +153,7 @@ def test_other_models_explain_every_account(
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[object]:
-    from serving.distributed import connect
+    from tiering.cluster import connect
 
     with connect("local:2", memory_limit="1GiB") as c:
         yield c

@@ -189,6 +189,18 @@ class TrainingConfig(StrictModel):
     selection_resamples: int = Field(
         500, ge=50, description="Paired bootstrap resamples of the size comparison."
     )
+    cluster: str | None = Field(
+        None,
+        description="Fit the boosters of large snapshot sets on Dask (lightgbm.dask): local, "
+        "local:N or a scheduler address such as tcp://scheduler:8786. Default: one process. "
+        "`tiering train --cluster` overrides.",
+    )
+    cluster_pilot_rows: int = Field(
+        200_000,
+        gt=0,
+        description="With a cluster, boosters whose training rows exceed this are fitted on it; "
+        "an early-stopped fit on a sample of this many rows sizes their number of trees.",
+    )
 
 
 class PromotionGate(StrictModel):

@@ -56,10 +56,11 @@ def read_config(path: Path) -> Config:
 def known_errors() -> Iterator[None]:
     """Bad input ends the command with its message and exit code 2 instead of a traceback."""
     from features.contract import DataContractError
+    from tiering.cluster import ClusterError
 
     try:
         yield
-    except (DataContractError, ConfigError, FileNotFoundError) as exc:
+    except (DataContractError, ConfigError, ClusterError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
 
 

@@ -155,7 +155,14 @@ def _split_table(split: pd.DataFrame) -> Table:
     return table
 
 
-def train(config: Path = CONFIG_OPTION) -> None:
+def train(
+    config: Path = CONFIG_OPTION,
+    cluster: str | None = typer.Option(
+        None,
+        "--cluster",
+        help="Fit the boosters of large snapshot sets (more rows than [training] cluster_pilot_rows) on Dask with lightgbm.dask: local, local:N or a scheduler address such as tcp://scheduler:8786. Default: the config's training.cluster, else one process.",
+    ),
+) -> None:
     """Train the account conversion and revenue models (and the open-deal win model) on
     monthly account snapshots, evaluate them on the newest snapshots against naive account
     baselines (and the demo's truth), log an MLflow run and register a version.
@@ -164,11 +171,17 @@ def train(config: Path = CONFIG_OPTION) -> None:
     the same test window and promotes it only if it is not worse beyond the configured
     tolerances (the first version becomes champion).
     """
+    from tiering.cluster import ClusterSpec
     from training.pipeline import STEPS
     from training.pipeline import train as run_training
 
     settings = read_config(config)
+    if cluster is not None:
+        training = settings.training.model_copy(update={"cluster": cluster})
+        settings = settings.model_copy(update={"training": training})
     with _training_errors(), progress() as bar:
+        if settings.training.cluster is not None:
+            ClusterSpec.parse(settings.training.cluster)  # refused now, not after the features
         task = bar.add_task("Training", total=len(STEPS))
 
         def report(step: str, done: int, total: int) -> None:

@@ -13,6 +13,9 @@ Who sees which rows (the time split decides):
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +84,34 @@ def lgb_params(config: TrainingConfig, objective: str, **extra: Any) -> dict[str
     return params
 
 
+@dataclass
+class _Cluster:
+    client: Any
+    notes: list[str]
+
+
+_CLUSTER: ContextVar[_Cluster | None] = ContextVar("training_cluster", default=None)
+
+
+@contextlib.contextmanager
+def boosters_on(cluster: str | None) -> Iterator[list[str]]:
+    """Within the block, boosters with more than ``cluster_pilot_rows`` training rows are fitted
+    on ``cluster`` (``tiering.cluster.ClusterSpec``; None: all in this process). Yields the
+    training notes the cluster fits add, one per booster."""
+    if cluster is None:
+        yield []
+        return
+    from tiering.cluster import connect
+
+    with connect(cluster) as client:
+        state = _Cluster(client, [])
+        token = _CLUSTER.set(state)
+        try:
+            yield state.notes
+        finally:
+            _CLUSTER.reset(token)
+
+
 def _train_booster(
     params: dict[str, Any],
     x_train: pd.DataFrame,
@@ -89,6 +120,13 @@ def _train_booster(
     y_valid: np.ndarray,
     config: TrainingConfig,
 ) -> lgb.Booster:
+    cluster = _CLUSTER.get()
+    if cluster is not None and len(x_train) > config.cluster_pilot_rows:
+        from training.distributed import fit_on_cluster
+
+        fit = fit_on_cluster(cluster.client, params, x_train, y_train, x_valid, y_valid, config)
+        cluster.notes.append(fit.summary(str(params["objective"]), len(x_train)))
+        return fit.booster
     train_set = lgb.Dataset(x_train, label=y_train, categorical_feature="auto", free_raw_data=False)
     valid_set = lgb.Dataset(x_valid, label=y_valid, reference=train_set, free_raw_data=False)
     booster = lgb.train(

@@ -39,7 +39,7 @@ from training.evaluate import (
     evaluate_window,
     truth_ratios,
 )
-from training.fit import FittedModels, fit_models
+from training.fit import FittedModels, boosters_on, fit_models
 from training.registry import GateDecision, GateMetrics
 from training.snapshots import (
     SnapshotSplit,
@@ -279,16 +279,19 @@ def fit_and_evaluate(
     _step(progress, 3)
     split = split_snapshots(snapshots, dates, config.training.split, horizon)
     deals_train, deals_cal, deals_test = _deal_slices(deals, split)
-    models = fit_models(
-        split.train,
-        split.calibration,
-        names,
-        categorical,
-        config.training,
-        deals_train=deals_train,
-        deals_calibration=deals_cal,
-        default_deal_value=config.data.default_deal_value,
-    )
+    with boosters_on(config.training.cluster) as cluster_notes:
+        models = fit_models(
+            split.train,
+            split.calibration,
+            names,
+            categorical,
+            config.training,
+            deals_train=deals_train,
+            deals_calibration=deals_cal,
+            default_deal_value=config.data.default_deal_value,
+        )
+        customers = fit_customer_models(config, tables, split, names, categorical)
+    models.notes.extend(cluster_notes)
     named: dict[str, Model] = {CONVERSION: models.conversion, REVENUE: models.revenue}
     if models.deal_win is not None:
         named[DEAL_WIN] = models.deal_win
@@ -321,7 +324,6 @@ def fit_and_evaluate(
         metadata=metadata,
     )
 
-    customers = fit_customer_models(config, tables, split, names, categorical)
     attach_customers(bundle, customers)
 
     _step(progress, 4)

@@ -33,6 +33,7 @@ again.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import os
@@ -79,6 +80,8 @@ if TYPE_CHECKING:
 
 _DAY = pd.Timedelta(days=1)
 DEFAULT_PARTITIONS_PER_WORKER = 2
+REASONS_IN_FLIGHT_PER_WORKER = 2
+"""Partitions whose reasons are submitted ahead per worker: enough to keep every worker busy."""
 """Partitions per worker when no size is given: enough for the workers to share the load
 evenly, few enough that each partition's fixed costs stay small."""
 
@@ -415,11 +418,15 @@ def score_accounts_distributed(
     ranked_parts = []
     for number, future in enumerate(ranks_f):
         ranked_parts.append(future.result())
+        future.release()
         report("features", bounds[number][1], n)
 
     # The one global pass: tiers of the whole list, as tier_population assigns them; the ICP
     # labels stay on the workers (the history needs the tiers only).
-    population = assign_population(bundle, pd.concat(ranked_parts, ignore_index=True), None)
+    ranked = pd.concat(ranked_parts, ignore_index=True)
+    del ranked_parts  # the client holds about a kilobyte per account: one copy at a time
+    population = assign_population(bundle, ranked, None)
+    del ranked
     if history is not None:
         population = history.prepare(population)
     population = dataclasses.replace(
@@ -433,31 +440,40 @@ def score_accounts_distributed(
         _atomic_directory(out) as out_tmp,
         atomic_outputs([crm_path(out), snapshot_path]) as (crm_tmp, snap_tmp),
     ):
-        text_f = []
-        for number, (start, stop) in enumerate(bounds):
+
+        def reasons_of(number: int) -> Any:
+            start, stop = bounds[number]
             part = out_tmp / f"part-{number:05d}.parquet"
-            text_f.append(
-                client.submit(
-                    _reasons,
-                    bundle_f,
-                    features_f[number],
-                    local_f[number],
-                    population.scores.iloc[start:stop],
-                    _slice(population.assignment, start, stop),
-                    chunk_size=chunk_size,
-                    reasons=reasons,
-                    top_reasons=config.scoring.top_reasons,
-                    part=None if history is not None else part,
-                    # Only the partition's own stored SHAP values travel with it.
-                    cache=None
-                    if cache is None
-                    else cache.only(population.scores["account_id"].iloc[start:stop]),
-                    pure=False,
-                )
+            return client.submit(
+                _reasons,
+                bundle_f,
+                features_f[number],
+                local_f[number],
+                population.scores.iloc[start:stop],
+                _slice(population.assignment, start, stop),
+                chunk_size=chunk_size,
+                reasons=reasons,
+                top_reasons=config.scoring.top_reasons,
+                part=None if history is not None else part,
+                # Only the partition's own stored SHAP values travel with it.
+                cache=None
+                if cache is None
+                else cache.only(population.scores["account_id"].iloc[start:stop]),
+                pure=False,
             )
-        for number, future in enumerate(text_f):
+
+        # A bounded window of partitions in flight: each task carries its partition's scores,
+        # and a LocalCluster's scheduler lives in this process, so submitting every partition
+        # at once would hold every partition's scores twice.
+        window = REASONS_IN_FLIGHT_PER_WORKER * max(1, len(client.scheduler_info()["workers"]))
+        in_flight = collections.deque(reasons_of(i) for i in range(min(window, len(bounds))))
+        for number in range(len(bounds)):
+            future = in_flight.popleft()
+            if number + window < len(bounds):
+                in_flight.append(reasons_of(number + window))
             frame = future.result()
             future.release()
+            local_f[number].release()  # the partition's ICP labels are no longer needed
             if history is not None:
                 frame = history.annotate(frame)
                 with _ChunkWriter(out_tmp / f"part-{number:05d}.parquet", csv=False) as writer:

@@ -52,7 +52,7 @@ def demo(
     _rule("2/4 Data contract")
     data_cmd.validate(config=config)
     _rule("3/4 Train, evaluate, register")
-    model_cmd.train(config=config)
+    model_cmd.train(config=config, cluster=None)
     _rule("4/4 Tier every account")
     score_cmd.score(
         config=config,

@@ -150,26 +150,6 @@ def early_stopping_iteration(losses: np.ndarray, patience: int) -> int:
 
 
 # ------------------------------------------------------------------------------ the fit
-def _local_fit(
-    params: dict[str, Any],
-    x_train: pd.DataFrame,
-    y_train: np.ndarray,
-    x_valid: pd.DataFrame,
-    y_valid: np.ndarray,
-    config: TrainingConfig,
-) -> int:
-    train_set = lgb.Dataset(x_train, label=y_train, categorical_feature="auto")
-    valid_set = lgb.Dataset(x_valid, label=y_valid, reference=train_set)
-    booster = lgb.train(
-        params,
-        train_set,
-        num_boost_round=config.num_boost_round,
-        valid_sets=[valid_set],
-        callbacks=[lgb.early_stopping(config.early_stopping_rounds, verbose=False)],
-    )
-    return int(booster.best_iteration or booster.current_iteration())
-
-
 def _dask_booster(
     client: Client, params: dict[str, Any], x: pd.DataFrame, y: np.ndarray, rounds: int
 ) -> lgb.Booster:
@@ -214,12 +194,14 @@ def fit_on_cluster(
 ) -> ClusterFit:
     """The booster ``lgb.train`` with early stopping would fit, fitted on ``client``'s
     workers (see the module docstring)."""
+    from training.fit import train_in_process
+
     n = len(x_train)
     pilot_rows = min(n, config.cluster_pilot_rows)
     rows = np.sort(np.random.default_rng(config.seed).choice(n, pilot_rows, replace=False))
-    pilot = _local_fit(
+    pilot = train_in_process(
         params, x_train.iloc[rows], np.asarray(y_train)[rows], x_valid, y_valid, config
-    )
+    ).current_iteration()
     budget = min(config.num_boost_round, 2 * pilot + config.early_stopping_rounds)
     full = _dask_booster(client, params, x_train, y_train, budget)
     losses = losses_by_trees(full, params, x_valid, y_valid)

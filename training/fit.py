@@ -127,6 +127,18 @@ def _train_booster(
         fit = fit_on_cluster(cluster.client, params, x_train, y_train, x_valid, y_valid, config)
         cluster.notes.append(fit.summary(str(params["objective"]), len(x_train)))
         return fit.booster
+    return train_in_process(params, x_train, y_train, x_valid, y_valid, config)
+
+
+def train_in_process(
+    params: dict[str, Any],
+    x_train: pd.DataFrame,
+    y_train: np.ndarray,
+    x_valid: pd.DataFrame,
+    y_valid: np.ndarray,
+    config: TrainingConfig,
+) -> lgb.Booster:
+    """``lgb.train`` with early stopping on the validation rows, cut at the best iteration."""
     train_set = lgb.Dataset(x_train, label=y_train, categorical_feature="auto", free_raw_data=False)
     valid_set = lgb.Dataset(x_valid, label=y_valid, reference=train_set, free_raw_data=False)
     booster = lgb.train(

@@ -407,7 +407,7 @@ def value_errors(amount: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     predicted = np.asarray(predicted, dtype=float)
     return {
         "mae": float(np.mean(np.abs(amount - predicted))),
-        "mean_abs_log_error": float(np.mean(np.abs(np.log(amount) - np.log(predicted)))),
+        "mean_abs_log_error": float(np.mean(_abs_log_error_rows(amount, predicted))),
     }
 
 

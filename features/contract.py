@@ -11,6 +11,7 @@ nothing is written) before validation has passed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -21,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+import pyarrow
+import pyarrow.compute as pc
 
 from features.config import DataConfig, DealsSource, TableSource
 from features.tables import (
@@ -518,33 +521,92 @@ def _one_column_problem(table: str, source: TableSource, header: str) -> Problem
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Distinct:
+    """A text column as its distinct values (in order of first appearance) and one code per
+    row (-1 where missing). Exports repeat few labels over millions of rows: cleaning works on
+    the distinct values, counts rows through the codes, and builds a column only when a value
+    changed."""
+
+    codes: np.ndarray
+    values: np.ndarray
+    index: pd.Index
+
+    @classmethod
+    def of(cls, text: pd.Series) -> _Distinct:
+        codes: np.ndarray | None = None
+        if isinstance(text.dtype, pd.StringDtype) and text.dtype.storage == "pyarrow":
+            encoded = pyarrow.chunked_array(text.array.__arrow_array__()).dictionary_encode()
+            chunks = encoded.chunks
+            if chunks and all(c.dictionary.equals(chunks[0].dictionary) for c in chunks[1:]):
+                codes = np.concatenate(
+                    [c.indices.fill_null(-1).to_numpy(zero_copy_only=False) for c in chunks]
+                ).astype(np.intp, copy=False)
+                uniques = chunks[0].dictionary.to_numpy(zero_copy_only=False)
+        if codes is None:
+            codes, found = pd.factorize(text, use_na_sentinel=True)
+            uniques = np.asarray(found, dtype=object)
+        return cls(codes, np.asarray(uniques, dtype=object), text.index)
+
+    @functools.cached_property
+    def counts(self) -> np.ndarray:
+        """Rows per distinct value."""
+        return np.bincount(self.codes[self.codes >= 0], minlength=len(self.values))
+
+    def rows(self, which: np.ndarray) -> int:
+        """Rows holding one of the distinct values marked in ``which``."""
+        return int(self.counts[which].sum())
+
+    def column(self, values: np.ndarray) -> pd.Series:
+        """The column with each distinct value replaced by ``values`` (same positions)."""
+        text = pd.array(values, dtype=pd.StringDtype(na_value=np.nan))
+        return pd.Series(text.take(self.codes, allow_fill=True), index=self.index)
+
+
+def _changed(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """Positions whose value changed (a value that became missing counts)."""
+    return np.array([b != a for b, a in zip(before, after, strict=True)], dtype=bool)
+
+
+def _pairs_of(before: np.ndarray, after: np.ndarray, changed: np.ndarray) -> list[str]:
+    """The first few distinct 'before -> after' changes, in order of first appearance."""
+    seen: dict[tuple[object, object], None] = {}
+    for b, a in zip(before[changed], after[changed], strict=True):
+        seen.setdefault((b, "" if a is None or a != a else a), None)
+        if len(seen) == MAX_EXAMPLES:
+            break
+    return [f"{b!r} -> {a!r}" for b, a in seen]
+
+
+TEXT = pd.StringDtype(na_value=np.nan)
+
+
 def _per_value(values: pd.Series, transform: Callable[[pd.Series], pd.Series]) -> pd.Series:
     """Apply a string transform once per distinct value: exports repeat few labels many times."""
-    codes, uniques = pd.factorize(values, use_na_sentinel=True)
-    done = np.asarray(transform(pd.Series(uniques, dtype=object)), dtype=object)
-    # Only the distinct values become text; the column is a take of them (missing for -1),
-    # never a Python object per row.
-    text = pd.array(done, dtype=pd.StringDtype(na_value=np.nan))
-    return pd.Series(text.take(codes, allow_fill=True), index=values.index)
+    distinct = _Distinct.of(values)
+    done = np.asarray(transform(pd.Series(distinct.values, dtype=object)), dtype=object)
+    if values.dtype == TEXT and not (distinct.values != done).any():
+        return values
+    return distinct.column(done)
 
 
-def _fold_text(values: pd.Series) -> pd.Series:
-    return values.str.casefold().str.replace(r"\s+", " ", regex=True)
+WHITESPACE = re.compile(r"\s+")
+
+
+def _fold_values(values: np.ndarray) -> np.ndarray:
+    """Label keys of distinct values: case-folded, runs of whitespace as one space."""
+    return np.array([WHITESPACE.sub(" ", v.casefold()) for v in values], dtype=object)
 
 
 def _fold(values: pd.Series) -> pd.Series:
     """Label key for comparisons: case-folded with runs of whitespace as one space."""
-    return _per_value(values, _fold_text)
+    distinct = _Distinct.of(values)
+    return distinct.column(_fold_values(distinct.values))
 
 
-def _lookup(values: pd.Series, table: dict[str, str], keep: bool) -> pd.Series:
+def _looked_up(values: np.ndarray, table: dict[str, str], keep: bool) -> np.ndarray:
     """Values found in ``table`` replaced; others kept (``keep``) or missing."""
-    return _per_value(values, lambda v: v.map(lambda x: table.get(x, x if keep else np.nan)))
-
-
-def _pairs(before: pd.Series, after: pd.Series, changed: pd.Series) -> list[str]:
-    seen = pd.DataFrame({"b": before[changed], "a": after[changed]}).drop_duplicates()
-    return [f"{b!r} -> {a!r}" for b, a in seen.head(MAX_EXAMPLES).itertuples(index=False)]
+    return np.array([table.get(v, v if keep else np.nan) for v in values], dtype=object)
 
 
 def _quote(values: pd.Series) -> list[str]:
@@ -743,7 +805,7 @@ def _drop_duplicates(frame: pd.DataFrame, table: str, report: CleaningReport) ->
     row by row (or generated) would otherwise hide copies of the same deal behind new ids."""
     id_column = GENERATED_IDS.get(table)
     content = [c for c in frame.columns if c != id_column]
-    duplicated = frame.duplicated(subset=content) if content else frame.duplicated()
+    duplicated = pd.Series(_duplicated(frame, content or list(frame.columns)), index=frame.index)
     if not duplicated.any():
         return frame
     spec = SPECS[table]
@@ -757,6 +819,31 @@ def _drop_duplicates(frame: pd.DataFrame, table: str, report: CleaningReport) ->
         step, table, None, int(duplicated.sum()), _quote(frame.loc[duplicated, example_column])
     )
     return frame.loc[~duplicated]
+
+
+def _duplicated(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """Rows equal to an earlier row on ``columns`` (missing equals missing), as
+    ``DataFrame.duplicated`` has it: each column becomes codes of its distinct values, the
+    codes one number per row."""
+    row = np.zeros(len(frame), dtype=np.int64)
+    size = 1
+    for column in columns:
+        values = frame[column]
+        if _is_text(values) and values.dtype != object:
+            distinct = _Distinct.of(values)
+            codes, n = distinct.codes, len(distinct.values)
+        else:
+            codes, found = pd.factorize(values, use_na_sentinel=True)
+            n = len(found)
+        if size * (n + 1) >= 2**62:  # renumber the rows seen so far, to stay in int64
+            compact, seen = pd.factorize(row)
+            row, size = compact.astype(np.int64), len(seen)
+        row = row * (n + 1) + (codes + 1)
+        size *= n + 1
+    ordered = np.sort(row)  # a sort tells "no copies" (the usual case) faster than a hash
+    if not (ordered[1:] == ordered[:-1]).any():
+        return np.zeros(len(row), dtype=bool)
+    return pd.Index(row).duplicated()
 
 
 def _content_ids(frame: pd.DataFrame) -> pd.Series:
@@ -847,17 +934,18 @@ def _factor(factor: float) -> str:
 
 def _trim(values: pd.Series, table: str, column: str, report: CleaningReport) -> pd.Series:
     text = _as_text(values)
-    trimmed = _per_value(text, lambda v: v.str.strip())
-    trimmed = trimmed.where(trimmed != "", np.nan)
-    changed = text.notna() & (trimmed.isna() | (trimmed != text))
+    distinct = _Distinct.of(text)
+    stripped = np.array([v.strip() for v in distinct.values], dtype=object)
+    trimmed = np.where(stripped == "", np.nan, stripped)
+    changed = distinct.values != trimmed
     report.add(
         "trimmed spaces",
         table,
         column,
-        int(changed.sum()),
-        _pairs(text, trimmed.fillna(""), changed),
+        distinct.rows(changed),
+        _pairs_of(distinct.values, trimmed, changed),
     )
-    return trimmed
+    return distinct.column(trimmed) if changed.any() else text
 
 
 def _map_labels(
@@ -867,52 +955,63 @@ def _map_labels(
     labels: dict[str, str],
     report: CleaningReport,
 ) -> pd.Series:
-    folded = _fold(values)
-    changed = values.notna() & (folded != values)
+    distinct = _Distinct.of(values)
+    folded = _fold_values(distinct.values)
+    changed = distinct.values != folded
     report.add(
-        "case-folded labels", table, column, int(changed.sum()), _pairs(values, folded, changed)
+        "case-folded labels",
+        table,
+        column,
+        distinct.rows(changed),
+        _pairs_of(distinct.values, folded, changed),
     )
     lookup = {" ".join(k.casefold().split()): v for k, v in labels.items()}
-    mapped = _lookup(folded, lookup, keep=True)
-    changed = folded.notna() & (mapped != folded)
-    report.add("mapped labels", table, column, int(changed.sum()), _pairs(folded, mapped, changed))
+    mapped = _looked_up(folded, lookup, keep=True)
+    changed = folded != mapped
+    report.add(
+        "mapped labels", table, column, distinct.rows(changed), _pairs_of(folded, mapped, changed)
+    )
     if column == "outcome":
         # An unknown outcome keeps its export spelling so the error shows the user's label.
-        unknown = mapped.notna() & ~mapped.isin(OUTCOMES)
-        mapped = mapped.where(~unknown, values)
-    return mapped
+        unknown = np.array([v not in OUTCOMES for v in mapped], dtype=bool)
+        mapped = np.where(unknown, distinct.values, mapped)
+    if values.dtype == TEXT and not (distinct.values != mapped).any():
+        return values
+    return distinct.column(mapped)
 
 
 def _unify_case(values: pd.Series, table: str, column: str, report: CleaningReport) -> pd.Series:
-    folded = _fold(values)
-    present = pd.DataFrame({"key": folded, "value": values}).dropna()
-    if present.empty:
+    distinct = _Distinct.of(values)
+    if not len(distinct.values):
         return values
     # The commonest spelling wins; on a tie, a mixed-case one ("Germany" over "GERMANY"),
-    # then the first seen.
-    spellings = (
-        present.assign(order=np.arange(len(present)))
-        .groupby(["key", "value"], sort=False)
-        .agg(n=("order", "size"), first=("order", "min"))
-        .reset_index()
+    # then the first seen (distinct values are in order of first appearance).
+    spellings = pd.DataFrame(
+        {
+            "key": _fold_values(distinct.values),
+            "value": distinct.values,
+            "n": distinct.counts,
+            "first": np.arange(len(distinct.values)),
+            "mixed": [v not in (v.upper(), v.lower()) for v in distinct.values],
+        }
     )
-    spellings["mixed"] = (spellings["value"] != spellings["value"].str.upper()) & (
-        spellings["value"] != spellings["value"].str.lower()
+    commonest = (
+        spellings.sort_values(
+            ["key", "n", "mixed", "first"], ascending=[True, False, False, True], kind="stable"
+        )
+        .drop_duplicates("key")
+        .set_index("key")["value"]
     )
-    spellings = spellings.sort_values(
-        ["key", "n", "mixed", "first"], ascending=[True, False, False, True], kind="stable"
-    )
-    commonest = spellings.drop_duplicates("key").set_index("key")["value"]
-    unified = _as_text(folded.map(commonest))
-    changed = values.notna() & (unified != values)
+    unified = spellings["key"].map(commonest).to_numpy(dtype=object)
+    changed = distinct.values != unified
     report.add(
         "unified case and spacing variants",
         table,
         column,
-        int(changed.sum()),
-        _pairs(values, unified, changed),
+        distinct.rows(changed),
+        _pairs_of(distinct.values, unified, changed),
     )
-    return unified.where(values.notna(), np.nan)
+    return distinct.column(unified) if changed.any() else values
 
 
 def _fix(
@@ -927,12 +1026,18 @@ def _fix(
         " ".join(k.casefold().split()): (" ".join(v.casefold().split()) if is_label else v)
         for k, v in fixes.items()
     }
-    folded = _fold(values)
-    fixed = _lookup(folded, lookup, keep=False)
-    fixed = fixed.where(fixed.notna(), values)
-    changed = values.notna() & (fixed != values)
-    report.add("fixed values", table, column, int(changed.sum()), _pairs(values, fixed, changed))
-    return fixed
+    distinct = _Distinct.of(values)
+    fixed = _looked_up(_fold_values(distinct.values), lookup, keep=False)
+    fixed = np.where(pd.isna(fixed), distinct.values, fixed)
+    changed = distinct.values != fixed
+    report.add(
+        "fixed values",
+        table,
+        column,
+        distinct.rows(changed),
+        _pairs_of(distinct.values, fixed, changed),
+    )
+    return distinct.column(fixed)
 
 
 def _thousands(decimal: str, thousands: str | None) -> str | None:
@@ -1170,7 +1275,7 @@ def validate_tables(
             if frame is None or "account_id" not in frame.columns:
                 continue
             ids = frame["account_id"]
-            orphan = ids.notna() & ~ids.isin(known)
+            orphan = ids.notna().to_numpy() & ~_isin(ids, known)
             if orphan.any():
                 problems.append(
                     Problem(
@@ -1182,6 +1287,17 @@ def validate_tables(
                     )
                 )
     return problems
+
+
+def _isin(values: pd.Series, allowed: set[str]) -> np.ndarray:
+    """``values.isin(allowed)`` as a bool array; Arrow text is matched by Arrow itself (pandas
+    turns each allowed value into a scalar in Python first)."""
+    if isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow":
+        chunked = pyarrow.chunked_array(values.array.__arrow_array__())
+        text = [v for v in allowed if isinstance(v, str)]
+        found = pc.is_in(chunked, value_set=pyarrow.array(text, type=chunked.type))
+        return found.fill_null(False).to_numpy(zero_copy_only=False).astype(bool, copy=False)
+    return values.isin(allowed).to_numpy(dtype=bool)
 
 
 def _closed_before_created(frame: pd.DataFrame, failed: pd.DataFrame) -> list[Problem]:

@@ -5,11 +5,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from features.config import DataConfig
-from features.contract import DataContractError, load_tables
+from features.contract import (
+    CleaningReport,
+    DataContractError,
+    _Distinct,
+    _duplicated,
+    _trim,
+    _unify_case,
+    load_tables,
+)
 from features.quality import quality_report
 from tiering.config import ConfigError, load_config
 
@@ -377,3 +388,83 @@ def test_semicolon_export_with_decimal_commas_is_named_wrong_delimiter(tmp_path:
         "'opportunity_id;account_id;created_at;outcome;amount'; "
         "looks like the delimiter is ';', config says ','"
     ]
+
+
+# The cleaning steps work on each column's distinct values (exports repeat a few labels over
+# millions of rows); these properties hold them to what pandas itself says row by row.
+
+_LABELS = st.one_of(st.none(), st.sampled_from(["Email", "email", " EMAIL ", "Call", "call", ""]))
+
+
+def _text(values: list) -> pd.Series:
+    return pd.Series(values, dtype=pd.StringDtype(na_value=np.nan))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_LABELS, max_size=40), st.integers(1, 4))
+def test_distinct_values_rebuild_the_column_in_order_of_first_appearance(
+    values: list, chunks: int
+) -> None:
+    column = pd.concat([_text(values[i::chunks]) for i in range(chunks)], ignore_index=True)
+    distinct = _Distinct.of(column)
+    assert list(distinct.values) == list(pd.unique(column.dropna()))
+    pd.testing.assert_series_equal(distinct.column(distinct.values), column)
+    assert distinct.counts.tolist() == [int((column == v).sum()) for v in distinct.values]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(_LABELS, st.sampled_from([0, 1, 2, None]), st.sampled_from([1.5, None, 2.0])),
+        max_size=40,
+    )
+)
+def test_duplicate_rows_are_the_rows_pandas_calls_duplicated(rows: list) -> None:
+    frame = pd.DataFrame(rows, columns=["label", "day", "amount"]).astype(
+        {"label": pd.StringDtype(na_value=np.nan), "day": "Int64"}
+    )
+    frame["day"] = pd.Timestamp("2024-01-01") + pd.to_timedelta(frame["day"], unit="D")
+    expected = frame.duplicated().to_numpy()
+    assert _duplicated(frame, list(frame.columns)).tolist() == expected.tolist()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_LABELS, max_size=40))
+def test_case_variants_unify_on_the_commonest_spelling_row_by_row(values: list) -> None:
+    column = _text(values)
+    report = CleaningReport()
+    unified = _unify_case(column, "accounts", "country", report)
+    key = column.str.casefold().str.replace(r"\s+", " ", regex=True)
+    for k in key.dropna().unique():
+        spellings = column[key == k]
+        counts = spellings.value_counts(sort=False)
+        top = counts[counts == counts.max()].index
+        mixed = [v for v in top if v not in (v.upper(), v.lower())]
+        winner = (mixed or list(top))[0]  # value_counts(sort=False) keeps first appearance
+        assert set(unified[key == k]) == {winner}
+    assert unified.isna().tolist() == column.isna().tolist()
+    changed = int((column.notna() & (unified != column)).sum())
+    assert report.rows("unified case and spacing variants", "accounts", "country") == changed
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_LABELS, max_size=40))
+def test_trimming_counts_every_changed_row_and_empties_become_missing(values: list) -> None:
+    column = _text(values)
+    report = CleaningReport()
+    trimmed = _trim(column, "activities", "type", report)
+    expected = column.str.strip().replace("", np.nan)
+    pd.testing.assert_series_equal(trimmed, expected, check_names=False)
+    changed = int((column.notna() & (expected.isna() | (expected != column))).sum())
+    assert report.rows("trimmed spaces", "activities", "type") == changed
+
+
+def test_duplicate_rows_across_many_wide_columns_match_pandas() -> None:
+    # Eight columns of ~500 distinct values each: more combinations than an int64 holds.
+    rng = np.random.default_rng(7)
+    frame = pd.DataFrame({f"c{i}": rng.integers(0, 500, 3000) for i in range(8)})
+    frame = pd.concat([frame, frame.sample(300, random_state=1)], ignore_index=True)
+    frame["c0"] = frame["c0"].astype(str).astype(pd.StringDtype(na_value=np.nan))
+    duplicated = _duplicated(frame, list(frame.columns))
+    assert duplicated.sum() >= 300
+    assert duplicated.tolist() == frame.duplicated().tolist()

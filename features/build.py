@@ -59,6 +59,7 @@ import pandas as pd
 
 from features.config import FeatureConfig
 from features.customers import customer_features, is_customer_column
+from features.distinct import positions
 from features.tables import ACTIVITY_TYPES, POST_OUTCOME_FIELDS, Tables
 from features.values import yes_no
 
@@ -185,7 +186,7 @@ def build_features(
     account_ids = pd.Index(tables.accounts["account_id"].astype(str))
     if not account_ids.is_unique:
         raise ValueError("accounts.account_id must be unique to build features")
-    codes = account_ids.get_indexer(pd.Index(requests["account_id"].astype(str))).astype(np.int64)
+    codes = positions(account_ids, requests["account_id"])
     times = _as_ns(requests["as_of"])
     # Searching sorted events with requests sorted the same way keeps memory access local
     # (several times faster on millions of rows); results are put back in request order.
@@ -328,8 +329,9 @@ class _Timeline:
     """
 
     def __init__(self, keys: np.ndarray, times: np.ndarray) -> None:
-        # Dense ranks from one sort (cheaper than np.unique + searchsorted on millions of rows).
-        by_time = np.argsort(times, kind="stable")
+        # Dense ranks from one sort (cheaper than np.unique + searchsorted on millions of rows);
+        # equal times get one rank whatever their order, so the sort need not be stable.
+        by_time = np.argsort(times)
         sorted_times = times[by_time]
         new = np.ones(len(times), dtype=bool)
         new[1:] = sorted_times[1:] != sorted_times[:-1]
@@ -496,7 +498,7 @@ def _engagement_features(
     config: FeatureConfig,
 ) -> dict[str, np.ndarray]:
     when = activities["occurred_at"]
-    acc = account_ids.get_indexer(pd.Index(activities["account_id"].astype(str))).astype(np.int64)
+    acc = positions(account_ids, activities["account_id"])
     times = _as_ns(when)
     keep = (acc >= 0) & when.notna().to_numpy()
     raw_codes, raw_types = pd.factorize(activities["type"])
@@ -551,7 +553,7 @@ def _engagement_features(
         out[f"intent_topics_{days}d"] = _distinct_topics(
             acc[intent],
             times[intent],
-            activities["topic"].to_numpy(dtype=object)[intent],
+            activities["topic"].iloc[np.flatnonzero(intent)].to_numpy(dtype=object),
             req_codes,
             as_of - np.int64(days) * _DAY_NS,
             as_of,
@@ -663,7 +665,7 @@ def _history_features(
     report: dict[str, tuple[int, int]] | None = None,
 ) -> dict[str, np.ndarray]:
     opps = opportunities
-    acc = account_ids.get_indexer(pd.Index(opps["account_id"].astype(str))).astype(np.int64)
+    acc = positions(account_ids, opps["account_id"])
     created = _as_ns(opps["created_at"])
     has_created = opps["created_at"].notna().to_numpy() & (acc >= 0)
     outcome = opps["outcome"].astype(str).to_numpy()

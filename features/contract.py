@@ -11,7 +11,6 @@ nothing is written) before validation has passed.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +25,7 @@ import pyarrow
 import pyarrow.compute as pc
 
 from features.config import DataConfig, DealsSource, TableSource
+from features.distinct import TEXT, Distinct
 from features.tables import (
     ACCOUNT_OPTIONAL,
     ACCOUNT_REQUIRED,
@@ -521,53 +521,6 @@ def _one_column_problem(table: str, source: TableSource, header: str) -> Problem
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Distinct:
-    """A text column as its distinct values (in order of first appearance) and one code per
-    row (-1 where missing). Exports repeat few labels over millions of rows: cleaning works on
-    the distinct values, counts rows through the codes, and builds a column only when a value
-    changed."""
-
-    codes: np.ndarray
-    values: np.ndarray
-    index: pd.Index
-
-    @classmethod
-    def of(cls, text: pd.Series) -> _Distinct:
-        codes: np.ndarray | None = None
-        if isinstance(text.dtype, pd.StringDtype) and text.dtype.storage == "pyarrow":
-            encoded = pyarrow.chunked_array(text.array.__arrow_array__()).dictionary_encode()
-            chunks = encoded.chunks
-            if chunks and all(c.dictionary.equals(chunks[0].dictionary) for c in chunks[1:]):
-                codes = np.concatenate(
-                    [c.indices.fill_null(-1).to_numpy(zero_copy_only=False) for c in chunks]
-                ).astype(np.intp, copy=False)
-                uniques = chunks[0].dictionary.to_numpy(zero_copy_only=False)
-        if codes is None:
-            codes, found = pd.factorize(text, use_na_sentinel=True)
-            uniques = np.asarray(found, dtype=object)
-        return cls(codes, np.asarray(uniques, dtype=object), text.index)
-
-    @functools.cached_property
-    def counts(self) -> np.ndarray:
-        """Rows per distinct value."""
-        return np.bincount(self.codes[self.codes >= 0], minlength=len(self.values))
-
-    def rows(self, which: np.ndarray) -> int:
-        """Rows holding one of the distinct values marked in ``which``."""
-        return int(self.counts[which].sum())
-
-    def column(self, values: np.ndarray) -> pd.Series:
-        """The column with each distinct value replaced by ``values`` (same positions)."""
-        text = pd.array(values, dtype=pd.StringDtype(na_value=np.nan))
-        return pd.Series(text.take(self.codes, allow_fill=True), index=self.index)
-
-
-def _changed(before: np.ndarray, after: np.ndarray) -> np.ndarray:
-    """Positions whose value changed (a value that became missing counts)."""
-    return np.array([b != a for b, a in zip(before, after, strict=True)], dtype=bool)
-
-
 def _pairs_of(before: np.ndarray, after: np.ndarray, changed: np.ndarray) -> list[str]:
     """The first few distinct 'before -> after' changes, in order of first appearance."""
     seen: dict[tuple[object, object], None] = {}
@@ -578,12 +531,9 @@ def _pairs_of(before: np.ndarray, after: np.ndarray, changed: np.ndarray) -> lis
     return [f"{b!r} -> {a!r}" for b, a in seen]
 
 
-TEXT = pd.StringDtype(na_value=np.nan)
-
-
 def _per_value(values: pd.Series, transform: Callable[[pd.Series], pd.Series]) -> pd.Series:
     """Apply a string transform once per distinct value: exports repeat few labels many times."""
-    distinct = _Distinct.of(values)
+    distinct = Distinct.of(values)
     done = np.asarray(transform(pd.Series(distinct.values, dtype=object)), dtype=object)
     if values.dtype == TEXT and not (distinct.values != done).any():
         return values
@@ -600,7 +550,7 @@ def _fold_values(values: np.ndarray) -> np.ndarray:
 
 def _fold(values: pd.Series) -> pd.Series:
     """Label key for comparisons: case-folded with runs of whitespace as one space."""
-    distinct = _Distinct.of(values)
+    distinct = Distinct.of(values)
     return distinct.column(_fold_values(distinct.values))
 
 
@@ -830,7 +780,7 @@ def _duplicated(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
     for column in columns:
         values = frame[column]
         if _is_text(values) and values.dtype != object:
-            distinct = _Distinct.of(values)
+            distinct = Distinct.of(values)
             codes, n = distinct.codes, len(distinct.values)
         else:
             codes, found = pd.factorize(values, use_na_sentinel=True)
@@ -934,7 +884,7 @@ def _factor(factor: float) -> str:
 
 def _trim(values: pd.Series, table: str, column: str, report: CleaningReport) -> pd.Series:
     text = _as_text(values)
-    distinct = _Distinct.of(text)
+    distinct = Distinct.of(text)
     stripped = np.array([v.strip() for v in distinct.values], dtype=object)
     trimmed = np.where(stripped == "", np.nan, stripped)
     changed = distinct.values != trimmed
@@ -955,7 +905,7 @@ def _map_labels(
     labels: dict[str, str],
     report: CleaningReport,
 ) -> pd.Series:
-    distinct = _Distinct.of(values)
+    distinct = Distinct.of(values)
     folded = _fold_values(distinct.values)
     changed = distinct.values != folded
     report.add(
@@ -981,7 +931,7 @@ def _map_labels(
 
 
 def _unify_case(values: pd.Series, table: str, column: str, report: CleaningReport) -> pd.Series:
-    distinct = _Distinct.of(values)
+    distinct = Distinct.of(values)
     if not len(distinct.values):
         return values
     # The commonest spelling wins; on a tie, a mixed-case one ("Germany" over "GERMANY"),
@@ -1026,7 +976,7 @@ def _fix(
         " ".join(k.casefold().split()): (" ".join(v.casefold().split()) if is_label else v)
         for k, v in fixes.items()
     }
-    distinct = _Distinct.of(values)
+    distinct = Distinct.of(values)
     fixed = _looked_up(_fold_values(distinct.values), lookup, keep=False)
     fixed = np.where(pd.isna(fixed), distinct.values, fixed)
     changed = distinct.values != fixed

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from features.distinct import positions
 from features.tables import Tables
 
 PREFIX = "cs_"
@@ -149,7 +150,7 @@ def customer_features(
         ):
             out[name] = nan.copy()
     else:
-        acc = account_ids.get_indexer(pd.Index(subs["account_id"].astype(str))).astype(np.int64)
+        acc = positions(account_ids, subs["account_id"])
         start, end = _days(subs["start"]), _days(subs["end"]) if "end" in subs else None
         revenue = pd.to_numeric(subs["recurring_revenue"], errors="coerce").fillna(0.0).to_numpy()
         status = (
@@ -207,7 +208,7 @@ def _metric_features(
     if frame is None:
         return {}
     out: dict[str, np.ndarray] = {}
-    acc = account_ids.get_indexer(pd.Index(frame["account_id"].astype(str))).astype(np.int64)
+    acc = positions(account_ids, frame["account_id"])
     days = _days(frame["date"])
     value = pd.to_numeric(frame["value"], errors="coerce").to_numpy(dtype=float)
     metric = frame["metric"].astype(str).to_numpy()

@@ -15,12 +15,12 @@ from features.config import DataConfig
 from features.contract import (
     CleaningReport,
     DataContractError,
-    _Distinct,
     _duplicated,
     _trim,
     _unify_case,
     load_tables,
 )
+from features.distinct import Distinct
 from features.quality import quality_report
 from tiering.config import ConfigError, load_config
 
@@ -406,7 +406,7 @@ def test_distinct_values_rebuild_the_column_in_order_of_first_appearance(
     values: list, chunks: int
 ) -> None:
     column = pd.concat([_text(values[i::chunks]) for i in range(chunks)], ignore_index=True)
-    distinct = _Distinct.of(column)
+    distinct = Distinct.of(column)
     assert list(distinct.values) == list(pd.unique(column.dropna()))
     pd.testing.assert_series_equal(distinct.column(distinct.values), column)
     assert distinct.counts.tolist() == [int((column == v).sum()) for v in distinct.values]

@@ -1,5 +1,6 @@
-"""Risk: the vectorised ICP fit, evidence score and sub-chunked reason phrasing drift from what
-the plain per-row rules say (a different fit, a different "known", different texts)."""
+"""Risk: the vectorised ICP fit, evidence score, id lookups and sub-chunked reason phrasing
+drift from what the plain per-row rules say (a different fit, a different "known", a row joined
+to the wrong account, different texts)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from features.build import evidence_score
 from features.config import IcpConfig, IcpCriterion
+from features.distinct import positions
 from features.icp import icp_fit
 from serving.batch import read_snapshot, score_accounts, score_population, write_scores
 from tiering.bundle import Bundle
@@ -24,6 +26,24 @@ FALSE = {"false", "no", "n", "0", "f", "off"}
 
 
 # ------------------------------------------------------------------------ slow references
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        pd.Series(["A-2", None, "A-9", "A-1", "A-2", "A-7"], dtype=pd.StringDtype(na_value=np.nan)),
+        pd.Series(["A-2", None, "A-9", "A-1", "A-2"], dtype=object),
+        pd.Series([2.0, np.nan, 9.0, 1.0], dtype=float),
+        pd.Series([], dtype=pd.StringDtype(na_value=np.nan)),
+    ],
+    ids=["arrow text", "object text", "numbers", "empty"],
+)
+def test_id_positions_are_the_row_by_row_lookup(ids: pd.Series) -> None:
+    index = pd.Index(["A-1", "A-2", "A-7", "1.0", "2.0"])
+    expected = [index.get_loc(str(v)) if pd.notna(v) and str(v) in index else -1 for v in ids]
+    found = positions(index, ids)
+    assert found.dtype == np.int64
+    assert found.tolist() == expected
 
 
 def _missing(value: object) -> bool:

@@ -28,7 +28,6 @@ Environment variables:
 from __future__ import annotations
 
 import os
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._util import demo_config, print_table
+from benchmarks._util import demo_config, peak_rss_mib, print_table, reset_peak_rss
 
 N_ACCOUNTS = int(os.environ.get("BENCH_SCALE_ACCOUNTS", "1000000"))
 PARTS = [
@@ -49,11 +48,6 @@ OUT_OF_CORE_REASONS = [
     r.strip() == "yes" for r in os.environ.get("BENCH_OUT_OF_CORE_REASONS", "no,yes").split(",")
 ]
 N_RAW_ROWS = 50_000
-
-
-def _peak_mib() -> float:
-    """Peak resident memory of the calling process (a worker's, run there by ``client.run``)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _config_for(root: Path, n: int, seed: int) -> Any:
@@ -112,7 +106,7 @@ def _on_local_cluster(
             config, bundle, client, out=out, snapshot=snapshot, reasons=reasons
         )
         seconds = time.perf_counter() - start
-        peaks: dict[str, float] = client.run(_peak_mib)
+        peaks: dict[str, float] = client.run(peak_rss_mib)
     return seconds, peaks
 
 
@@ -127,6 +121,7 @@ def _out_of_core(bundle: Any, root: Path) -> None:
     load = os.getloadavg()[0]
     rows = []
     for reasons in OUT_OF_CORE_REASONS:
+        note = reset_peak_rss()
         seconds, peaks = _on_local_cluster(
             config,
             bundle,
@@ -141,7 +136,7 @@ def _out_of_core(bundle: Any, root: Path) -> None:
                 seconds,
                 N_ACCOUNTS / seconds,
                 ", ".join(f"{v:,.0f}" for v in peaks.values()),
-                f"{_peak_mib():,.0f} (setup included)",
+                f"{peak_rss_mib():,.0f}{note}",
             ]
         )
     print_table(
@@ -271,6 +266,7 @@ def main() -> None:
         for part in in_memory:
             reasons = part == "reasons"
             kind = "pred_contrib" if reasons else "raw_score"
+            note = reset_peak_rss()
             start = time.perf_counter()
             score_accounts(
                 config,
@@ -288,9 +284,10 @@ def main() -> None:
                     single,
                     N_ACCOUNTS / single,
                     raw[kind],
-                    f"{_peak_mib():,.0f} (process, setup included)",
+                    f"{peak_rss_mib():,.0f} (process){note}",
                 ]
             )
+            note = reset_peak_rss()
             spread, peaks = _on_local_cluster(
                 config,
                 bundle,
@@ -307,7 +304,7 @@ def main() -> None:
                     N_ACCOUNTS / spread,
                     raw[kind],
                     ", ".join(f"{v:,.0f}" for v in peaks.values())
-                    + f" (workers); {_peak_mib():,.0f} (client)",
+                    + f" (workers); {peak_rss_mib():,.0f} (client){note}",
                 ]
             )
         print_table(

@@ -341,19 +341,48 @@ def rank_population(
     return pd.concat([ranked, segment[CUSTOMER_COLUMNS]], axis=1), IcpPatterns.concat(fits)
 
 
+POPULATION_COLUMNS = [
+    "account_id",
+    "p_convert",
+    "expected_revenue",
+    "icp_fit",
+    "evidence",
+    "priority",
+    "customer_priority",
+]
+"""What the one pass over the whole list reads of each account: the tier policy's inputs, the
+customers' priority, and the figures of the run's summary (a few numbers per account)."""
+DECIDED_COLUMNS = ["tier", "tier_rule", "cutoffs_used", "model_version", "customer_tier"]
+"""What that pass decides of each account."""
+
+
 def assign_population(
     bundle: Bundle,
     ranked: pd.DataFrame,
-    icp: IcpPatterns | None,
+    icp: IcpPatterns,
     capacity: CapacityPlan | None = None,
 ) -> TieredPopulation:
     """Tiers assigned once over every row of ``ranked`` (``rank_population``'s frame, or the
-    parts of several concatenated): the tier policy, within the groups of ``capacity`` when
-    given, and the customer-success tiers over every customer."""
-    from tiering.customers import CUSTOMER_COLUMNS, retier_population
-    from tiering.scoring import OUTPUT_COLUMNS, model_version, tier
+    parts of several concatenated): :func:`decide_population`, then the decisions laid on the
+    rows (:func:`with_decisions`)."""
+    decided = decide_population(bundle, ranked[POPULATION_COLUMNS], capacity)
+    return dataclasses.replace(
+        decided,
+        scores=with_decisions(bundle, ranked, decided.scores),
+        icp=icp,
+    )
 
-    scored = ranked.copy()
+
+def decide_population(
+    bundle: Bundle, ranked: pd.DataFrame, capacity: CapacityPlan | None = None
+) -> TieredPopulation:
+    """The tier policy over every row of ``ranked`` (at least ``POPULATION_COLUMNS``), within
+    the groups of ``capacity`` when given, and the customer-success tiers over every customer.
+    Its scores are ``POPULATION_COLUMNS`` and ``DECIDED_COLUMNS``; it has no ICP labels."""
+    from tiering.customers import population_customer_tiers
+    from tiering.scoring import model_version, tier
+
+    scored = ranked[POPULATION_COLUMNS].copy()
     grouped = None
     if capacity is None:
         assignment = tier(scored, bundle, population=True)
@@ -370,17 +399,38 @@ def assign_population(
         )
         assignment = grouped.assignment
         described = grouped.describe_rows()
+    # The texts repeat over the list: categoricals hold each once, not once per account.
     scored["tier"] = assignment.tier.astype(np.int64)
-    scored["tier_rule"] = assignment.rule
-    scored["cutoffs_used"] = described
-    scored["model_version"] = model_version(bundle)
-    customer = retier_population(scored[CUSTOMER_COLUMNS], bundle)
-    return TieredPopulation(
-        pd.concat([scored[OUTPUT_COLUMNS], customer], axis=1),
-        icp,  # type: ignore[arg-type]
-        assignment,
-        grouped,
+    scored["tier_rule"] = pd.Categorical(assignment.rule)
+    scored["cutoffs_used"] = (
+        _repeated(described, len(scored))
+        if isinstance(described, str)
+        else pd.Categorical(described)
     )
+    scored["model_version"] = _repeated(model_version(bundle), len(scored))
+    scored["customer_tier"] = population_customer_tiers(scored["customer_priority"], bundle)
+    return TieredPopulation(scored, None, assignment, grouped)  # type: ignore[arg-type]
+
+
+def _repeated(text: str, n: int) -> Any:
+    """``text`` as a categorical of ``n`` rows: held once, not once per row."""
+    return pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), dtype=pd.CategoricalDtype([text]))
+
+
+def with_decisions(bundle: Bundle, ranked: pd.DataFrame, decided: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``ranked`` (``rank_population``'s frame) with what the pass over the whole
+    list decided of them (``decided``: :func:`decide_population`'s scores, or the stability
+    policy's, for the same rows in the same order): ``OUTPUT_COLUMNS`` of ``tiering.scoring``,
+    then the customers' columns."""
+    from tiering.customers import CUSTOMER_COLUMNS, with_customer_tiers
+    from tiering.scoring import OUTPUT_COLUMNS
+
+    if len(decided) != len(ranked):
+        raise ValueError(f"{len(decided)} decisions for {len(ranked)} ranked rows")
+    texts = {c: np.asarray(decided[c], dtype=object) for c in DECIDED_COLUMNS[1:4]}
+    scored = ranked.assign(tier=decided["tier"].to_numpy(dtype=np.int64), **texts)
+    customer = with_customer_tiers(scored[CUSTOMER_COLUMNS], decided["customer_tier"], bundle)
+    return pd.concat([scored[OUTPUT_COLUMNS], customer], axis=1)
 
 
 def scored_chunks(

@@ -6,11 +6,13 @@ heavy parts spread over the workers by account partition.
 2. Per partition, on a worker: point-in-time features, both models' predictions, ICP fit,
    evidence and priority (``serving.batch.tier_population``, i.e. ``tiering.scoring.rank``).
    The features stay on the worker.
-3. Once, on the client: tiers over the whole list from the priorities of every account (a few
-   numbers per account), as the single-process run assigns them
-   (``tiering.scoring.tier(population=True)``), then the stability policy of the tier history.
-4. Per partition, on a worker: the reasons against the whole list's tiers and cut-offs
-   (``serving.batch.scored_chunks``), written as one Parquet part per partition.
+3. Once, on the client: tiers over the whole list from the priorities of every account
+   (``serving.batch.POPULATION_COLUMNS``, a few numbers per account: the client holds about
+   a hundred bytes per account), as the single-process run assigns them
+   (``serving.batch.decide_population``), then the stability policy of the tier history.
+4. Per partition, on a worker: the partition's ranks with the tiers decided for them
+   (``serving.batch.with_decisions``), and the reasons against the whole list's tiers and
+   cut-offs (``serving.batch.scored_chunks``), written as one Parquet part per partition.
 
 Outputs, all or nothing: ``out`` becomes a directory of Parquet parts (``part-00000.parquet``,
 ... in list order; any Parquet reader reads the directory as one table), with the CRM
@@ -49,6 +51,7 @@ import pandas as pd
 
 from serving.batch import (
     COLD_START_ID,
+    POPULATION_COLUMNS,
     BatchResult,
     Progress,
     TieredPopulation,
@@ -58,13 +61,14 @@ from serving.batch import (
     _run_history,
     _scoring_date,
     _typed_field,
-    assign_population,
     atomic_outputs,
     crm_path,
     crm_rows,
+    decide_population,
     previous_customer_tiers,
     rank_population,
     scored_chunks,
+    with_decisions,
 )
 from tiering.bundle import Bundle
 from tiering.cluster import ClusterSpec, connect
@@ -319,16 +323,17 @@ def _rank(bundle: Bundle, features: pd.DataFrame, chunk_size: int) -> tuple[Any,
 
 
 def _ranks(ranked: tuple[pd.DataFrame, Any]) -> pd.DataFrame:
-    # Only the ranks travel to the client; the ICP labels stay on the worker.
-    return ranked[0]
+    # Only what the global pass reads travels to the client; the rest stays on the worker.
+    return ranked[0][POPULATION_COLUMNS]
 
 
 def _reasons(
     bundle: Bundle,
     features: pd.DataFrame,
     local: tuple[pd.DataFrame, Any],
-    scores: pd.DataFrame,
+    decided: pd.DataFrame,
     assignment: Any,
+    previous: pd.DataFrame | None,
     *,
     chunk_size: int,
     reasons: bool,
@@ -336,9 +341,12 @@ def _reasons(
     part: Path | None,
     cache: ReasonCache | None = None,
 ) -> pd.DataFrame:
-    """The partition's scores with every text field against the whole list's tiers; written to
-    ``part`` (then only the CRM rows come back) or returned whole."""
-    population = TieredPopulation(scores.set_axis(features.index), local[1], assignment)
+    """The partition's scores (its ranks with what the global pass ``decided`` of them, and
+    the customers' change reasons against ``previous``) with every text field against the
+    whole list's tiers; written to ``part`` (then only the CRM rows come back) or returned
+    whole."""
+    scores = with_change_reasons(with_decisions(bundle, local[0], decided), previous)
+    population = TieredPopulation(scores, local[1], assignment)
     chunks = scored_chunks(
         bundle,
         features,
@@ -356,6 +364,25 @@ def _reasons(
             writer.write(chunk)
             crm.append(crm_rows(chunk))
     return pd.concat(crm)
+
+
+def _by_partition(
+    rows: pd.DataFrame | None, ids: pd.Series, bounds: list[tuple[int, int]]
+) -> list[pd.DataFrame | None]:
+    """``rows`` (keyed by ``account_id``) cut by the partition of the list (``ids``) each
+    account is in; accounts not in the list are left out."""
+    if rows is None:
+        return [None] * len(bounds)
+    from features.distinct import positions
+
+    where = positions(pd.Index(ids.astype(str)), rows["account_id"])
+    order = np.argsort(where, kind="stable")
+    ordered = where[order]
+    out: list[pd.DataFrame | None] = []
+    for start, stop in bounds:
+        a, b = np.searchsorted(ordered, [start, stop])
+        out.append(rows.iloc[np.sort(order[a:b])])
+    return out
 
 
 def _slice(assignment: Any, start: int, stop: int) -> Any:
@@ -386,7 +413,9 @@ def score_accounts_distributed(
     partition_size: int | None = None,
 ) -> BatchResult:
     """``serving.batch.score_accounts`` on the client's cluster; ``out`` is a directory of
-    Parquet parts (see the module docstring)."""
+    Parquet parts (see the module docstring). The result's scores are what the global pass
+    read and decided of each account (``serving.batch.POPULATION_COLUMNS`` and
+    ``DECIDED_COLUMNS``); every field is in ``out``."""
     if config.capacity.within != "global" or config.elevation.enabled:
         raise ValueError(
             "--cluster: tiers within owners or territories ([capacity] within = "
@@ -421,17 +450,17 @@ def score_accounts_distributed(
         future.release()
         report("features", bounds[number][1], n)
 
-    # The one global pass: tiers of the whole list, as tier_population assigns them; the ICP
-    # labels stay on the workers (the history needs the tiers only).
+    # The one global pass: tiers of the whole list, as tier_population assigns them, from a
+    # few numbers per account; the rest of each partition's ranks stays on its worker (the
+    # history needs the tiers only).
     ranked = pd.concat(ranked_parts, ignore_index=True)
-    del ranked_parts  # the client holds about a kilobyte per account: one copy at a time
-    population = assign_population(bundle, ranked, None)
+    del ranked_parts
+    population = decide_population(bundle, ranked)
     del ranked
     if history is not None:
         population = history.prepare(population)
-    population = dataclasses.replace(
-        population,
-        scores=with_change_reasons(population.scores, previous_customer_tiers(Path(out))),
+    previous = _by_partition(
+        previous_customer_tiers(Path(out)), population.scores["account_id"], bounds
     )
 
     out = Path(out)
@@ -451,6 +480,7 @@ def score_accounts_distributed(
                 local_f[number],
                 population.scores.iloc[start:stop],
                 _slice(population.assignment, start, stop),
+                previous[number],
                 chunk_size=chunk_size,
                 reasons=reasons,
                 top_reasons=config.scoring.top_reasons,

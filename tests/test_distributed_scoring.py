@@ -35,26 +35,44 @@ def _history_rows(config: object) -> pd.DataFrame:
 def test_dask_tiers_and_reasons_equal_the_single_process_run(
     trained_bundle: TrainedBundle, tmp_path: Path, client: object
 ) -> None:
+    from features.contract import load_tables
     from serving.batch import score_accounts
     from serving.distributed import score_accounts_distributed
 
     bundle = Bundle.load(trained_bundle.bundle_dir)
     single_cfg = trained_bundle.config_writing_to(tmp_path / "single")
     dask_cfg = trained_bundle.config_writing_to(tmp_path / "dask")
-    single = score_accounts(single_cfg, bundle, out=tmp_path / "single" / "tiers.parquet")
-    spread = score_accounts_distributed(
-        dask_cfg,
-        bundle,
-        client,  # type: ignore[arg-type]
-        out=tmp_path / "dask" / "tiers",
-        partition_size=70,
-    )
+    # A run two months earlier first: the tier history and the customers' change reasons
+    # then have a previous run to compare with.
+    earlier = load_tables(single_cfg.data).tables.end_of_data() - pd.Timedelta(days=61)
+    runs = []
+    for as_of in (earlier, None):
+        single = score_accounts(
+            single_cfg, bundle, as_of=as_of, out=tmp_path / "single" / "tiers.parquet"
+        )
+        spread = score_accounts_distributed(
+            dask_cfg,
+            bundle,
+            client,  # type: ignore[arg-type]
+            as_of=as_of,
+            out=tmp_path / "dask" / "tiers",
+            partition_size=70,
+        )
+        runs.append((single, spread))
+    assert runs[0][0].as_of < single.as_of
     parts = sorted((tmp_path / "dask" / "tiers").glob("part-*.parquet"))
     assert len(parts) == -(-len(single.scores) // 70) > 2
     expected = pd.read_parquet(single.output)
     got = pd.read_parquet(spread.output)
     pd.testing.assert_frame_equal(got, expected)
     assert expected["reasons"].str.len().gt(2).any()
+    assert expected["customer_change_reason"].ne("").any()
+    assert expected["previous_tier"].notna().all()
+    # The run's summary figures: what the global pass read and decided (texts as categories).
+    decided = spread.scores.astype(
+        {c: "str" for c, t in spread.scores.dtypes.items() if isinstance(t, pd.CategoricalDtype)}
+    )
+    pd.testing.assert_frame_equal(decided, single.scores[decided.columns])
     assert got["tier"].nunique() == 3
     pd.testing.assert_frame_equal(
         pd.read_csv(spread.crm, keep_default_na=False),

@@ -192,21 +192,33 @@ def score_customers(
     return out
 
 
-def retier_population(scored: pd.DataFrame, bundle: Any) -> pd.DataFrame:
-    """``CUSTOMER_COLUMNS`` scored in parts (one per partition) tiered again as one list: the
-    CSMs' capacity holds for the whole list, as ``score_customers(population=True)`` does."""
+def population_customer_tiers(priority: pd.Series, bundle: Any) -> pd.Series:
+    """Customer-success tiers of a whole list from its customers' priorities (NaN for
+    prospects), scored in parts (one per partition) and tiered again as one list: the CSMs'
+    capacity holds for the whole list, as ``score_customers(population=True)`` does."""
     settings: dict[str, Any] = getattr(bundle, "customer", {}) or {"config": {}}
-    prio = pd.to_numeric(scored["customer_priority"], errors="coerce").to_numpy(dtype=float)
+    prio = pd.to_numeric(priority, errors="coerce").to_numpy(dtype=float)
     tier, _, _ = capacity_tiers(prio, settings)
-    playbook = _playbook(settings)
-    out = scored.copy()
-    out["customer_tier"] = pd.array(
-        np.where(np.isfinite(tier), tier, np.nan), dtype="Float64"
-    ).astype("Int64")
-    out["customer_playbook"] = pd.Series(
-        [playbook[int(t)] if np.isfinite(t) else [] for t in tier], index=scored.index, dtype=object
+    return pd.Series(
+        pd.array(np.where(np.isfinite(tier), tier, np.nan), dtype="Float64").astype("Int64"),
+        index=priority.index,
     )
-    return out
+
+
+def with_customer_tiers(scored: pd.DataFrame, tiers: pd.Series, bundle: Any) -> pd.DataFrame:
+    """``CUSTOMER_COLUMNS`` of ``scored`` with the customer tiers of
+    :func:`population_customer_tiers` (same rows, in order) and their playbooks."""
+    settings: dict[str, Any] = getattr(bundle, "customer", {}) or {"config": {}}
+    playbook = _playbook(settings)
+    values = tiers.to_numpy(dtype=float, na_value=np.nan)
+    return scored.assign(
+        customer_tier=tiers.array,
+        customer_playbook=pd.Series(
+            [playbook[int(t)] if np.isfinite(t) else [] for t in values],
+            index=scored.index,
+            dtype=object,
+        ),
+    )
 
 
 def _playbook(settings: dict[str, Any]) -> dict[int, list[str]]:

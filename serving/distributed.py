@@ -9,7 +9,9 @@ heavy parts spread over the workers by account partition.
 3. Once, on the client: tiers over the whole list from the priorities of every account
    (``serving.batch.POPULATION_COLUMNS``, a few numbers per account: the client holds about
    a hundred bytes per account), as the single-process run assigns them
-   (``serving.batch.decide_population``), then the stability policy of the tier history.
+   (``serving.batch.decide_population``; within owners or territories too, with
+   ``[capacity]``), then the stability policy of the tier history. Elevations need every
+   account's intent activities at once and are refused.
 4. Per partition, on a worker: the partition's ranks with the tiers decided for them
    (``serving.batch.with_decisions``), and the reasons against the whole list's tiers and
    cut-offs (``serving.batch.scored_chunks``), written as one Parquet part per partition.
@@ -56,11 +58,14 @@ from serving.batch import (
     Progress,
     TieredPopulation,
     _alive,
+    _books,
+    _capacity_plan,
     _ChunkWriter,
     _no_progress,
     _run_history,
     _scoring_date,
     _typed_field,
+    _write_group_cutoffs,
     atomic_outputs,
     crm_path,
     crm_rows,
@@ -150,7 +155,8 @@ def split_tables(
 class _Source:
     """What the run needs of the data before ranking: the scoring date, the partitions'
     account rows (in list order), a future of each partition's features on the workers, the
-    cold-start row, and the accounts for the tier history (None when it is off)."""
+    cold-start row, and the accounts for the tier history and the capacity groups (None when
+    neither is on: :func:`_needs_accounts`)."""
 
     when: pd.Timestamp
     bounds: list[tuple[int, int]]
@@ -183,7 +189,7 @@ def _cut_in_memory(
     )
     # The one figure features need from the whole list: the global win rate's deal counts.
     deals = global_deal_counts(tables, when)
-    accounts = tables.accounts if config.history.enabled else None
+    accounts = tables.accounts if _needs_accounts(config) else None
     del tables
     part_f = client.scatter(parts)
     del parts
@@ -281,10 +287,10 @@ def _read_by_part(
         if as_of is not None or config.data.as_of is not None
         else None
     )
-    history = config.history.enabled
+    with_accounts = _needs_accounts(config)
     features = config.features
     read_f = [
-        client.submit(_read_part, config.data, part, given, features, history, number == 0)
+        client.submit(_read_part, config.data, part, given, features, with_accounts, number == 0)
         for number, part in enumerate(parts)
     ]
     surveys = client.gather([client.submit(_survey_of, f) for f in read_f])
@@ -293,7 +299,9 @@ def _read_by_part(
     deals = (sum(d[0] for d in decided if d), sum(d[1] for d in decided if d))
     starts = np.cumsum([0] + [s.accounts for s in surveys])
     bounds = [(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:], strict=True)]
-    accounts = pd.concat([s.account_rows for s in surveys], ignore_index=True) if history else None
+    accounts = (
+        pd.concat([s.account_rows for s in surveys], ignore_index=True) if with_accounts else None
+    )
     # Featurised as of the list's date already, or again as of it.
     read_f = [
         f
@@ -306,6 +314,12 @@ def _read_by_part(
     cold = client.submit(_finished, read_f[0], deals, features, cold=True).result()
     del read_f  # the parts' unfinished features go once the finished ones are computed
     return _Source(when, bounds, features_f, cold, accounts)
+
+
+def _needs_accounts(config: Config) -> bool:
+    """Whether the client needs the account rows: for the tier history, or for the owners and
+    territories that capacity groups tier within."""
+    return config.history.enabled or config.capacity.within != "global"
 
 
 # ------------------------------------------------------------------------ worker tasks
@@ -334,6 +348,7 @@ def _reasons(
     decided: pd.DataFrame,
     assignment: Any,
     previous: pd.DataFrame | None,
+    grouped: Any = None,
     *,
     chunk_size: int,
     reasons: bool,
@@ -346,7 +361,7 @@ def _reasons(
     whole list's tiers; written to ``part`` (then only the CRM rows come back) or returned
     whole."""
     scores = with_change_reasons(with_decisions(bundle, local[0], decided), previous)
-    population = TieredPopulation(scores, local[1], assignment)
+    population = TieredPopulation(scores, local[1], assignment, grouped)
     chunks = scored_chunks(
         bundle,
         features,
@@ -364,6 +379,18 @@ def _reasons(
             writer.write(chunk)
             crm.append(crm_rows(chunk))
     return pd.concat(crm)
+
+
+def _grouped_slice(grouped: Any, start: int, stop: int) -> Any:
+    """A partition's share of capacity groups (``tiering.capacity.GroupedTiers``): its rows'
+    groups and tiers, every group's cut-offs; None stays None."""
+    if grouped is None:
+        return None
+    return dataclasses.replace(
+        grouped,
+        assignment=_slice(grouped.assignment, start, stop),
+        plan=dataclasses.replace(grouped.plan, group=grouped.plan.group[start:stop]),
+    )
 
 
 def _by_partition(
@@ -416,13 +443,7 @@ def score_accounts_distributed(
     Parquet parts (see the module docstring). The result's scores are what the global pass
     read and decided of each account (``serving.batch.POPULATION_COLUMNS`` and
     ``DECIDED_COLUMNS``); every field is in ``out``."""
-    if config.capacity.within != "global" or config.elevation.enabled:
-        raise ValueError(
-            "--cluster: tiers within owners or territories ([capacity] within = "
-            f"{config.capacity.within!r}) and elevations ([elevation] enabled) are applied by "
-            "the single-process run only; score without --cluster, or set [capacity] within = "
-            '"global" and [elevation] enabled = false'
-        )
+    _refuse_unsupported(config)
     from features.contract import export_parts
 
     report = progress or _no_progress
@@ -434,10 +455,9 @@ def score_accounts_distributed(
         source = _read_by_part(config, client, as_of, parts)
     when, bounds, features_f = source.when, source.bounds, source.features_f
     n, cold = bounds[-1][1], source.cold
-    # The accounts came along only with the tier history on.
-    history = (
-        None if source.accounts is None else _run_history(config, bundle, when, source.accounts)
-    )
+    # The accounts came along only with the tier history or capacity groups on.
+    accounts = source.accounts
+    history = None if accounts is None else _run_history(config, bundle, when, accounts)
     del source
 
     cache = history.reason_cache(bundle) if history is not None and reasons else None
@@ -455,7 +475,8 @@ def score_accounts_distributed(
     # history needs the tiers only).
     ranked = pd.concat(ranked_parts, ignore_index=True)
     del ranked_parts
-    population = decide_population(bundle, ranked)
+    plan = None if accounts is None else _capacity_plan(config, bundle, ranked, accounts)
+    population = decide_population(bundle, ranked, plan)
     del ranked
     if history is not None:
         population = history.prepare(population)
@@ -481,6 +502,7 @@ def score_accounts_distributed(
                 population.scores.iloc[start:stop],
                 _slice(population.assignment, start, stop),
                 previous[number],
+                _grouped_slice(population.grouped, start, stop),
                 chunk_size=chunk_size,
                 reasons=reasons,
                 top_reasons=config.scoring.top_reasons,
@@ -519,6 +541,7 @@ def score_accounts_distributed(
         if history is not None:
             history.commit()
         report("write", 3, 3)
+    grouped = _write_group_cutoffs(plan, bundle, population.scores, snapshot_path, when)
     return BatchResult(
         scores=population.scores,
         output=out,
@@ -527,7 +550,22 @@ def score_accounts_distributed(
         as_of=when,
         model_version=bundle.version,
         cutoffs_used=population.cutoffs_used,
+        capacity_warnings=(
+            None
+            if grouped is None or grouped.plan.within == "global"
+            else tuple(grouped.assignment.warnings)
+        ),
+        books=None if accounts is None else _books(accounts, population.scores["account_id"]),
     )
+
+
+def _refuse_unsupported(config: Config) -> None:
+    if config.elevation.enabled:
+        raise ValueError(
+            "--cluster: elevations ([elevation] enabled) read every account's intent "
+            "activities, which the single-process run only has: score without --cluster, or "
+            "set [elevation] enabled = false"
+        )
 
 
 def score_on_cluster(
@@ -544,6 +582,7 @@ def score_on_cluster(
     """:func:`score_accounts_distributed` on ``cluster`` (see :class:`ClusterSpec`): a
     LocalCluster for the run, or the scheduler of a running cluster."""
     spec = ClusterSpec.parse(cluster)
+    _refuse_unsupported(config)  # before a cluster is started for nothing
     with connect(spec) as client:
         return score_accounts_distributed(
             config,

@@ -3,6 +3,7 @@ rows, snapshot and history as the single-process run; partitioned Parquet swappe
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,16 +33,23 @@ def _history_rows(config: object) -> pd.DataFrame:
     return rows.sort_values("account_id").reset_index(drop=True)
 
 
+@pytest.mark.parametrize("within", ["global", "owner"])
 def test_dask_tiers_and_reasons_equal_the_single_process_run(
-    trained_bundle: TrainedBundle, tmp_path: Path, client: object
+    trained_bundle: TrainedBundle, tmp_path: Path, client: object, within: str
 ) -> None:
     from features.contract import load_tables
     from serving.batch import score_accounts
     from serving.distributed import score_accounts_distributed
+    from serving.group_cutoffs import groups_path
+    from tiering.config import CapacityConfig
 
     bundle = Bundle.load(trained_bundle.bundle_dir)
-    single_cfg = trained_bundle.config_writing_to(tmp_path / "single")
-    dask_cfg = trained_bundle.config_writing_to(tmp_path / "dask")
+    # Owners: each rep's seats are filled from the rep's own book, with its own cut-offs.
+    capacity = CapacityConfig(within=within, tier1_per_rep=3, tier2_per_rep=8)  # type: ignore[arg-type]
+    single_cfg, dask_cfg = (
+        trained_bundle.config_writing_to(tmp_path / name).model_copy(update={"capacity": capacity})
+        for name in ("single", "dask")
+    )
     # A run two months earlier first: the tier history and the customers' change reasons
     # then have a previous run to compare with.
     earlier = load_tables(single_cfg.data).tables.end_of_data() - pd.Timedelta(days=61)
@@ -73,6 +81,15 @@ def test_dask_tiers_and_reasons_equal_the_single_process_run(
         {c: "str" for c, t in spread.scores.dtypes.items() if isinstance(t, pd.CategoricalDtype)}
     )
     pd.testing.assert_frame_equal(decided, single.scores[decided.columns])
+    assert spread.capacity_warnings == single.capacity_warnings
+    assert spread.books is not None and single.books is not None
+    pd.testing.assert_frame_equal(spread.books, single.books)
+    # The groups' cut-offs the service tiers single requests with (none for a global run).
+    dask_groups, single_groups = groups_path(spread.snapshot), groups_path(single.snapshot)
+    assert dask_groups.exists() == single_groups.exists() == (within == "owner")
+    if within == "owner":
+        assert expected["cutoffs_used"].nunique() > 1  # each owner's own cut-offs
+        assert json.loads(dask_groups.read_text()) == json.loads(single_groups.read_text())
     assert got["tier"].nunique() == 3
     pd.testing.assert_frame_equal(
         pd.read_csv(spread.crm, keep_default_na=False),
@@ -148,7 +165,9 @@ def test_a_bad_cluster_address_is_refused_with_the_forms_that_work(text: str) ->
         ClusterSpec.parse(text)
 
 
-def _cli_config(trained: TrainedBundle, folder: Path, cluster: str | None = None) -> Path:
+def _cli_config(
+    trained: TrainedBundle, folder: Path, cluster: str | None = None, extra: str = ""
+) -> Path:
     data = trained.config.data
     assert data.accounts is not None and data.opportunities is not None
     assert data.activities is not None
@@ -160,6 +179,7 @@ def _cli_config(trained: TrainedBundle, folder: Path, cluster: str | None = None
         f'[history]\nurl = "sqlite:///{folder / "history.db"}"',
         f'[scoring]\nsnapshot = "{folder / "snapshot.parquet"}"'
         + (f'\ncluster = "{cluster}"' if cluster else ""),
+        extra,
     ]
     path = folder / "config.toml"
     path.write_text("\n".join(lines) + "\n")
@@ -190,6 +210,24 @@ def test_cli_refuses_a_bad_cluster_in_the_config_with_one_line(
     assert "error: cluster: 'local:two' is not a cluster" in " ".join(result.output.split())
     assert "Traceback" not in result.output
     assert not (tmp_path / "tiers").exists()
+
+
+def test_cli_refuses_elevations_on_a_cluster_before_it_starts_one(
+    trained_bundle: TrainedBundle, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from tiering_cli.main import app
+
+    config = _cli_config(trained_bundle, tmp_path, extra="[elevation]\nenabled = true")
+    out = tmp_path / "tiers"
+    args = ["score", "--config", str(config), "--model", str(trained_bundle.bundle_dir)]
+    result = CliRunner().invoke(app, [*args, "--out", str(out), "--cluster", "local:1"])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "elevations ([elevation] enabled)" in text and "set [elevation] enabled = false" in text
+    assert "Traceback" not in result.output
+    assert not out.exists() and not (tmp_path / "history.db").exists()
 
 
 @pytest.mark.slow

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -375,6 +376,89 @@ class _Timeline:
         return np.where(has, (times - last) / _DAY_NS, np.nan)
 
 
+class _EventCounts(Protocol):
+    """Per request key (-1: none), the weighted events in a window before the request's
+    moment, and the days since the last event before it."""
+
+    def total(self, req_keys: np.ndarray, start_days: int, end_days: int) -> np.ndarray:
+        """Sum over the key's events at ``as_of - start_days <= t < as_of - end_days``."""
+        ...
+
+    def days_since_last(self, req_keys: np.ndarray) -> np.ndarray:
+        """Days from the key's last event strictly before ``as_of``; NaN when none."""
+        ...
+
+
+class _AtEachMoment:
+    """:class:`_EventCounts` for requests at any moments (training: one per deal): a
+    :class:`_Timeline` and prefix sums, each window boundary ranked once."""
+
+    def __init__(
+        self,
+        keys: np.ndarray,
+        times: np.ndarray,
+        weights: np.ndarray,
+        as_of: np.ndarray,
+        boundaries: set[int],
+    ) -> None:
+        self.timeline = _Timeline(keys, times)
+        self.cum = self.timeline.cumulative(weights)
+        self.as_of = as_of
+        self.ranks = {d: self.timeline.rank(as_of - np.int64(d) * _DAY_NS) for d in boundaries}
+
+    def total(self, req_keys: np.ndarray, start_days: int, end_days: int) -> np.ndarray:
+        end = self.timeline.before(req_keys, self.as_of, self.ranks[end_days])
+        return (
+            self.cum[end]
+            - self.cum[self.timeline.before(req_keys, self.as_of, self.ranks[start_days])]
+        )
+
+    def days_since_last(self, req_keys: np.ndarray) -> np.ndarray:
+        return self.timeline.days_since_last(req_keys, self.as_of)
+
+
+class _AtOneMoment:
+    """:class:`_EventCounts` for requests all at one moment (scoring the list): one pass over
+    the events per window (a weighted count per key), no sort."""
+
+    def __init__(
+        self,
+        keys: np.ndarray,
+        times: np.ndarray,
+        weights: np.ndarray,
+        n_keys: int,
+        as_of: np.ndarray,
+    ) -> None:
+        self.keys, self.times, self.weights = keys, times, weights
+        self.n_keys = n_keys
+        self.as_of = as_of
+        self.moment = np.int64(as_of[0])
+        self.sums: dict[tuple[int, int], np.ndarray] = {}
+        self.last: np.ndarray | None = None
+
+    def total(self, req_keys: np.ndarray, start_days: int, end_days: int) -> np.ndarray:
+        sums = self.sums.get((start_days, end_days))
+        if sums is None:
+            lo = self.moment - np.int64(start_days) * _DAY_NS
+            hi = self.moment - np.int64(end_days) * _DAY_NS
+            inside = (self.times >= lo) & (self.times < hi)
+            sums = np.bincount(
+                self.keys[inside], weights=self.weights[inside], minlength=self.n_keys
+            ).astype(float)
+            self.sums[(start_days, end_days)] = sums
+        return np.where(req_keys >= 0, sums[np.maximum(req_keys, 0)] if self.n_keys else 0.0, 0.0)
+
+    def days_since_last(self, req_keys: np.ndarray) -> np.ndarray:
+        never = np.iinfo(np.int64).min
+        if self.last is None:  # every key's last event, once for all activity types
+            before = self.times < self.moment
+            self.last = np.full(self.n_keys, never, dtype=np.int64)
+            np.maximum.at(self.last, self.keys[before], self.times[before])
+        found = self.last[np.maximum(req_keys, 0)] if self.n_keys else np.full(len(req_keys), never)
+        has = (req_keys >= 0) & (found > never)
+        return np.where(has, (self.as_of - found) / _DAY_NS, np.nan)
+
+
 def _check_requests(requests: pd.DataFrame) -> None:
     missing = [c for c in ID_COLUMNS if c not in requests]
     if missing:
@@ -520,30 +604,27 @@ def _engagement_features(
         else np.ones(len(activities))
     )
     keys = acc[keep] * n_types + type_codes[keep]
-    timeline = _Timeline(keys, times[keep])
-    cum = timeline.cumulative(counts[keep])
-
     windows = sorted(set(config.windows_days))
     trend = config.trend_days
-    # Each window boundary is ranked once and reused for every activity type.
-    ranks = {
-        days: timeline.rank(as_of - np.int64(days) * _DAY_NS)
-        for days in {0, *windows, trend, 3 * trend}
-    }
-
-    def total(req_keys: np.ndarray, start_days: int, end_days: int) -> np.ndarray:
-        end = timeline.before(req_keys, as_of, ranks[end_days])
-        return cum[end] - cum[timeline.before(req_keys, as_of, ranks[start_days])]
+    counter: _EventCounts
+    if len(as_of) and (as_of == as_of[0]).all():
+        # Scoring: every account as of one moment.
+        counter = _AtOneMoment(
+            keys, times[keep], counts[keep], int(len(account_ids) * n_types), as_of
+        )
+    else:
+        counter = _AtEachMoment(
+            keys, times[keep], counts[keep], as_of, {0, *windows, trend, 3 * trend}
+        )
 
     out: dict[str, np.ndarray] = {}
     for name in ordered:
         req_keys = np.where(req_codes >= 0, req_codes * n_types + names.index(name), -1)
-        now = timeline.before(req_keys, as_of, ranks[0])
         for days in windows:
-            out[f"{name}_{days}d"] = cum[now] - cum[timeline.before(req_keys, as_of, ranks[days])]
-        out[f"days_since_{name}"] = timeline.days_since_last(req_keys, as_of, now)
-        recent = total(req_keys, trend, 0)
-        before = total(req_keys, 3 * trend, trend)
+            out[f"{name}_{days}d"] = counter.total(req_keys, days, 0)
+        out[f"days_since_{name}"] = counter.days_since_last(req_keys)
+        recent = counter.total(req_keys, trend, 0)
+        before = counter.total(req_keys, 3 * trend, trend)
         # Log ratio of the last period's count to the average period's count before it; +1
         # keeps it finite and pulls sparse accounts towards "flat" (0).
         out[f"{name}_trend"] = np.log((recent + 1.0) / (before / 2.0 + 1.0))

@@ -4,6 +4,7 @@ to the wrong account, different texts)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -293,3 +294,43 @@ def test_in_memory_scores_do_not_depend_on_the_sub_chunks(
     # Rows keep label lists of their own, as icp_fit gives them.
     small["icp_missed"].iloc[0].append("edited")
     assert all("edited" not in labels for labels in small["icp_missed"].iloc[1:])
+
+
+@pytest.mark.parametrize("fractional", [False, True], ids=["counted", "weighted"])
+def test_engagement_of_a_list_at_one_moment_is_the_per_request_timeline(
+    trained_bundle: TrainedBundle, fractional: bool
+) -> None:
+    """Scoring asks for every account at one moment (one pass per window); training asks at
+    each deal's own moment (a sorted timeline): the same figures for the same requests."""
+    from features.build import build_features, scoring_requests
+    from features.contract import load_tables
+
+    config = trained_bundle.config
+    tables = load_tables(config.data).tables
+    assert tables.activities is not None
+    if fractional:  # activity rows carrying a weight ("count" column), some of them missing
+        rng = np.random.default_rng(3)
+        weights = rng.uniform(0.1, 3.0, len(tables.activities)).round(3)
+        weights[rng.random(len(weights)) < 0.1] = np.nan
+        tables = dataclasses.replace(tables, activities=tables.activities.assign(count=weights))
+    end = tables.end_of_data()
+    # Mid-history as well as at the end: events after the moment must not count.
+    for moment in (end - pd.Timedelta(days=200), end):
+        requests = scoring_requests(tables.accounts, moment)
+        requests.loc[len(requests)] = ["no-such-account", moment]
+        one = build_features(tables, requests, config.features)
+        # One request at another moment sends the list down the per-request path.
+        odd = pd.DataFrame({"account_id": [requests["account_id"].iloc[0]], "as_of": [end]})
+        each = build_features(
+            tables, pd.concat([requests, odd], ignore_index=True), config.features
+        ).iloc[:-1]
+        engagement = [c for c in one.columns if c.startswith(("email_", "meeting_", "days_since_"))]
+        assert len(engagement) >= 6
+        assert one[engagement].notna().any().all() and one[engagement].isna().any().any()
+        assert (one[engagement].fillna(0) > 0).any().all()
+        pd.testing.assert_frame_equal(
+            one.reset_index(drop=True),
+            each.reset_index(drop=True),
+            check_exact=not fractional,
+            rtol=1e-12,
+        )

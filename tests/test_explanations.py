@@ -13,6 +13,8 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from features.build import feature_field
 from features.config import IcpConfig, IcpCriterion
@@ -29,6 +31,7 @@ from tiering.explain import (
     label_with,
     reason_columns,
     reasons,
+    round_one_decimal,
     summaries,
     value_headlines,
 )
@@ -480,6 +483,50 @@ def test_reasons_from_a_real_model_match_their_numbers(bundle: TinyBundle) -> No
                 assert own in d["text"]
             elif d["feature"] == "employees" and not np.isnan(own):
                 assert f"{own:,.0f}" in d["text"]
+
+
+def test_a_batchs_drivers_are_each_accounts_own(bundle: TinyBundle) -> None:
+    """A batch describes each distinct value once and phrases each rounded effect once: every
+    account still reads what it would read scored alone, missing values and weak-evidence
+    notes included."""
+    features = make_features(300, seed=11)
+    features.loc[features.index[::7], "industry"] = None
+    win, value = bundle.contributions(features)
+    p = bundle.predict(features)["p_convert"].to_numpy()
+    p_base = bundle.calibrator.transform(1 / (1 + np.exp(-win["bias"].to_numpy())))
+    together = drivers(features, win, value, p, p_base, field_of=feature_field)
+    alone = [
+        drivers(
+            features.iloc[i : i + 1],
+            win.iloc[i : i + 1],
+            value.iloc[i : i + 1],
+            p[i : i + 1],
+            p_base[i : i + 1],
+            field_of=feature_field,
+        )[0]
+        for i in range(len(features))
+    ]
+    assert together == alone
+    texts = [d["text"] for items in together for d in items]
+    assert any("weak evidence" in t for t in texts) and any("unknown" in t for t in texts)
+    assert drivers(features.iloc[:0], win.iloc[:0], value.iloc[:0], p[:0], p_base[:0]) == []
+
+
+@given(
+    st.one_of(
+        st.floats(allow_nan=False, allow_infinity=False, width=64),
+        # Values at or next to a half-tenth, where scaled rounding could go the other way.
+        st.builds(
+            lambda k, ulps: (
+                float(np.nextafter(k / 20, np.inf if ulps > 0 else -np.inf)) if ulps else k / 20
+            ),
+            st.integers(-(10**7), 10**7),
+            st.integers(-1, 1),
+        ),
+    )
+)
+def test_rounding_to_a_tenth_is_pythons(value: float) -> None:
+    assert round_one_decimal(np.array([value]))[0] == round(value, 1)
 
 
 def reason_inputs(bundle: TinyBundle, features: pd.DataFrame) -> dict[str, Any]:

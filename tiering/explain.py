@@ -52,10 +52,12 @@ formatting loops, and only over the accounts that need text.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -424,6 +426,7 @@ def _effect_phrases(
     return phrases
 
 
+@functools.lru_cache(maxsize=2**16)  # accounts share most rounded effects
 def _effect_short(
     points: float, pct: float, positive: bool, words: EffectWords = DEAL_WORDS
 ) -> str:
@@ -445,6 +448,44 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, np.bool_):
         return bool(value)
     return str(value)
+
+
+def round_one_decimal(values: np.ndarray) -> np.ndarray:
+    """``round(v, 1)`` of every value, as Python rounds (to the nearest tenth of the decimal
+    value, ties to even): numpy's scaled rounding, with Python's where a value sits so near a
+    half-tenth that the scaling could have moved it across."""
+    values = np.asarray(values, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):  # the largest go to Python below
+        scaled = values * 10
+        out = np.round(scaled) / 10
+        fraction = np.abs(scaled - np.trunc(scaled))
+    near_tie = np.flatnonzero((np.abs(fraction - 0.5) < 1e-6) | (np.abs(scaled) >= 1e9))
+    out[near_tie] = [round(v, 1) for v in values[near_tie].tolist()]
+    return out
+
+
+def _distinct_rows(*columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's number among the distinct rows of ``columns`` (equal values, equal number),
+    and the first row of each: one hash pass per column."""
+    key = np.zeros(len(columns[0]), dtype=np.int64)
+    for column in columns:
+        codes, distinct = pd.factorize(column)
+        key, _ = pd.factorize(key * len(distinct) + codes)
+    _, first = np.unique(key, return_index=True)
+    return key, first
+
+
+@contextlib.contextmanager
+def _no_garbage_collection() -> Iterator[None]:
+    """The cycle collector paused while many small objects without cycles are built: it would
+    otherwise walk every live object again and again."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def drivers(
@@ -477,47 +518,115 @@ def drivers(
     rows, slots = np.nonzero(np.concatenate([pos_ok, neg_ok], axis=1))
     fields = chosen[rows, slots]
     reps = effects.representative[rows, fields]
-    points = effects.win_points[rows, fields].tolist()
-    pcts = effects.deal_size_pct[rows, fields].tolist()
-    negative = (slots >= pos.shape[1]).tolist()
-    few_deals = _few_deals(features, rows, reps, fmap).tolist()
-    # Only the columns some driver quotes are read (one row online, all of them in batch).
-    columns = {j: features[fmap.features[j]].to_numpy() for j in np.unique(reps).tolist()}
-    out: list[list[dict[str, Any]]] = [[] for _ in range(len(features))]
-    described: dict[tuple[int, int, Any, tuple[int, int] | None], str] = {}
-    effect_texts: dict[tuple[float, float, bool], str] = {}
-    for n, (i, f, j) in enumerate(zip(rows.tolist(), fields.tolist(), reps.tolist(), strict=True)):
-        value = columns[j][i]
-        deals = few_deals[n]
-        history = None if deals[1] == 0 else (deals[0], deals[1])
-        # Accounts share most values (industries, small counts): describe each once.
-        key = (j, f, None if _is_missing(value) else value, history)
-        desc = described.get(key)
-        if desc is None:
-            desc = describe_value(fmap.features[j], fmap.labels[f], value)
-            if history is not None:
-                desc += f" ({_few_deals_note(*history)})"
-            described[key] = desc
-        # Text and numbers from the same rounded values, so they never disagree.
-        pts, dpct, up = round(points[n], 1), round(pcts[n], 1), not negative[n]
-        effect = effect_texts.get((pts, dpct, up))
-        if effect is None:
-            effect = "; ".join(_effect_phrases(pts, dpct, up, words))
-            effect_texts[(pts, dpct, up)] = effect
-        out[i].append(
-            {
-                "field": fmap.fields[f],
-                "label": fmap.labels[f],
-                "feature": fmap.features[j],
-                "value": _json_value(value),
-                "value_text": desc,
-                "effect_points": pts,
-                "deal_size_pct": dpct,
-                "direction": "negative" if negative[n] else "positive",
-                "text": f"{desc} {DASH} {effect}",
-            }
+    negative = slots >= pos.shape[1]
+    values, described = _described_values(features, rows, reps, fields, fmap)
+    # Text and numbers from the same rounded values, so they never disagree.
+    points = round_one_decimal(effects.win_points[rows, fields])
+    pcts = round_one_decimal(effects.deal_size_pct[rows, fields])
+    # Accounts share most effects once rounded: each is phrased once.
+    effect_of_driver, first = _distinct_rows(points, pcts, negative)
+    phrased = np.array(
+        [
+            f" {DASH} " + "; ".join(_effect_phrases(pts, dpct, not down, words))
+            for pts, dpct, down in zip(
+                points[first].tolist(),
+                pcts[first].tolist(),
+                negative[first].tolist(),
+                strict=True,
+            )
+        ],
+        dtype=object,
+    )
+    texts = (np.asarray(described, dtype=object) + phrased[effect_of_driver]).tolist()
+    with _no_garbage_collection():  # hundreds of thousands of small dicts, no cycles
+        return _per_account(
+            len(features),
+            rows,
+            fmap,
+            fields,
+            reps,
+            values,
+            described,
+            points.tolist(),
+            pcts.tolist(),
+            np.where(negative, "negative", "positive").tolist(),
+            texts,
         )
-    return out
+
+
+def _per_account(
+    n: int,
+    rows: np.ndarray,
+    fmap: FieldMap,
+    fields: np.ndarray,
+    reps: np.ndarray,
+    *columns: list[Any],
+) -> list[list[dict[str, Any]]]:
+    """The drivers' dicts from their columns (values, value texts, points, percents,
+    directions, texts), as one list per account of ``n``: drivers come row by row."""
+    flat = [
+        {
+            "field": field,
+            "label": label,
+            "feature": feature,
+            "value": value,
+            "value_text": desc,
+            "effect_points": pts,
+            "deal_size_pct": dpct,
+            "direction": direction,
+            "text": text,
+        }
+        for field, label, feature, value, desc, pts, dpct, direction, text in zip(
+            np.asarray(fmap.fields, dtype=object)[fields].tolist(),
+            np.asarray(fmap.labels, dtype=object)[fields].tolist(),
+            np.asarray(fmap.features, dtype=object)[reps].tolist(),
+            *columns,
+            strict=True,
+        )
+    ]
+    ends = np.cumsum(np.bincount(rows, minlength=n)).tolist()
+    return [flat[a:b] for a, b in zip([0, *ends][:-1], ends, strict=True)]
+
+
+def _described_values(
+    features: pd.DataFrame,
+    rows: np.ndarray,
+    reps: np.ndarray,
+    fields: np.ndarray,
+    fmap: FieldMap,
+) -> tuple[list[Any], list[str]]:
+    """Per driver (account ``rows``, quoted feature ``reps``, field ``fields``): the quoted
+    value as JSON has it and its text. Accounts share most values (industries, small counts):
+    each distinct value of a feature, with its weak-evidence note, is described once."""
+    few_deals = _few_deals(features, rows, reps, fmap)
+    # One number per (won, closed) pair: 0 when no note is due (no closed deal quoted).
+    history = few_deals[:, 0] * (WEAK_EVIDENCE_DEALS + 1) + few_deals[:, 1]
+    values: np.ndarray = np.empty(len(rows), dtype=object)
+    described: np.ndarray = np.empty(len(rows), dtype=object)
+    for j in np.unique(reps).tolist():
+        at = np.flatnonzero(reps == j)
+        column = features[fmap.features[j]].to_numpy()[rows[at]]
+        codes, distinct = pd.factorize(column, use_na_sentinel=True)
+        # Missing values (-1) are one value: their text and JSON are the same whatever the
+        # marker (None, NaN, pd.NA).
+        missing = column[codes < 0][0] if (codes < 0).any() else None
+        first = [missing, *distinct]  # the column's own scalars, as the rows hold them
+        inverse, keys = pd.factorize(
+            (codes + 1).astype(np.int64) * (WEAK_EVIDENCE_DEALS + 1) ** 2 + history[at]
+        )
+        label = fmap.labels[int(fields[at[0]])]
+        texts = []
+        for key in keys.tolist():
+            value = first[key // (WEAK_EVIDENCE_DEALS + 1) ** 2]
+            text = describe_value(fmap.features[j], label, value)
+            won, closed = divmod(key % (WEAK_EVIDENCE_DEALS + 1) ** 2, WEAK_EVIDENCE_DEALS + 1)
+            if closed:
+                text += f" ({_few_deals_note(won, closed)})"
+            texts.append(text)
+        json_values = [_json_value(v) for v in first]
+        values[at] = np.asarray(json_values, dtype=object)[codes + 1]
+        described[at] = np.asarray(texts, dtype=object)[inverse]
+    return values.tolist(), described.tolist()
 
 
 PAST_DEAL_FEATURES = frozenset(
@@ -592,34 +701,38 @@ def tier_texts(
     account's own ICP fit, so a rep reads "Tier 1 cut-off $180k" rather than "0.71". The
     expected value is named as ``words.expected`` says.
     """
-    prio = np.asarray(priority, dtype=np.float64).reshape(-1)
-    ev = np.asarray(expected_value, dtype=np.float64).reshape(-1)
-    fit = np.asarray(icp_fit, dtype=np.float64).reshape(-1)
-    evid = np.asarray(evidence, dtype=np.float64).reshape(-1)
+    ev_array = np.asarray(expected_value, dtype=np.float64).reshape(-1)
+    fit_array = np.asarray(icp_fit, dtype=np.float64).reshape(-1)
     weights = policy.weights
     by_ev = weights.expected_value > 0
     c1, c2 = assignment.tier1_cutoff, assignment.tier2_cutoff
     inf = float("inf")
-    ev_c1 = ev_needed(inf if c1 is None else c1, fit, reference_ev, weights)
-    ev_c2 = ev_needed(inf if c2 is None else c2, fit, reference_ev, weights)
-    icp_c1 = icp_needed(inf if c1 is None else c1, ev, reference_ev, weights)
-    icp_c2 = icp_needed(inf if c2 is None else c2, ev, reference_ev, weights)
-    pct = ev_percentile(ev, reference_ev)
+    ev_c1 = ev_needed(inf if c1 is None else c1, fit_array, reference_ev, weights).tolist()
+    ev_c2 = ev_needed(inf if c2 is None else c2, fit_array, reference_ev, weights).tolist()
+    icp_c1 = icp_needed(inf if c1 is None else c1, ev_array, reference_ev, weights).tolist()
+    icp_c2 = icp_needed(inf if c2 is None else c2, ev_array, reference_ev, weights).tolist()
+    pct = ev_percentile(ev_array, reference_ev).tolist()
     expected = words.expected[:1].upper() + words.expected[1:]
     min_fit, min_ev = policy.min_icp_fit_tier1, policy.min_evidence_tier1
-    cuts = {
+    cuts: dict[str, list[float]] = {
         # For the hint: the expected value Tier 1 needs once the ICP fit meets its minimum.
         "ev1": ev_needed(
-            inf if c1 is None else c1, np.maximum(fit, min_fit), reference_ev, weights
-        ),
+            inf if c1 is None else c1, np.maximum(fit_array, min_fit), reference_ev, weights
+        ).tolist(),
         "ev2": ev_c2,
         "icp1": icp_c1,
         "icp2": icp_c2,
     }
     rules: list[str] = []
     hints: list[str] = []
-    for i in range(prio.size):
-        tier = int(assignment.tier[i])
+    # Python floats: indexed and formatted row by row, several times faster than numpy's.
+    prio: list[float] = np.asarray(priority, dtype=np.float64).reshape(-1).tolist()
+    ev: list[float] = ev_array.tolist()
+    fit: list[float] = fit_array.tolist()
+    evid: list[float] = np.asarray(evidence, dtype=np.float64).reshape(-1).tolist()
+    tiers = np.asarray(assignment.tier).tolist()
+    for i in range(len(prio)):
+        tier = int(tiers[i])
         parts = [f"{expected} {fmt_money(ev[i])}, {_rank_phrase(assignment, i, pct[i])}"]
         if tier <= 2:
             parts.append(_cut_phrase(1, c1, ev_c1[i], fit[i], by_ev, words.expected))
@@ -656,13 +769,13 @@ def _next_tier_hint(
     tier: int,
     i: int,
     assignment: TierAssignment,
-    prio: np.ndarray,
-    ev: np.ndarray,
-    fit: np.ndarray,
-    evid: np.ndarray,
+    prio: Sequence[float],
+    ev: Sequence[float],
+    fit: Sequence[float],
+    evid: Sequence[float],
     icp_missed: Sequence[Sequence[str]] | None,
     policy: TierPolicy,
-    cuts: dict[str, np.ndarray],
+    cuts: dict[str, list[float]],
     by_ev: bool,
     words: EffectWords,
 ) -> str:
@@ -782,9 +895,9 @@ def summaries(
     (−3 pts)". With ``headline`` (see :func:`headlines`) the line opens with it instead of the
     chance: "Tier 1 — likely to buy in the next 6 months: 34 % (a typical account: 9 %); if it
     buys: $120k-$410k; expected revenue $96k. Up: ..."."""
-    tiers = np.asarray(tier).reshape(-1)
-    p = np.asarray(p_win, dtype=np.float64).reshape(-1)
-    ev = np.asarray(expected_value, dtype=np.float64).reshape(-1)
+    tiers = np.asarray(tier).reshape(-1).tolist()
+    p = np.asarray(p_win, dtype=np.float64).reshape(-1).tolist()
+    ev = np.asarray(expected_value, dtype=np.float64).reshape(-1).tolist()
     out = []
     for i, items in enumerate(driver_lists):
         if headline is not None:

@@ -4,6 +4,12 @@ missing-value direction and deep paths; the bundle's reasons come from them unch
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
@@ -191,3 +197,57 @@ def test_warm_up_compiles_once_and_later_calls_reuse_it(monkeypatch: pytest.Monk
         booster.predict(x[:20], pred_contrib=True, num_threads=1),
         atol=1e-9,
     )
+
+
+_CACHED_RUN = """
+import json, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from test_treeshap import _synthetic
+from tiering import treeshap
+
+booster, x = _synthetic(11, zero_as_missing=True, num_leaves=15, rounds=5)
+values = treeshap.contributions(booster, x[:200])
+reference = booster.predict(x[:200], pred_contrib=True, num_threads=1)
+print(json.dumps({{
+    "max_difference": float(np.abs(values - reference).max()),
+    "loaded_from_cache": sum(treeshap._kernel().stats.cache_hits.values()),
+}}))
+"""
+
+
+def _explain_in_a_new_process(env: dict[str, str]) -> dict[str, float]:
+    script = _CACHED_RUN.format(tests=str(Path(__file__).parent))
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_compiled_kernel_is_cached_for_later_processes_outside_the_package(
+    tmp_path: Path,
+) -> None:
+    """The first process compiles and stores the kernel in the user's cache folder; the next
+    loads it instead of compiling, and its values are still pred_contrib's."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    runs = [_explain_in_a_new_process(env) for _ in range(2)]
+    assert [run["loaded_from_cache"] for run in runs] == [0, 1]
+    assert all(run["max_difference"] < TOLERANCE for run in runs)
+    assert list((tmp_path / "cache").glob("account-tiering/numba/**/*.nbi"))
+    package = Path(treeshap.__file__).parent
+    assert not list(package.glob("**/*.nbi")), "numba wrote its cache into the package"
+
+
+def test_an_unwritable_cache_folder_still_explains(tmp_path: Path) -> None:
+    """A cache folder that cannot be created (here, under a file) costs the compile, not the
+    run."""
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(blocked / "numba")}
+    for _ in range(2):
+        run = _explain_in_a_new_process(env)
+        assert run["loaded_from_cache"] == 0
+        assert run["max_difference"] < TOLERANCE
+    assert blocked.read_text() == "not a folder"

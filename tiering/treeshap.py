@@ -48,10 +48,13 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import tempfile
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
@@ -322,12 +325,38 @@ def explain_rows(
                 out[start + r, f] += acc[f, r]
 
 
+def compile_cache_dir() -> Path:
+    """Where numba keeps the compiled kernel between processes: ``NUMBA_CACHE_DIR`` when set,
+    else the user's cache directory (``$XDG_CACHE_HOME`` or ``~/.cache``), never the
+    installed package."""
+    configured = os.environ.get("NUMBA_CACHE_DIR")
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "account-tiering" / "numba"
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
 @functools.cache
 def _kernel() -> Any:
-    """:func:`explain_rows` compiled by numba (a few seconds, once per process)."""
+    """:func:`explain_rows` compiled by numba: a few seconds the first time, then loaded from
+    :func:`compile_cache_dir` by every later process (workers, servers, each CLI run). Without
+    a writable cache folder it is compiled once per process."""
     import numba
 
-    return numba.njit(nogil=True, cache=False)(explain_rows)
+    folder = compile_cache_dir()
+    if not _writable(folder):
+        return numba.njit(nogil=True, cache=False)(explain_rows)
+    numba.config.CACHE_DIR = str(folder)  # type: ignore[attr-defined]
+    return numba.njit(nogil=True, cache=True)(explain_rows)
 
 
 # --------------------------------------------------------------------------------- compiling
@@ -585,8 +614,9 @@ def contributions(
 
 
 def warm_up(boosters: list[lgb.Booster]) -> None:
-    """Compile the boosters and the kernel now (a second or two, once per process), so that
-    the first request to explain an account does not pay for it."""
+    """Compile the boosters and load the kernel now (under a second from the compile cache,
+    a few seconds the first time on a machine), so that the first request to explain an
+    account does not pay for it."""
     for booster in boosters:
         explainer = explainer_for(booster)
         if explainer is not None:

@@ -788,7 +788,11 @@ def _duplicated(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
         if size * (n + 1) >= 2**62:  # renumber the rows seen so far, to stay in int64
             compact, seen = pd.factorize(row)
             row, size = compact.astype(np.int64), len(seen)
-        row = row * (n + 1) + (codes + 1)
+        # In place: a table of millions of rows would otherwise allocate three temporaries of
+        # its length per column.
+        np.multiply(row, n + 1, out=row)
+        row += codes
+        row += 1
         size *= n + 1
     ordered = np.sort(row)  # a sort tells "no copies" (the usual case) faster than a hash
     if not (ordered[1:] == ordered[:-1]).any():

@@ -4,11 +4,18 @@ CRM exports repeat a few labels (activity types, topics, account ids) over milli
 Working on the distinct values and reaching the rows through integer codes keeps string work
 to a few thousand values: cleaning maps each distinct value once, and joins look up each
 distinct id once.
+
+A column is encoded once. Arrow arrays are immutable, so the encoding of a column is kept for
+as long as its Arrow array lives, and a column made by :meth:`Distinct.column` gets its
+encoding from the one it was made from (the few distinct values renumbered, the rows' codes
+taken through them) instead of hashing its millions of rows again: cleaning, duplicate checks
+and joins on one column then share one encoding.
 """
 
 from __future__ import annotations
 
 import functools
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,8 +36,21 @@ class Distinct:
 
     @classmethod
     def of(cls, text: pd.Series) -> Distinct:
+        arrow = _arrow(text)
+        known = _KNOWN.get(id(arrow)) if arrow is not None else None
+        if known is not None and known[0]() is arrow:
+            found = known[1]
+            return found if found.index is text.index else found.on(text.index)
+        distinct = cls.encode(text)
+        if arrow is not None:
+            _remember(arrow, distinct)
+        return distinct
+
+    @classmethod
+    def encode(cls, text: pd.Series) -> Distinct:
+        """The encoding computed from the rows (what :meth:`of` keeps and reuses)."""
         codes: np.ndarray | None = None
-        if isinstance(text.dtype, pd.StringDtype) and text.dtype.storage == "pyarrow":
+        if _arrow(text) is not None:
             encoded = pyarrow.chunked_array(text.array.__arrow_array__()).dictionary_encode()
             chunks = encoded.chunks
             if chunks and all(c.dictionary.equals(chunks[0].dictionary) for c in chunks[1:]):
@@ -52,10 +72,45 @@ class Distinct:
         """Rows holding one of the distinct values marked in ``which``."""
         return int(self.counts[which].sum())
 
+    def on(self, index: pd.Index) -> Distinct:
+        """The same encoding for the same rows under another index."""
+        moved = Distinct(self.codes, self.values, index)
+        if "counts" in self.__dict__:
+            moved.__dict__["counts"] = self.counts
+        return moved
+
     def column(self, values: np.ndarray) -> pd.Series:
         """The column with each distinct value replaced by ``values`` (same positions)."""
         text = pd.array(values, dtype=TEXT)
-        return pd.Series(text.take(self.codes, allow_fill=True), index=self.index)
+        out = pd.Series(text.take(self.codes, allow_fill=True), index=self.index)
+        arrow = _arrow(out)
+        if arrow is not None:
+            # Values that became equal (or missing) merge; the order of first appearance holds,
+            # since each value's first row is that of the first old value mapped to it.
+            remap, merged = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=True)
+            codes = (
+                np.where(self.codes >= 0, remap[np.maximum(self.codes, 0)], -1)
+                if len(remap)
+                else self.codes
+            )
+            _remember(arrow, Distinct(codes, np.asarray(merged, dtype=object), self.index))
+        return out
+
+
+_KNOWN: dict[int, tuple[weakref.ref[pyarrow.ChunkedArray], Distinct]] = {}
+"""Encodings by the id of their Arrow array, each dropped when its array is freed."""
+
+
+def _arrow(text: pd.Series) -> pyarrow.ChunkedArray | None:
+    if isinstance(text.dtype, pd.StringDtype) and text.dtype.storage == "pyarrow":
+        arrow = text.array.__arrow_array__()
+        return arrow if isinstance(arrow, pyarrow.ChunkedArray) else None
+    return None
+
+
+def _remember(arrow: pyarrow.ChunkedArray, distinct: Distinct) -> None:
+    key = id(arrow)
+    _KNOWN[key] = (weakref.ref(arrow, lambda _: _KNOWN.pop(key, None)), distinct)
 
 
 def positions(index: pd.Index, ids: pd.Series) -> np.ndarray:

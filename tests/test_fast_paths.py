@@ -1,6 +1,6 @@
-"""Risk: the vectorised ICP fit, evidence score, id lookups and sub-chunked reason phrasing
-drift from what the plain per-row rules say (a different fit, a different "known", a row joined
-to the wrong account, different texts)."""
+"""Risk: the vectorised ICP fit, evidence score, id lookups, reused column encodings and
+sub-chunked reason phrasing drift from what the plain per-row rules say (a different fit, a
+different "known", a row joined to the wrong account, a duplicate missed, different texts)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from features.build import evidence_score
 from features.config import IcpConfig, IcpCriterion
-from features.distinct import positions
+from features.distinct import TEXT, Distinct, positions
 from features.icp import icp_fit
 from serving.batch import read_snapshot, score_accounts, score_population, write_scores
 from tiering.bundle import Bundle
@@ -45,6 +47,41 @@ def test_id_positions_are_the_row_by_row_lookup(ids: pd.Series) -> None:
     found = positions(index, ids)
     assert found.dtype == np.int64
     assert found.tolist() == expected
+
+
+_LABELS = st.sampled_from(["a", " a", "A", "b", "b ", "", "  ", "c"])
+
+
+@given(
+    rows=st.lists(st.one_of(st.none(), _LABELS), max_size=40),
+    steps=st.lists(st.dictionaries(_LABELS, st.one_of(st.none(), _LABELS)), min_size=1, max_size=3),
+)
+def test_a_mapped_columns_reused_encoding_is_its_own(
+    rows: list[str | None], steps: list[dict[str, str | None]]
+) -> None:
+    """Cleaning steps map a column's distinct values, one after the other (merging some,
+    blanking others); the encoding each new column inherits equals the one its rows give."""
+    column = pd.Series(pd.array(rows, dtype=TEXT))
+    for mapping in steps:
+        distinct = Distinct.of(column)
+        fresh = Distinct.encode(column)
+        assert distinct.codes.tolist() == fresh.codes.tolist()
+        assert distinct.values.tolist() == fresh.values.tolist()
+        assert distinct.counts.tolist() == fresh.counts.tolist()
+        mapped = np.array(
+            [
+                mapping.get(v, v) if mapping.get(v, v) is not None else np.nan
+                for v in distinct.values
+            ],
+            dtype=object,
+        )
+        column = distinct.column(mapped)
+        expected = [None if r is None else mapping.get(r, r) for r in rows]
+        rows = [None if v is None or v != v else v for v in expected]
+        assert [None if pd.isna(v) else v for v in column] == rows
+    last = Distinct.of(column)
+    assert last.codes.tolist() == Distinct.encode(column).codes.tolist()
+    assert last.values.tolist() == Distinct.encode(column).values.tolist()
 
 
 def _missing(value: object) -> bool:

@@ -25,7 +25,7 @@ import pyarrow
 import pyarrow.compute as pc
 
 from features.config import DataConfig, DealsSource, TableSource
-from features.distinct import TEXT, Distinct
+from features.distinct import TEXT, Distinct, shared_encodings
 from features.tables import (
     ACCOUNT_OPTIONAL,
     ACCOUNT_REQUIRED,
@@ -1600,6 +1600,11 @@ def load_tables(data: DataConfig, today: date | None = None) -> LoadResult:
 
     ``today`` stands in for the clock when ``data.as_of`` is unset (dates after it are refused).
     """
+    with shared_encodings():
+        return _load_tables(data, today)
+
+
+def _load_tables(data: DataConfig, today: date | None) -> LoadResult:
     report = CleaningReport()
     problems: list[Problem] = []
     frames: dict[str, pd.DataFrame | None] = {}

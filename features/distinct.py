@@ -5,17 +5,22 @@ Working on the distinct values and reaching the rows through integer codes keeps
 to a few thousand values: cleaning maps each distinct value once, and joins look up each
 distinct id once.
 
-A column is encoded once. Arrow arrays are immutable, so the encoding of a column is kept for
-as long as its Arrow array lives, and a column made by :meth:`Distinct.column` gets its
-encoding from the one it was made from (the few distinct values renumbered, the rows' codes
-taken through them) instead of hashing its millions of rows again: cleaning, duplicate checks
-and joins on one column then share one encoding.
+Within :func:`shared_encodings` (a load of the export) a column is encoded once. Arrow arrays
+are immutable, so the encoding of a column is kept for as long as its Arrow array lives, and a
+column made by :meth:`Distinct.column` gets its encoding from the one it was made from (the
+few distinct values renumbered, the rows' codes taken through them) instead of hashing its
+millions of rows again: trimming, labels, case, fixes and the duplicate check of one column
+share one encoding. The encodings go when the scope ends: their row codes are as long as the
+table, and kept any longer they would add to the peak memory of what follows the load.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import weakref
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,7 +42,8 @@ class Distinct:
     @classmethod
     def of(cls, text: pd.Series) -> Distinct:
         arrow = _arrow(text)
-        known = _KNOWN.get(id(arrow)) if arrow is not None else None
+        shared = _SHARED.get()
+        known = shared.get(id(arrow)) if shared is not None and arrow is not None else None
         if known is not None and known[0]() is arrow:
             found = known[1]
             return found if found.index is text.index else found.on(text.index)
@@ -84,7 +90,7 @@ class Distinct:
         text = pd.array(values, dtype=TEXT)
         out = pd.Series(text.take(self.codes, allow_fill=True), index=self.index)
         arrow = _arrow(out)
-        if arrow is not None:
+        if arrow is not None and _SHARED.get() is not None:
             # Values that became equal (or missing) merge; the order of first appearance holds,
             # since each value's first row is that of the first old value mapped to it.
             remap, merged = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=True)
@@ -97,8 +103,26 @@ class Distinct:
         return out
 
 
-_KNOWN: dict[int, tuple[weakref.ref[pyarrow.ChunkedArray], Distinct]] = {}
-"""Encodings by the id of their Arrow array, each dropped when its array is freed."""
+_Encodings = dict[int, tuple[weakref.ref[pyarrow.ChunkedArray], Distinct]]
+_SHARED: ContextVar[_Encodings | None] = ContextVar("shared_encodings", default=None)
+"""Within :func:`shared_encodings`: encodings by the id of their Arrow array, each dropped
+when its array is freed."""
+
+
+@contextlib.contextmanager
+def shared_encodings() -> Iterator[None]:
+    """Columns encoded within are encoded once (see the module docstring); a scope within a
+    scope is the outer one."""
+    if _SHARED.get() is not None:
+        yield
+        return
+    shared: _Encodings = {}
+    token = _SHARED.set(shared)
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+        shared.clear()  # now: each entry's weak reference refers back to the dict (a cycle)
 
 
 def _arrow(text: pd.Series) -> pyarrow.ChunkedArray | None:
@@ -109,8 +133,11 @@ def _arrow(text: pd.Series) -> pyarrow.ChunkedArray | None:
 
 
 def _remember(arrow: pyarrow.ChunkedArray, distinct: Distinct) -> None:
+    shared = _SHARED.get()
+    if shared is None:
+        return
     key = id(arrow)
-    _KNOWN[key] = (weakref.ref(arrow, lambda _: _KNOWN.pop(key, None)), distinct)
+    shared[key] = (weakref.ref(arrow, lambda _: shared.pop(key, None)), distinct)
 
 
 def positions(index: pd.Index, ids: pd.Series) -> np.ndarray:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from features.build import evidence_score
 from features.config import IcpConfig, IcpCriterion
-from features.distinct import TEXT, Distinct, positions
+from features.distinct import TEXT, Distinct, positions, shared_encodings
 from features.icp import icp_fit
 from serving.batch import read_snapshot, score_accounts, score_population, write_scores
 from tiering.bundle import Bundle
@@ -60,28 +60,31 @@ def test_a_mapped_columns_reused_encoding_is_its_own(
     rows: list[str | None], steps: list[dict[str, str | None]]
 ) -> None:
     """Cleaning steps map a column's distinct values, one after the other (merging some,
-    blanking others); the encoding each new column inherits equals the one its rows give."""
+    blanking others); within a load, the encoding each new column inherits equals the one its
+    rows give, and outside one nothing is kept."""
     column = pd.Series(pd.array(rows, dtype=TEXT))
-    for mapping in steps:
-        distinct = Distinct.of(column)
-        fresh = Distinct.encode(column)
-        assert distinct.codes.tolist() == fresh.codes.tolist()
-        assert distinct.values.tolist() == fresh.values.tolist()
-        assert distinct.counts.tolist() == fresh.counts.tolist()
-        mapped = np.array(
-            [
-                mapping.get(v, v) if mapping.get(v, v) is not None else np.nan
-                for v in distinct.values
-            ],
-            dtype=object,
-        )
-        column = distinct.column(mapped)
-        expected = [None if r is None else mapping.get(r, r) for r in rows]
-        rows = [None if v is None or v != v else v for v in expected]
-        assert [None if pd.isna(v) else v for v in column] == rows
-    last = Distinct.of(column)
-    assert last.codes.tolist() == Distinct.encode(column).codes.tolist()
-    assert last.values.tolist() == Distinct.encode(column).values.tolist()
+    with shared_encodings():
+        for mapping in steps:
+            distinct = Distinct.of(column)
+            assert Distinct.of(column) is distinct  # kept, not encoded again
+            fresh = Distinct.encode(column)
+            assert distinct.codes.tolist() == fresh.codes.tolist()
+            assert distinct.values.tolist() == fresh.values.tolist()
+            assert distinct.counts.tolist() == fresh.counts.tolist()
+            mapped = np.array(
+                [
+                    np.nan if mapping.get(v, v) is None else mapping.get(v, v)
+                    for v in distinct.values
+                ],
+                dtype=object,
+            )
+            column = distinct.column(mapped)
+            rows = [None if r is None else mapping.get(r, r) for r in rows]
+            assert [None if pd.isna(v) else v for v in column] == rows
+        last = Distinct.of(column)
+        assert last.codes.tolist() == Distinct.encode(column).codes.tolist()
+        assert last.values.tolist() == Distinct.encode(column).values.tolist()
+    assert Distinct.of(column) is not Distinct.of(column)
 
 
 def _missing(value: object) -> bool:

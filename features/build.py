@@ -418,8 +418,11 @@ class _AtEachMoment:
 
 
 class _AtOneMoment:
-    """:class:`_EventCounts` for requests all at one moment (scoring the list): one pass over
-    the events per window (a weighted count per key), no sort."""
+    """:class:`_EventCounts` for requests all at one moment (scoring the list), no sort and
+    one pass over the events: the window boundaries cut the time before the moment into bands,
+    each event falls in one, a weighted count per (key, band) is one ``bincount``, and a window
+    is a run of bands. (A pass per window, each selecting its events, allocated two arrays as
+    long as the events per window.)"""
 
     def __init__(
         self,
@@ -428,25 +431,31 @@ class _AtOneMoment:
         weights: np.ndarray,
         n_keys: int,
         as_of: np.ndarray,
+        boundaries: set[int],
     ) -> None:
-        self.keys, self.times, self.weights = keys, times, weights
+        self.keys, self.times = keys, times
         self.n_keys = n_keys
         self.as_of = as_of
         self.moment = np.int64(as_of[0])
-        self.sums: dict[tuple[int, int], np.ndarray] = {}
+        days = sorted(boundaries, reverse=True)  # the widest first: the edges ascend in time
+        self.edge = {d: i for i, d in enumerate(days)}
+        edges = self.moment - np.asarray(days, dtype=np.int64) * _DAY_NS
+        # Band b holds the events at edges[b - 1] <= t < edges[b]: band 0 is before the widest
+        # window, the last band at or after the moment.
+        bands = len(edges) + 1
+        slot = keys.astype(np.int64) * bands
+        slot += np.searchsorted(edges, times, side="right")
+        self.bands = np.bincount(slot, weights=weights, minlength=n_keys * bands).reshape(
+            n_keys, bands
+        )
         self.last: np.ndarray | None = None
 
     def total(self, req_keys: np.ndarray, start_days: int, end_days: int) -> np.ndarray:
-        sums = self.sums.get((start_days, end_days))
-        if sums is None:
-            lo = self.moment - np.int64(start_days) * _DAY_NS
-            hi = self.moment - np.int64(end_days) * _DAY_NS
-            inside = (self.times >= lo) & (self.times < hi)
-            sums = np.bincount(
-                self.keys[inside], weights=self.weights[inside], minlength=self.n_keys
-            ).astype(float)
-            self.sums[(start_days, end_days)] = sums
-        return np.where(req_keys >= 0, sums[np.maximum(req_keys, 0)] if self.n_keys else 0.0, 0.0)
+        first, stop = self.edge[start_days] + 1, self.edge[end_days] + 1
+        if not self.n_keys:
+            return np.zeros(len(req_keys))
+        sums = self.bands[np.maximum(req_keys, 0), first:stop].sum(axis=1)
+        return np.where(req_keys >= 0, sums, 0.0)
 
     def days_since_last(self, req_keys: np.ndarray) -> np.ndarray:
         never = np.iinfo(np.int64).min
@@ -606,16 +615,20 @@ def _engagement_features(
     keys = acc[keep] * n_types + type_codes[keep]
     windows = sorted(set(config.windows_days))
     trend = config.trend_days
+    boundaries = {0, *windows, trend, 3 * trend}
     counter: _EventCounts
     if len(as_of) and (as_of == as_of[0]).all():
         # Scoring: every account as of one moment.
         counter = _AtOneMoment(
-            keys, times[keep], counts[keep], int(len(account_ids) * n_types), as_of
+            keys,
+            times[keep],
+            counts[keep],
+            int(len(account_ids) * n_types),
+            as_of,
+            boundaries,
         )
     else:
-        counter = _AtEachMoment(
-            keys, times[keep], counts[keep], as_of, {0, *windows, trend, 3 * trend}
-        )
+        counter = _AtEachMoment(keys, times[keep], counts[keep], as_of, boundaries)
 
     out: dict[str, np.ndarray] = {}
     for name in ordered:

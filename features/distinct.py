@@ -17,11 +17,11 @@ table, and kept any longer they would add to the peak memory of what follows the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import weakref
 from collections.abc import Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -30,7 +30,7 @@ import pyarrow
 TEXT = pd.StringDtype(na_value=np.nan)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Distinct:
     """A text column's distinct values, in order of first appearance (as ``pd.unique`` has
     them), and one code per row: the value's position, -1 where missing."""
@@ -41,15 +41,17 @@ class Distinct:
 
     @classmethod
     def of(cls, text: pd.Series) -> Distinct:
-        arrow = _arrow(text)
-        shared = _SHARED.get()
-        known = shared.get(id(arrow)) if shared is not None and arrow is not None else None
+        arrow, shared = _arrow(text), _SHARED.get()
+        if arrow is None or shared is None:
+            return cls.encode(text)
+        known = shared.get(id(arrow))
         if known is not None and known[0]() is arrow:
             found = known[1]
-            return found if found.index is text.index else found.on(text.index)
+            return (
+                found if found.index is text.index else dataclasses.replace(found, index=text.index)
+            )
         distinct = cls.encode(text)
-        if arrow is not None:
-            _remember(arrow, distinct)
+        _remember(shared, arrow, distinct)
         return distinct
 
     @classmethod
@@ -78,19 +80,12 @@ class Distinct:
         """Rows holding one of the distinct values marked in ``which``."""
         return int(self.counts[which].sum())
 
-    def on(self, index: pd.Index) -> Distinct:
-        """The same encoding for the same rows under another index."""
-        moved = Distinct(self.codes, self.values, index)
-        if "counts" in self.__dict__:
-            moved.__dict__["counts"] = self.counts
-        return moved
-
     def column(self, values: np.ndarray) -> pd.Series:
         """The column with each distinct value replaced by ``values`` (same positions)."""
         text = pd.array(values, dtype=TEXT)
         out = pd.Series(text.take(self.codes, allow_fill=True), index=self.index)
-        arrow = _arrow(out)
-        if arrow is not None and _SHARED.get() is not None:
+        arrow, shared = _arrow(out), _SHARED.get()
+        if arrow is not None and shared is not None:
             # Values that became equal (or missing) merge; the order of first appearance holds,
             # since each value's first row is that of the first old value mapped to it.
             remap, merged = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=True)
@@ -99,7 +94,7 @@ class Distinct:
                 if len(remap)
                 else self.codes
             )
-            _remember(arrow, Distinct(codes, np.asarray(merged, dtype=object), self.index))
+            _remember(shared, arrow, Distinct(codes, np.asarray(merged, dtype=object), self.index))
         return out
 
 
@@ -132,10 +127,7 @@ def _arrow(text: pd.Series) -> pyarrow.ChunkedArray | None:
     return None
 
 
-def _remember(arrow: pyarrow.ChunkedArray, distinct: Distinct) -> None:
-    shared = _SHARED.get()
-    if shared is None:
-        return
+def _remember(shared: _Encodings, arrow: pyarrow.ChunkedArray, distinct: Distinct) -> None:
     key = id(arrow)
     shared[key] = (weakref.ref(arrow, lambda _: shared.pop(key, None)), distinct)
 

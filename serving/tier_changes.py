@@ -24,6 +24,7 @@ from tiering.elevation import Elevation
 from tiering.reuse import CACHE_COLUMNS, FINGERPRINT_COLUMN, PACKED_COLUMN, ReasonCache
 from tiering.stability import (
     CHANGE_GATE,
+    CHANGE_NEW,
     HOLD,
     Previous,
     StableTiers,
@@ -467,12 +468,14 @@ def describe_run(config: Config, as_of: pd.Timestamp) -> str:
     rows = store.rows(
         run_id=str(run["run_id"].iloc[0]), columns=["tier", "base_tier", "change_code"]
     )
-    moved = int((rows["change_code"] != "").sum())
+    new = int((rows["change_code"] == CHANGE_NEW).sum())
+    moved = int((rows["change_code"] != "").sum()) - new
     held = int((rows["tier"] != rows["base_tier"]).sum())
     kind = "a review" if bool(run["review"].iloc[0]) else "between reviews"
     line = (
         f"history:  {store.shown()} ({kind}): {moved:,} accounts changed tier, "
-        f"{held:,} held by the stability policy"
+        + (f"{new:,} tiered for the first time, " if new else "")
+        + f"{held:,} held by the stability policy"
     )
     reused, explained = run["reasons_reused"].iloc[0], run["reasons_explained"].iloc[0]
     if pd.notna(reused) and pd.notna(explained):

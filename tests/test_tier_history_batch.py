@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from serving.batch import crm_path, score_accounts
-from serving.tier_changes import open_history
+from serving.tier_changes import describe_run, open_history
 from tiering.bundle import Bundle
 from tiering.config import Config, HistoryConfig, StabilityConfig
 from tiering.stability import CHANGE_CODES
@@ -130,3 +130,23 @@ def test_a_rerun_replaces_the_date_and_compares_with_the_run_before(
     assert b["tier"].tolist() == c["tier"].tolist()
     assert b["previous_tier"].tolist() == c["previous_tier"].tolist()
     assert again.scores["tier"].tolist() == c["tier"].tolist()
+
+
+def test_the_run_line_tells_first_tiers_from_changes(
+    trained: tuple[Config, Path], tmp_path: Path
+) -> None:
+    """The first run tiers every account for the first time: none of them changed tier. The
+    next run counts only real moves."""
+    config, bundle_dir = trained
+    config = _with_history(config, tmp_path)
+    bundle = Bundle.load(bundle_dir)
+    first = score_accounts(config, bundle, as_of=MONTH_ENDS[0], out=tmp_path / "a.parquet")
+    n = len(first.scores)
+    line = describe_run(config, pd.Timestamp(MONTH_ENDS[0]))
+    assert f"0 accounts changed tier, {n:,} tiered for the first time" in line
+    score_accounts(config, bundle, as_of=MONTH_ENDS[1], out=tmp_path / "b.parquet")
+    second = pd.read_parquet(tmp_path / "b.parquet")
+    moved = int((second["change_reason"].fillna("") != "").sum())
+    line = describe_run(config, pd.Timestamp(MONTH_ENDS[1]))
+    assert f"{moved:,} accounts changed tier, " in line
+    assert "for the first time" not in line

@@ -256,3 +256,49 @@ def test_cli_scores_on_a_local_cluster(trained_bundle: TrainedBundle, tmp_path: 
     assert len(scores) == len(pd.read_csv(trained_bundle.config.data.accounts.path))  # type: ignore[union-attr]
     assert set(scores["tier"]) == {1, 2, 3}
     assert (tmp_path / "tiers_crm.csv").is_file() and (tmp_path / "snapshot.parquet").is_file()
+
+
+@pytest.mark.slow
+def test_a_task_failing_on_a_worker_is_one_line_in_the_terminal(
+    trained_bundle: TrainedBundle, tmp_path: Path
+) -> None:
+    """Accounts without a column the model needs: the error is raised in a worker's
+    task. The terminal shows the CLI's one line naming it, not the worker's log of the failed
+    task with its traceback."""
+    import subprocess
+    import sys
+
+    data = trained_bundle.config.data
+    assert data.accounts is not None
+    accounts = pd.read_csv(data.accounts.path).drop(columns=["tech_cloud"])
+    accounts.to_csv(tmp_path / "accounts.csv", index=False)
+    config = _cli_config(trained_bundle, tmp_path).read_text()
+    config = config.replace(
+        f'path = "{data.accounts.path}"', f'path = "{tmp_path / "accounts.csv"}"'
+    )
+    config = config.replace('"tech_cloud", ', "").replace(', "tech_cloud"', "")
+    (tmp_path / "config.toml").write_text(config)
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "tiering"),
+            "score",
+            "--config",
+            str(tmp_path / "config.toml"),
+            "--model",
+            str(trained_bundle.bundle_dir),
+            "--out",
+            str(tmp_path / "tiers"),
+            "--cluster",
+            "local:2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
+    terminal = done.stdout + done.stderr
+    assert done.returncode == 2, terminal
+    assert "error: features: 1 model input column(s) missing, e.g. ['tech_cloud']" in terminal
+    assert "Traceback" not in terminal and "Compute Failed" not in terminal
+    assert "CancelledError" not in terminal
+    assert not (tmp_path / "tiers").exists()

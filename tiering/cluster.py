@@ -5,11 +5,12 @@ through :func:`connect`."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -75,4 +76,30 @@ def connect(spec: ClusterSpec | str, *, memory_limit: str | None = None) -> Iter
         ) as cluster,
         Client(cluster) as client,
     ):
+        client.register_plugin(_quiet_task_errors())
         yield client
+
+
+def _not_a_failed_task(record: logging.LogRecord) -> bool:
+    """Drops a worker's log of a failed task and of the tasks cancelled when the job then
+    closes the cluster."""
+    text = str(record.msg)
+    return not (text.startswith("Compute Failed") or "ended with CancelledError" in text)
+
+
+def _quiet_task_errors() -> Any:
+    """A worker plugin: a worker of a LocalCluster logs each failed task with its traceback to
+    the terminal the job runs in (and the other workers' tasks that closing the cluster then
+    cancels), while the client raises the same error and the CLI says it in one line (bad input
+    names what is wrong). The workers' other messages stay. (Defined on
+    use: importing distributed costs every command that never starts a cluster.)"""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class QuietTaskErrors(WorkerPlugin):
+        name = "tiering-quiet-task-errors"
+
+        def setup(self, worker: object) -> None:
+            for name in ("distributed.worker", "distributed.worker.state_machine"):
+                logging.getLogger(name).addFilter(_not_a_failed_task)
+
+    return QuietTaskErrors()

@@ -130,9 +130,11 @@ def load_model(
     bundle_dir: Path | None,
     model_uri: str | None,
     registry: Store | str | None,
+    project: str | None = None,
 ) -> LoadedModel:
     """The bundle folder when one is given, else the registered model; its explainer compiled
-    (``tiering.treeshap.warm_up``) so that the first account explained is as fast as the rest."""
+    (``tiering.treeshap.warm_up``) so that the first account explained is as fast as the rest.
+    A registered model trained for another ``project`` (the config's name) is refused."""
     from tiering.treeshap import warm_up
 
     if bundle_dir is not None:
@@ -141,5 +143,13 @@ def load_model(
         raise ModelNotFoundError("no model: give a bundle folder or a models:/ URI and its store")
     else:
         loaded = load_registered(model_uri, registry)
+        owner = loaded.bundle.metadata.get("project")
+        if project is not None and owner is not None and owner != project:
+            raise ModelNotFoundError(
+                f"{model_uri} was trained for project {owner!r}, and this config's project "
+                f"is {project!r} (its `name`). Give each project its own registered model: "
+                f'set [mlflow] registered_model = "{project}" in this config, then run '
+                "`tiering train` for it."
+            )
     warm_up(loaded.bundle.boosters())
     return loaded

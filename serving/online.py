@@ -85,7 +85,12 @@ class OnlineScorer:
                 config.mlflow.tracking_uri if config is not None else "",
                 override=(TIERING_TRACKING_URI, settings.tracking_uri or ""),
             )
-        loaded = load_model(bundle_dir=settings.bundle_dir, model_uri=model_uri, registry=registry)
+        loaded = load_model(
+            bundle_dir=settings.bundle_dir,
+            model_uri=model_uri,
+            registry=registry,
+            project=config.name if config is not None else None,
+        )
         snapshot = settings.snapshot or (config.scoring.snapshot if config is not None else None)
         if config is not None:
             features = config.features

@@ -48,7 +48,7 @@ def _register_champion(trained: TrainedBundle, folder: Path) -> object:
     client.set_terminated(run.info.run_id)
     name = mlflow_config.registered_model
     version = registry.register_version(
-        client, name, f"runs:/{run.info.run_id}/model", run.info.run_id, {}
+        client, name, f"runs:/{run.info.run_id}/model", run.info.run_id, {}, trained.config.name
     )
     client.set_registered_model_alias(name, registry.CHAMPION, version)
     return trained.config.model_copy(update={"mlflow": mlflow_config})

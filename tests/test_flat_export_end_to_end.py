@@ -46,15 +46,18 @@ def invoke(*args: str) -> tuple[int, str]:
 
 @pytest.mark.slow
 def test_the_flat_maven_example_validates_trains_and_scores_from_its_config(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The shipped config's own store, history and snapshot, relative to the working folder.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("TIERING_HISTORY_URL", raising=False)
     shipped = (REPO / "configs" / "maven_flat.toml").read_text()
     config = tmp_path / "maven_flat.toml"
     config.write_text(
         shipped.replace('path = "../examples/', f'path = "{REPO / "examples"}/').replace(
             "[training]\n", "[training]\n" + QUICK_TRAINING
         )
-        + deployment_sections(tmp_path)
     )
 
     code, output = invoke("validate", "--config", str(config))
@@ -69,6 +72,7 @@ def test_the_flat_maven_example_validates_trains_and_scores_from_its_config(
     code, output = invoke("train", "--config", str(config))
     assert code == 0, output
     assert "promoted to champion" in output
+    assert "Registered maven-flat version 1" in output
 
     out = tmp_path / "out" / "tiers.parquet"
     code, output = invoke("score", "--config", str(config), "--out", str(out))
@@ -76,6 +80,9 @@ def test_the_flat_maven_example_validates_trains_and_scores_from_its_config(
     scores = pd.read_parquet(out)
     assert len(scores) == 85 and set(scores["tier"]) == {1, 2, 3}
     assert scores["account_id"].str.contains(" | ", regex=False).all()
+    # a project of its own: its registered model, tier history and snapshot
+    assert (tmp_path / "mlruns" / "maven-flat-history.db").is_file()
+    assert (tmp_path / "outputs" / "maven-flat" / "account_snapshot.parquet").is_file()
 
 
 @pytest.mark.slow

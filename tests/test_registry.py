@@ -87,7 +87,7 @@ def new_version(client: Any, name: str, metrics: GateMetrics) -> str:
         "tier1_revenue_share": metrics.tier1_capture,
     }
     return registry.register_version(
-        client, name, f"runs:/{run.info.run_id}/model", run.info.run_id, figures
+        client, name, f"runs:/{run.info.run_id}/model", run.info.run_id, figures, "test"
     )
 
 
@@ -216,6 +216,24 @@ def test_training_gates_the_challenger_against_the_champion_on_its_own_window(
     assert (
         registry.alias_version(client, config.mlflow.registered_model, registry.CHALLENGER) == "2"
     )
+
+    # Another project in the same folder, on the same default registered model: refused
+    # before anything is fitted, and naming the setting that keeps the two apart.
+    other = config.model_copy(update={"name": "maven-flat"})
+    with pytest.raises(RegistryError, match='registered_model = "maven-flat"') as refused:
+        train(other)
+    assert repr(config.name) in str(refused.value)
+    assert registry.alias_version(client, config.mlflow.registered_model, registry.CHALLENGER) == (
+        "2"
+    )
+    # ...and the other project's scoring does not take this project's champion for its own.
+    from serving.model_loader import ModelNotFoundError, champion_uri, load_model
+
+    uri = champion_uri(config.mlflow.registered_model)
+    store = config.mlflow.tracking_uri
+    assert load_model(bundle_dir=None, model_uri=uri, registry=store, project=config.name)
+    with pytest.raises(ModelNotFoundError, match="trained for project"):
+        load_model(bundle_dir=None, model_uri=uri, registry=store, project="maven-flat")
 
 
 # --------------------------------------------------------------------------- one way in

@@ -199,6 +199,7 @@ def resolve_model(cfg: Config, model: str) -> LoadedModel:
             bundle_dir=None,
             model_uri=champion_uri(cfg.mlflow.registered_model, model),
             registry=open_store(cfg.mlflow.tracking_uri),
+            project=cfg.name,
         )
     except (ModelNotFoundError, StoreNotFoundError, BundleError) as exc:
         raise fail(str(exc)) from None

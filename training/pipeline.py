@@ -672,8 +672,9 @@ def train(config: Config, *, progress: Progress | None = None) -> TrainResult:
 
     from training import registry
 
-    outcome = fit_and_evaluate(config, progress=progress)
     mcfg = config.mlflow
+    registry.check_project(registry.connect(mcfg), mcfg.registered_model, config.name)
+    outcome = fit_and_evaluate(config, progress=progress)
     _step(progress, 6)
     client = registry.connect(mcfg)
     experiment_id = registry.ensure_experiment(client, mcfg)
@@ -691,7 +692,7 @@ def train(config: Config, *, progress: Progress | None = None) -> TrainResult:
 
             _step(progress, 7)
             version = registry.register_version(
-                client, name, model_info.model_uri, run_id, outcome.metrics
+                client, name, model_info.model_uri, run_id, outcome.metrics, config.name
             )
             champion = registry.alias_version(client, name, registry.CHAMPION)
             challenger_gate = GateMetrics.from_metrics(

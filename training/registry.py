@@ -30,6 +30,8 @@ from tiering.config import MlflowConfig, PromotionGate
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 HISTORY_TAG = "champion_history"
+PROJECT_TAG = "project"
+"""The config ``name`` of the project whose versions a registered model holds."""
 # Version tags that carry the key test figures, so listing versions needs no run look-ups.
 KEY_METRICS = ("test_auc", "test_ece", "tier1_revenue_share", "value_mean_abs_log_error")
 
@@ -217,11 +219,39 @@ def alias_version(client: Any, name: str, alias: str) -> str | None:
         return None
 
 
+def check_project(client: Any, name: str, project: str) -> None:
+    """Refuse to train project ``project`` into a registered model that holds another
+    project's versions: its champion was fitted on other data, so the gate could not compare
+    the two, and scoring would then find the other project's model."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        owner = client.get_registered_model(name).tags.get(PROJECT_TAG)
+    except MlflowException:
+        return  # not registered yet
+    if owner is not None and owner != project:
+        raise RegistryError(project_mismatch(name, owner, project))
+
+
+def project_mismatch(name: str, owner: str, project: str) -> str:
+    return (
+        f"registered model {name!r} holds the models of project {owner!r}, and this config's "
+        f"project is {project!r} (its `name`). Give each project its own: set [mlflow] "
+        f'registered_model = "{project}" in this config (and a [history] url and a [scoring] '
+        "snapshot of its own), or run it from another folder."
+    )
+
+
 def register_version(
-    client: Any, name: str, model_uri: str, run_id: str, metrics: dict[str, float]
+    client: Any,
+    name: str,
+    model_uri: str,
+    run_id: str,
+    metrics: dict[str, float],
+    project: str,
 ) -> str:
     """A new version of ``name`` from ``model_uri``, with the key metrics as tags, aliased
-    ``challenger``."""
+    ``challenger``. The registered model is tagged with ``project`` (see ``check_project``)."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -230,6 +260,8 @@ def register_version(
         client.create_registered_model(
             name, description="Account tiering bundle: win + deal-value models, ICP, tier policy."
         )
+    check_project(client, name, project)
+    client.set_registered_model_tag(name, PROJECT_TAG, project)
     tags = {k: f"{metrics[k]:.6g}" for k in KEY_METRICS if k in metrics}
     version = client.create_model_version(name, model_uri, run_id=run_id, tags=tags)
     client.set_registered_model_alias(name, CHALLENGER, str(version.version))

@@ -479,8 +479,10 @@ def describe_run(config: Config, as_of: pd.Timestamp) -> str:
     )
     reused, explained = run["reasons_reused"].iloc[0], run["reasons_explained"].iloc[0]
     if pd.notna(reused) and pd.notna(explained):
-        line += (
-            f"\nreasons:  {int(explained):,} accounts explained, {int(reused):,} reused their "
-            "SHAP values (model input and models unchanged; --fresh-reasons recomputes)"
+        line += f"\nreasons:  {int(explained):,} accounts explained, " + (
+            f"{int(reused):,} reused their SHAP values (model input and models unchanged; "
+            "--fresh-reasons recomputes)"
+            if reused
+            else "none reused"
         )
     return line

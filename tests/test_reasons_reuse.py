@@ -80,6 +80,8 @@ def test_a_second_run_on_unchanged_data_reuses_every_account_and_writes_a_fresh_
     fresh_config = _config(trained_bundle, tmp_path, history_url, reuse=False)
     fresh = _run(fresh_config, bundle, tmp_path / "fresh.parquet")
     assert _counts(config) == (0, n)  # the switch explains every account again
+    fresh_line = describe_run(config, as_of).splitlines()[-1]
+    assert fresh_line.endswith(f"{n:,} accounts explained, none reused")  # and no reason why
     assert second["reasons"].str.len().gt(2).all()
     assert not set(CACHE_COLUMNS) & set(second.columns)  # kept in the history only
     pd.testing.assert_frame_equal(second, fresh)

@@ -234,3 +234,31 @@ def test_demo_data_writes_an_export_that_validates(app: typer.Typer, tmp_path: P
 
     result = load_tables(data.model_copy(update=sources))
     assert len(result.tables.accounts) > 0
+
+
+def test_an_error_during_a_progress_bar_is_a_line_of_its_own_below_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In a terminal the bar redraws in place: an error printed while it runs would land above
+    it or on its line. ``fail`` closes the bar first, so the error is the last line."""
+    import io
+    import re
+
+    from rich.console import Console
+
+    from tiering_cli import common
+
+    screen = io.StringIO()
+    terminal = Console(file=screen, force_terminal=True, width=100, color_system=None)
+    monkeypatch.setattr(common, "console", terminal)
+    monkeypatch.setattr(common, "err_console", terminal)
+    with pytest.raises(typer.Exit) as exit_info, common.progress() as bar:
+        task = bar.add_task("Features", total=10)
+        bar.update(task, completed=10)
+        raise common.fail("accounts.csv: no column 'employees'")
+    assert exit_info.value.exit_code == 2
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())
+    lines = [line.split("\r")[-1] for line in text.splitlines() if line.split("\r")[-1].strip()]
+    assert lines[-1] == "error: accounts.csv: no column 'employees'"
+    assert "Features" in lines[-2] and "10/10" in lines[-2]
+    assert common._Bar.running is None

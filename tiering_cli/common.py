@@ -41,6 +41,10 @@ CONFIG_OPTION = typer.Option(
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print the error (after closing a running progress bar, so that the message is a line of
+    its own below it) and return the exit to raise."""
+    if _Bar.running is not None:
+        _Bar.running.stop()
     err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
 
@@ -64,8 +68,23 @@ def known_errors() -> Iterator[None]:
         raise fail(str(exc)) from None
 
 
+class _Bar(Progress):
+    """The command's progress display; ``fail`` closes the one running."""
+
+    running: _Bar | None = None
+
+    def start(self) -> None:
+        _Bar.running = self
+        super().start()
+
+    def stop(self) -> None:
+        super().stop()
+        if _Bar.running is self:
+            _Bar.running = None
+
+
 def progress() -> Progress:
-    return Progress(
+    return _Bar(
         SpinnerColumn(),
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),

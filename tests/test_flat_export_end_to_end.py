@@ -74,13 +74,12 @@ def test_the_flat_maven_example_validates_trains_and_scores_from_its_config(
     assert "promoted to champion" in output
     assert "Registered maven-flat version 1" in output
 
-    out = tmp_path / "out" / "tiers.parquet"
-    code, output = invoke("score", "--config", str(config), "--out", str(out))
+    code, output = invoke("score", "--config", str(config))
     assert code == 0, output
-    scores = pd.read_parquet(out)
+    scores = pd.read_parquet(tmp_path / "outputs" / "maven-flat" / "tiers.parquet")
     assert len(scores) == 85 and set(scores["tier"]) == {1, 2, 3}
     assert scores["account_id"].str.contains(" | ", regex=False).all()
-    # a project of its own: its registered model, tier history and snapshot
+    # a project of its own: its registered model, tier history, scores and snapshot
     assert (tmp_path / "mlruns" / "maven-flat-history.db").is_file()
     assert (tmp_path / "outputs" / "maven-flat" / "account_snapshot.parquet").is_file()
 

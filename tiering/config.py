@@ -233,6 +233,11 @@ class MlflowConfig(StrictModel):
 class ScoringConfig(StrictModel):
     chunk_size: int = Field(50_000, gt=0, description="Accounts per batch-scoring chunk.")
     top_reasons: int = Field(3, gt=0, description="Positive and negative drivers per account.")
+    output: Path = Field(
+        Path("outputs/tiers.parquet"),
+        description="Where `tiering score` writes the scores (.parquet or .csv; on a cluster, a "
+        "directory of Parquet parts), the CRM write-back beside them; `--out` overrides.",
+    )
     snapshot: Path = Field(
         Path("outputs/account_snapshot.parquet"),
         description="Account features as of the scoring date, written by batch scoring, read by the service.",

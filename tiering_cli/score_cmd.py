@@ -41,11 +41,11 @@ def score(
         "--as-of",
         help="Scoring date YYYY-MM-DD; default: the config's data.as_of, else the end of the data.",
     ),
-    out: Path = typer.Option(
-        Path("outputs/tiers.parquet"),
+    out: Path | None = typer.Option(
+        None,
         "--out",
         "-o",
-        help="Scores with every field (.parquet or .csv); the CRM write-back goes next to it (tiers.parquet -> tiers_crm.csv).",
+        help="Scores with every field (.parquet or .csv); the CRM write-back goes next to it (tiers.parquet -> tiers_crm.csv). Default: the config's scoring.output (outputs/tiers.parquet).",
     ),
     model: str = MODEL_OPTION,
     snapshot: Path | None = typer.Option(
@@ -82,6 +82,7 @@ def score(
     from tiering_cli.capacity_view import book_breakdown
 
     cfg = read_config(config)
+    out = out if out is not None else cfg.scoring.output
     if fresh_reasons:
         cfg = cfg.model_copy(
             update={"history": cfg.history.model_copy(update={"reuse_reasons": False})}

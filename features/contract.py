@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
-import pyarrow
 import pyarrow.compute as pc
 
 from features.config import DataConfig, DealsSource, TableSource
@@ -1244,13 +1243,15 @@ def validate_tables(
 
 
 def _isin(values: pd.Series, allowed: set[str]) -> np.ndarray:
-    """``values.isin(allowed)`` as a bool array; Arrow text is matched by Arrow itself (pandas
-    turns each allowed value into a scalar in Python first)."""
-    if isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow":
-        chunked = pyarrow.chunked_array(values.array.__arrow_array__())
-        text = [v for v in allowed if isinstance(v, str)]
-        found = pc.is_in(chunked, value_set=pyarrow.array(text, type=chunked.type))
-        return found.fill_null(False).to_numpy(zero_copy_only=False).astype(bool, copy=False)
+    """``values.isin(allowed)`` as a bool array (missing is not in). Text is looked up once per
+    distinct value, through the column's encoding (made once per load: see
+    ``features.distinct``), not once per row."""
+    if values.dtype == TEXT:
+        distinct = Distinct.of(values)
+        found = np.fromiter((v in allowed for v in distinct.values), bool, len(distinct.values))
+        if not len(found):
+            return np.zeros(len(values), dtype=bool)
+        return (distinct.codes >= 0) & found[np.maximum(distinct.codes, 0)]
     return values.isin(allowed).to_numpy(dtype=bool)
 
 
@@ -1739,7 +1740,6 @@ def parts_problems(data: DataConfig, parts: Sequence[str]) -> list[Problem]:
     """Ids that more than one part holds: the one rule no part can check alone. A pass over
     the id columns only (a few bytes per row), never the tables."""
     import pyarrow as pyarrow_
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     problems = []

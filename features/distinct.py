@@ -77,8 +77,9 @@ class Distinct:
         return np.bincount(self.codes[self.codes >= 0], minlength=len(self.values))
 
     def rows(self, which: np.ndarray) -> int:
-        """Rows holding one of the distinct values marked in ``which``."""
-        return int(self.counts[which].sum())
+        """Rows holding one of the distinct values marked in ``which`` (none marked, as when a
+        cleaning step changed nothing, counts no row)."""
+        return int(self.counts[which].sum()) if which.any() else 0
 
     def column(self, values: np.ndarray) -> pd.Series:
         """The column with each distinct value replaced by ``values`` (same positions)."""

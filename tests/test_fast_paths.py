@@ -4,6 +4,7 @@ different "known", a row joined to the wrong account, a duplicate missed, differ
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from pathlib import Path
@@ -85,6 +86,25 @@ def test_a_mapped_columns_reused_encoding_is_its_own(
         assert last.codes.tolist() == Distinct.encode(column).codes.tolist()
         assert last.values.tolist() == Distinct.encode(column).values.tolist()
     assert Distinct.of(column) is not Distinct.of(column)
+
+
+@given(
+    rows=st.lists(st.one_of(st.none(), _LABELS), max_size=40),
+    allowed=st.sets(_LABELS, max_size=5),
+    shared=st.booleans(),
+)
+def test_the_id_check_looks_up_each_distinct_value_as_rows_would(
+    rows: list[str | None], allowed: set[str], shared: bool
+) -> None:
+    """Ids that point nowhere are found per distinct value: the same rows as a per-row lookup,
+    missing never found, whether the column's encoding is shared or made on the spot."""
+    from features.contract import _isin
+
+    column = pd.Series(pd.array(rows, dtype=TEXT))
+    expected = [r is not None and r in allowed for r in rows]
+    with shared_encodings() if shared else contextlib.nullcontext():
+        assert _isin(column, allowed).tolist() == expected
+    assert _isin(column.astype(object), allowed).tolist() == expected
 
 
 def _missing(value: object) -> bool:

@@ -33,7 +33,8 @@ TEXT = pd.StringDtype(na_value=np.nan)
 @dataclasses.dataclass(frozen=True)
 class Distinct:
     """A text column's distinct values, in order of first appearance (as ``pd.unique`` has
-    them), and one code per row: the value's position, -1 where missing."""
+    them), and one code per row: the value's position, -1 where missing (a signed integer
+    array, int32 or int64)."""
 
     codes: np.ndarray
     values: np.ndarray
@@ -62,9 +63,16 @@ class Distinct:
             encoded = pyarrow.chunked_array(text.array.__arrow_array__()).dictionary_encode()
             chunks = encoded.chunks
             if chunks and all(c.dictionary.equals(chunks[0].dictionary) for c in chunks[1:]):
+                # Arrow's own integer width (int32): as good an index, and a table of millions
+                # of rows is spared widening every code to int64.
                 codes = np.concatenate(
-                    [c.indices.fill_null(-1).to_numpy(zero_copy_only=False) for c in chunks]
-                ).astype(np.intp, copy=False)
+                    [
+                        c.indices.to_numpy()
+                        if c.indices.null_count == 0
+                        else c.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+                        for c in chunks
+                    ]
+                )
                 uniques = chunks[0].dictionary.to_numpy(zero_copy_only=False)
         if codes is None:
             codes, found = pd.factorize(text, use_na_sentinel=True)

@@ -230,16 +230,12 @@ def check_project(client: Any, name: str, project: str) -> None:
     except MlflowException:
         return  # not registered yet
     if owner is not None and owner != project:
-        raise RegistryError(project_mismatch(name, owner, project))
-
-
-def project_mismatch(name: str, owner: str, project: str) -> str:
-    return (
-        f"registered model {name!r} holds the models of project {owner!r}, and this config's "
-        f"project is {project!r} (its `name`). Give each project its own: set [mlflow] "
-        f'registered_model = "{project}" in this config (and a [history] url and a [scoring] '
-        "snapshot of its own), or run it from another folder."
-    )
+        raise RegistryError(
+            f"registered model {name!r} holds the models of project {owner!r}, and this "
+            f"config's project is {project!r} (its `name`). Give each project its own: set "
+            f'[mlflow] registered_model = "{project}" in this config (and a [history] url and '
+            "[scoring] output and snapshot of its own), or run it from another folder."
+        )
 
 
 def register_version(

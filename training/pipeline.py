@@ -673,10 +673,10 @@ def train(config: Config, *, progress: Progress | None = None) -> TrainResult:
     from training import registry
 
     mcfg = config.mlflow
-    registry.check_project(registry.connect(mcfg), mcfg.registered_model, config.name)
+    client = registry.connect(mcfg)
+    registry.check_project(client, mcfg.registered_model, config.name)
     outcome = fit_and_evaluate(config, progress=progress)
     _step(progress, 6)
-    client = registry.connect(mcfg)
     experiment_id = registry.ensure_experiment(client, mcfg)
     name = mcfg.registered_model
     outcome.bundle.metadata["registered_model"] = name

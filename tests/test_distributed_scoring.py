@@ -186,6 +186,20 @@ def _cli_config(
     return path
 
 
+def _score_args(config: Path, trained: TrainedBundle, out: Path, *extra: str) -> list[str]:
+    """`tiering score` with ``config``, the session's bundle and ``out``."""
+    return [
+        "score",
+        "--config",
+        str(config),
+        "--model",
+        str(trained.bundle_dir),
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
 def test_cli_refuses_a_bad_cluster_in_the_config_with_one_line(
     trained_bundle: TrainedBundle, tmp_path: Path
 ) -> None:
@@ -194,18 +208,7 @@ def test_cli_refuses_a_bad_cluster_in_the_config_with_one_line(
     from tiering_cli.main import app
 
     config = _cli_config(trained_bundle, tmp_path, cluster="local:two")
-    result = CliRunner().invoke(
-        app,
-        [
-            "score",
-            "--config",
-            str(config),
-            "--model",
-            str(trained_bundle.bundle_dir),
-            "--out",
-            str(tmp_path / "tiers"),
-        ],
-    )
+    result = CliRunner().invoke(app, _score_args(config, trained_bundle, tmp_path / "tiers"))
     assert result.exit_code == 2, result.output
     assert "error: cluster: 'local:two' is not a cluster" in " ".join(result.output.split())
     assert "Traceback" not in result.output
@@ -221,8 +224,9 @@ def test_cli_refuses_elevations_on_a_cluster_before_it_starts_one(
 
     config = _cli_config(trained_bundle, tmp_path, extra="[elevation]\nenabled = true")
     out = tmp_path / "tiers"
-    args = ["score", "--config", str(config), "--model", str(trained_bundle.bundle_dir)]
-    result = CliRunner().invoke(app, [*args, "--out", str(out), "--cluster", "local:1"])
+    result = CliRunner().invoke(
+        app, _score_args(config, trained_bundle, out, "--cluster", "local:1")
+    )
     assert result.exit_code == 2, result.output
     text = " ".join(result.output.split())
     assert "elevations ([elevation] enabled)" in text and "set [elevation] enabled = false" in text
@@ -238,18 +242,7 @@ def test_cli_scores_on_a_local_cluster(trained_bundle: TrainedBundle, tmp_path: 
 
     config = _cli_config(trained_bundle, tmp_path)
     result = CliRunner().invoke(
-        app,
-        [
-            "score",
-            "--config",
-            str(config),
-            "--model",
-            str(trained_bundle.bundle_dir),
-            "--out",
-            str(tmp_path / "tiers"),
-            "--cluster",
-            "local:2",
-        ],
+        app, _score_args(config, trained_bundle, tmp_path / "tiers", "--cluster", "local:2")
     )
     assert result.exit_code == 0, result.output
     scores = pd.read_parquet(tmp_path / "tiers")
@@ -281,15 +274,9 @@ def test_a_task_failing_on_a_worker_is_one_line_in_the_terminal(
     done = subprocess.run(
         [
             str(Path(sys.executable).parent / "tiering"),
-            "score",
-            "--config",
-            str(tmp_path / "config.toml"),
-            "--model",
-            str(trained_bundle.bundle_dir),
-            "--out",
-            str(tmp_path / "tiers"),
-            "--cluster",
-            "local:2",
+            *_score_args(
+                tmp_path / "config.toml", trained_bundle, tmp_path / "tiers", "--cluster", "local:2"
+            ),
         ],
         capture_output=True,
         text=True,

@@ -148,7 +148,7 @@ class OnlineScorer:
     ) -> tuple[list[dict[Any, Any]], list[str], list[Problem], bool]:
         """The one scoring path of the service: feature rows, then ``tiering.scoring.score``
         (against the group cut-offs when there are any); rows, sources, warnings, grouped."""
-        from tiering.scoring import score
+        from tiering.scoring import records, score_columns
 
         warnings: list[Problem] = []
         features, sources = self.features.rows(
@@ -158,18 +158,22 @@ class OnlineScorer:
         if groups is not None:
             from serving.online_groups import score_in_groups
 
-            scored = score_in_groups(
-                self.bundle, features, accounts, groups, reasons=reasons, top=self.top_reasons
+            rows = records(
+                score_in_groups(
+                    self.bundle, features, accounts, groups, reasons=reasons, top=self.top_reasons
+                )
             )
         else:
-            scored = score(
-                self.bundle,
-                features,
-                reasons=reasons,
-                population=False,
-                top_reasons=self.top_reasons,
+            rows = records(
+                score_columns(
+                    self.bundle,
+                    features,
+                    reasons=reasons,
+                    population=False,
+                    top_reasons=self.top_reasons,
+                )
             )
-        return scored.to_dict("records"), sources, warnings, groups is not None
+        return rows, sources, warnings, groups is not None
 
     def _score_response(
         self,
@@ -211,7 +215,7 @@ class OnlineScorer:
 
     def _explained(self, accounts: list[AccountRequest], path: str) -> list[ExplainResponse]:
         from tiering.explain import drivers
-        from tiering.scoring import base_win_probability, score
+        from tiering.scoring import base_win_probability, records, score_columns
 
         warnings: list[Problem] = []
         features, sources = self.features.rows(
@@ -225,7 +229,7 @@ class OnlineScorer:
 
             # Only ever one account here (explain_each explains grouped accounts one by one).
             bundle = bundle_for(self.bundle, groups, accounts[:1])[0]
-        scored = score(
+        scored = score_columns(
             bundle,
             features,
             reasons=True,
@@ -236,16 +240,16 @@ class OnlineScorer:
         if groups is not None:
             account = accounts[0]
             key = groups.group_of(account.account_id, account.owner, account.territory)
-            scored = scored.assign(cutoffs_used=groups.describe(key))
+            scored["cutoffs_used"] = groups.describe(key)
         every = drivers(
             features,
             win_contrib,
             value_contrib,
-            scored["p_convert"].to_numpy(),
+            scored["p_convert"],
             base_win_probability(self.bundle, win_contrib["bias"].to_numpy(dtype=np.float64)),
             top=len(self.bundle.feature_names),
         )
-        rows = scored.to_dict("records")
+        rows = records(scored)
         return [
             ExplainResponse(
                 model_version=self.version,

@@ -16,7 +16,7 @@ import pytest
 from tiering.bundle import SMALL_BATCH_ROWS, Bundle
 from tiering.config import TrainingConfig
 from tiering.policy import reference_cutoffs
-from tiering.scoring import score
+from tiering.scoring import records, score, score_columns
 from training.fit import fit_models
 
 from support import named_bundle, with_account_labels
@@ -186,3 +186,44 @@ def test_score_encoding_once_equals_predict_and_contributions_apart(
     )
     assert fast["reasons"].tolist() == score(plain, rows, population=population)["reasons"].tolist()
     assert list(fast.index) == list(rows.index)
+
+
+def _same_values(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Equal keys in order, and per key the same type and value (NaN equal to NaN)."""
+    if list(a) != list(b):
+        return False
+    for k in a:
+        x, y = a[k], b[k]
+        if type(x) is not type(y):
+            return False
+        if isinstance(x, float) and np.isnan(x):
+            if not np.isnan(y):
+                return False
+        elif x is not y and x != y:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("reasons", [True, False])
+@pytest.mark.parametrize("case", ["plain", "one row", "string dtype", "pandas categories"])
+def test_records_of_the_columns_are_the_frames_records(
+    bundle: Bundle, case: str, reasons: bool
+) -> None:
+    """The service reads ``score_columns`` as rows without building the frame: the same
+    keys, values and Python types as ``score(...).to_dict("records")``, missing values
+    included."""
+    rows = awkward_rows()[case]
+    frame = score(bundle, rows, reasons=reasons, population=False)
+    expected = frame.to_dict("records")
+    got = records(score_columns(bundle, rows, reasons=reasons, population=False))
+    assert len(got) == len(expected) == len(rows)
+    assert all(_same_values(g, e) for g, e in zip(got, expected, strict=True))
+    assert all(_same_values(g, e) for g, e in zip(records(frame), expected, strict=True))
+    # A missing customer tier (prospects) stays what the frame gives, not a float NaN.
+    assert {type(r["customer_tier"]) for r in got} == {type(r["customer_tier"]) for r in expected}
+
+
+def test_records_refuse_columns_of_different_lengths() -> None:
+    with pytest.raises(ValueError, match="different lengths"):
+        records({"a": np.arange(2), "b": np.arange(3)})
+    assert records({"a": np.arange(2), "v": "3"}) == [{"a": 0, "v": "3"}, {"a": 1, "v": "3"}]

@@ -162,33 +162,43 @@ def score_customers(
             prio, float(cut.get("tier1", np.inf)), float(cut.get("tier2", np.inf))
         )
     playbook = _playbook(settings)
-    out = pd.DataFrame(
-        {
-            "segment": np.where(customer, "customer", "prospect"),
-            "recurring_revenue": recurring,
-            "p_churn": p_churn,
-            "revenue_at_risk": at_risk,
-            "expected_expansion": expansion,
-            "customer_priority": prio,
-            "customer_tier": pd.array(
-                np.where(np.isfinite(tier), tier, np.nan), dtype="Float64"
-            ).astype("Int64"),
-        },
-        index=features.index,
-    )
+    figures = {
+        "segment": np.where(customer, "customer", "prospect"),
+        "recurring_revenue": recurring,
+        "p_churn": p_churn,
+        "revenue_at_risk": at_risk,
+        "expected_expansion": expansion,
+        "customer_priority": prio,
+        "customer_tier": pd.array(
+            np.where(np.isfinite(tier), tier, np.nan), dtype="Float64"
+        ).astype("Int64"),
+    }
     texts = (
-        customer_reasons(features, out, contributions, settings)
+        customer_reasons(
+            features, pd.DataFrame(figures, index=features.index), contributions, settings
+        )
         if reasons
         else [[] for _ in range(n)]
     )
-    out["customer_reasons"] = pd.Series(texts, index=features.index, dtype=object)
-    out["advocacy"] = advocacy(features, customer)
-    out["customer_playbook"] = pd.Series(
-        [playbook[int(t)] if np.isfinite(t) else [] for t in tier],
+    # One frame of every column (adding columns one by one costs more than one account).
+    return pd.DataFrame(
+        {
+            **figures,
+            "customer_reasons": _objects(texts),
+            "advocacy": advocacy(features, customer).to_numpy(),
+            "customer_playbook": _objects(
+                [playbook[int(t)] if np.isfinite(t) else [] for t in tier]
+            ),
+            "customer_note": np.where(customer, note, ""),
+        },
         index=features.index,
-        dtype=object,
     )
-    out["customer_note"] = np.where(customer, note, "")
+
+
+def _objects(values: list[Any]) -> np.ndarray:
+    """A 1-d object array of ``values`` (lists stay elements; ``np.array`` would nest them)."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
     return out
 
 

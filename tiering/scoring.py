@@ -103,16 +103,18 @@ def rank(
     if fit is None:
         fit = icp_fit(features, bundle.icp)
     fit_score = fit["icp_fit"].to_numpy(dtype=np.float64)
-    out = predicted[PREDICTION_COLUMNS].copy()
-    out["icp_fit"] = fit_score
-    out["evidence"] = evidence_score(features).to_numpy(dtype=np.float64)
-    ev = out["expected_revenue"].to_numpy(dtype=np.float64)
+    columns = {c: predicted[c].to_numpy() for c in PREDICTION_COLUMNS}
+    ev = np.asarray(columns["expected_revenue"], dtype=np.float64)
     reference = bundle.cutoffs.reference_ev
     if len(reference) == 0:
         # No frozen reference yet (a backtest freezing its own): rank within these rows.
         reference = np.sort(ev)
-    out["priority"] = priority(ev, fit_score, reference, bundle.policy.weights)
-    return out
+    columns.update(
+        icp_fit=fit_score,
+        evidence=evidence_score(features).to_numpy(dtype=np.float64),
+        priority=priority(ev, fit_score, reference, bundle.policy.weights),
+    )
+    return pd.DataFrame(columns, index=predicted.index)
 
 
 def tier(ranked: pd.DataFrame, bundle: Scorable, *, population: bool) -> TierAssignment:
@@ -229,12 +231,36 @@ def score(
     ``tier_rule`` is the rule code (see ``tiering.policy.RULES``); ``tier_rule_text`` says it in
     words with the account's numbers; ``cutoffs_used`` names the cut-offs that placed the row.
     """
+    columns = score_columns(
+        bundle,
+        features,
+        reasons=reasons,
+        population=population,
+        top_reasons=top_reasons,
+        contributions=contributions,
+    )
+    # One frame built from all columns at once (adding columns one by one costs more than
+    # scoring a single account).
+    return pd.DataFrame(columns, index=features.index)
+
+
+def score_columns(
+    bundle: Scorable,
+    features: pd.DataFrame,
+    *,
+    reasons: bool = True,
+    population: bool = True,
+    top_reasons: int = 3,
+    contributions: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+) -> dict[str, Any]:
+    """``score`` as its columns, one array or list per column in ``score``'s order, before
+    they become a frame: what a caller that wants rows of Python values (the service, one
+    account at a time) reads with ``records`` instead of building a frame."""
     if "account_id" not in features.columns:
         raise ValueError("features: missing column 'account_id'")
     if len(features) == 0:
-        return pd.DataFrame(
-            columns=OUTPUT_COLUMNS + CUSTOMER_COLUMNS + (REASON_COLUMNS if reasons else [])
-        )
+        names = OUTPUT_COLUMNS + CUSTOMER_COLUMNS + (REASON_COLUMNS if reasons else [])
+        return {c: np.empty(0, dtype=object) for c in names}
     both = getattr(bundle, "predict_with_contributions", None)
     if reasons and contributions is None and both is not None:
         # One encoding of the rows for both models' predictions and contributions.
@@ -276,6 +302,37 @@ def score(
             next_tier_hint=text["next_tier_hint"],
             playbook=text["playbook"],
         )
-    # One frame built from all columns at once (adding columns one by one costs more than
-    # scoring a single account).
-    return pd.DataFrame(columns, index=features.index)
+    return columns
+
+
+def records(columns: dict[str, Any] | pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows of ``score_columns`` (or of a frame ``score`` returned) as dicts of Python values,
+    as ``DataFrame.to_dict("records")`` gives them: numbers as ``int`` / ``float`` / ``bool``,
+    missing values as they are. A frame costs more than scoring one account does, so the
+    service reads the columns directly."""
+    if isinstance(columns, pd.DataFrame):
+        columns = {c: columns[c].to_numpy() for c in columns.columns}
+    n = {len(v) for v in columns.values() if not np.isscalar(v)}
+    if len(n) > 1:
+        raise ValueError(f"records: columns of different lengths {sorted(n)}")
+    rows = n.pop() if n else 1
+    values = [_python_values(v, rows) for v in columns.values()]
+    return [dict(zip(columns, row, strict=True)) for row in zip(*values, strict=True)]
+
+
+def _python_values(column: Any, rows: int) -> list[Any]:
+    if np.isscalar(column):
+        return [_python(column)] * rows
+    if isinstance(column, np.ndarray) and column.dtype.kind in "biuf":
+        return list(column.tolist())
+    return [_python(v) for v in column]
+
+
+def _python(value: Any) -> Any:
+    if isinstance(value, np.datetime64):
+        return pd.Timestamp(value)
+    if isinstance(value, np.timedelta64):
+        return pd.Timedelta(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

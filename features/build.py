@@ -301,10 +301,12 @@ def evidence_score(features: pd.DataFrame) -> pd.Series:
     if key:
         known = np.column_stack([_populated(features[c]) for c in key])
         parts.append((0.4, known.mean(axis=1)))
-    if {"prior_won", "prior_lost"} <= set(features.columns):
+    if {"prior_won", "prior_lost"} <= set(features.columns.tolist()):
         deals = features["prior_won"].fillna(0) + features["prior_lost"].fillna(0)
         parts.append((0.3, (deals.to_numpy() > 0).astype(float)))
-    engagement = [c for c in features.columns if _WINDOW.match(c) and c not in _FIELD_LABELS]
+    engagement = [
+        c for c in features.columns.tolist() if _WINDOW.match(c) and c not in _FIELD_LABELS
+    ]
     if "open_deals" in features:
         engagement.append("open_deals")
     if engagement:

@@ -164,12 +164,12 @@ def _default_field_map(feature_names: tuple[str, ...]) -> FieldMap:
 
 
 def _field_map_of(contrib: pd.DataFrame, field_of: FieldOf | None) -> FieldMap:
-    names = tuple(c for c in contrib.columns if c != "bias")
+    names = tuple(c for c in contrib.columns.tolist() if c != "bias")
     return _default_field_map(names) if field_of is None else field_map(names, field_of)
 
 
 def _feature_matrix(contrib: pd.DataFrame, features: Sequence[str], what: str) -> np.ndarray:
-    columns = tuple(contrib.columns)
+    columns = tuple(contrib.columns.tolist())
     if columns[-1:] == ("bias",) and columns[:-1] == tuple(features):
         # Columns as LightGBM returns them (features, then bias): no column selection needed.
         return np.asfortranarray(contrib.to_numpy(dtype=np.float64)[:, :-1])
@@ -643,7 +643,7 @@ def _few_deals(
     """Per driver, (deals won, closed deals) when it quotes a past-deal figure that rests on
     1 to ``WEAK_EVIDENCE_DEALS`` closed deals, else (0, 0); shape (drivers, 2), int."""
     out = np.zeros((len(rows), 2), dtype=np.int64)
-    if not {"prior_won", "prior_lost"} <= set(features.columns) or len(rows) == 0:
+    if not {"prior_won", "prior_lost"} <= set(features.columns.tolist()) or len(rows) == 0:
         return out
     quotes = np.array([name in PAST_DEAL_FEATURES for name in fmap.features], dtype=bool)[reps]
     won = features["prior_won"].to_numpy(dtype=float, na_value=np.nan)[rows]

@@ -281,7 +281,7 @@ def online_rows(
         p50, p99 = _latencies(
             lambda: client.post(f"{base}/score", json=one).raise_for_status(), N_LATENCY_REQUESTS
         )
-        rows.append(["BentoML /score, 1 account with reasons", p50, p99, "", "p99 < 20 ms"])
+        rows.append(["BentoML /score, 1 account with reasons", p50, p99, "", "p99 < 10 ms"])
         plain = {"accounts": [{"account_id": ids[0]}], "reasons": False}
         p50, p99 = _latencies(
             lambda: client.post(f"{base}/score", json=plain).raise_for_status(), N_LATENCY_REQUESTS

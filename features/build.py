@@ -426,8 +426,7 @@ class _AtOneMoment:
     """:class:`_EventCounts` for requests all at one moment (scoring the list), no sort and
     one pass over the events: the window boundaries cut the time before the moment into bands,
     each event falls in one, a weighted count per (key, band) is one ``bincount``, and a window
-    is a run of bands. (A pass per window, each selecting its events, allocated two arrays as
-    long as the events per window.)"""
+    is a run of bands."""
 
     def __init__(
         self,

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -63,14 +65,14 @@ class IcpPatterns:
 
     def shared_missed(self) -> list[list[str]]:
         """Missed labels per row, rows of one pattern sharing one list: for readers only."""
-        return list(_as_objects(self.missed)[self.codes])
+        return list(as_objects(self.missed)[self.codes])
 
     def label_lists(self) -> tuple[list[list[str]], list[list[str]]]:
         """Met and missed labels per row, each row with lists of its own (a caller editing
         one row's list edits only that row)."""
         return (
-            list(map(list.copy, _as_objects(self.met)[self.codes])),
-            list(map(list.copy, _as_objects(self.missed)[self.codes])),
+            list(map(list.copy, as_objects(self.met)[self.codes])),
+            list(map(list.copy, as_objects(self.missed)[self.codes])),
         )
 
     @staticmethod
@@ -221,8 +223,9 @@ def _label_patterns(
     return codes.astype(np.intp, copy=False), met_by, missed_by
 
 
-def _as_objects(lists: list[list[str]]) -> np.ndarray:
-    """A 1-D object array holding the given lists themselves (not a 2-D array of labels)."""
+def as_objects(lists: Sequence[Any]) -> np.ndarray:
+    """A 1-D object array holding the given lists themselves (``np.array`` would make a 2-D
+    array of their items)."""
     out = np.empty(len(lists), dtype=object)
     for i, labels in enumerate(lists):
         out[i] = labels

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from features.customers import FIGURES_FROM_SUBSCRIPTIONS
+from features.icp import as_objects
 from tiering.explain import fmt_money
 
 CUSTOMER_COLUMNS = [
@@ -184,22 +185,15 @@ def score_customers(
     return pd.DataFrame(
         {
             **figures,
-            "customer_reasons": _objects(texts),
+            "customer_reasons": as_objects(texts),
             "advocacy": advocacy(features, customer).to_numpy(),
-            "customer_playbook": _objects(
+            "customer_playbook": as_objects(
                 [playbook[int(t)] if np.isfinite(t) else [] for t in tier]
             ),
             "customer_note": np.where(customer, note, ""),
         },
         index=features.index,
     )
-
-
-def _objects(values: list[Any]) -> np.ndarray:
-    """A 1-d object array of ``values`` (lists stay elements; ``np.array`` would nest them)."""
-    out = np.empty(len(values), dtype=object)
-    out[:] = values
-    return out
 
 
 def population_customer_tiers(priority: pd.Series, bundle: Any) -> pd.Series:

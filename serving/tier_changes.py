@@ -473,16 +473,21 @@ def describe_run(config: Config, as_of: pd.Timestamp) -> str:
     held = int((rows["tier"] != rows["base_tier"]).sum())
     kind = "a review" if bool(run["review"].iloc[0]) else "between reviews"
     line = (
-        f"history:  {store.shown()} ({kind}): {moved:,} accounts changed tier, "
+        f"history:  {store.shown()} ({kind}): {_accounts(moved)} changed tier, "
         + (f"{new:,} tiered for the first time, " if new else "")
         + f"{held:,} held by the stability policy"
     )
     reused, explained = run["reasons_reused"].iloc[0], run["reasons_explained"].iloc[0]
     if pd.notna(reused) and pd.notna(explained):
-        line += f"\nreasons:  {int(explained):,} accounts explained, " + (
+        line += f"\nreasons:  {_accounts(int(explained))} explained, " + (
             f"{int(reused):,} reused their SHAP values (model input and models unchanged; "
             "--fresh-reasons recomputes)"
             if reused
             else "none reused"
         )
     return line
+
+
+def _accounts(n: int) -> str:
+    """ "1 account", "2,500 accounts"."""
+    return f"{n:,} account{'' if n == 1 else 's'}"

@@ -43,7 +43,7 @@ import dataclasses
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -489,6 +489,9 @@ def score_accounts_distributed(
     with (
         _atomic_directory(out) as out_tmp,
         atomic_outputs([crm_path(out), snapshot_path]) as (crm_tmp, snap_tmp),
+        _snapshot_parts(
+            client, features_f, snap_tmp, when=when, version=bundle.version, cold=cold
+        ) as snapshot_part,
     ):
 
         def reasons_of(number: int) -> Any:
@@ -532,15 +535,14 @@ def score_accounts_distributed(
                     writer.write(frame)
                 frame = crm_rows(frame)
             frame.to_csv(crm_tmp, mode="a" if number else "w", header=number == 0, index=False)
+            # While the workers phrase the next partitions, the client writes this one's
+            # features into the snapshot.
+            snapshot_part(number)
             report("reasons", bounds[number][1], n)
-        report("write", 1, 3)
-        _write_snapshot_parts(
-            client, features_f, snap_tmp, when=when, version=bundle.version, cold=cold
-        )
-        report("write", 2, 3)
+        report("write", 1, 2)
         if history is not None:
             history.commit()
-        report("write", 3, 3)
+        report("write", 2, 2)
     grouped = _write_group_cutoffs(plan, bundle, population.scores, snapshot_path, when)
     return BatchResult(
         scores=population.scores,
@@ -596,7 +598,8 @@ def score_on_cluster(
         )
 
 
-def _write_snapshot_parts(
+@contextlib.contextmanager
+def _snapshot_parts(
     client: Client,
     features_f: list[Any],
     path: Path,
@@ -604,9 +607,11 @@ def _write_snapshot_parts(
     when: pd.Timestamp,
     version: str,
     cold: pd.DataFrame,
-) -> None:
-    """The account snapshot as one Parquet file, one partition's features at a time (the
-    service reads one file); metadata as ``serving.snapshot.write_snapshot`` writes it."""
+) -> Iterator[Callable[[int], None]]:
+    """The account snapshot as one Parquet file (the service reads one file), written one
+    partition's features at a time by the function this yields (``write(number)``, in
+    partition order; the partition's features are released once written); metadata as
+    ``serving.snapshot.write_snapshot`` writes it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -623,13 +628,18 @@ def _write_snapshot_parts(
         metadata = pq.read_schema(head).metadata
     finally:
         head.unlink(missing_ok=True)
-    with pq.ParquetWriter(path, schema.with_metadata(metadata)) as writer:
-        for future in features_f:
+    schema = schema.with_metadata(metadata)
+    with pq.ParquetWriter(path, schema) as writer:
+
+        def write(number: int) -> None:
+            future = features_f[number]
             table = pa.Table.from_pandas(
                 future.result().reset_index(drop=True), preserve_index=False
             )
-            writer.write_table(table.cast(schema).replace_schema_metadata(metadata))
+            writer.write_table(table.cast(schema))
             future.release()
+
+        yield write
 
 
 def _schema(features: pd.DataFrame) -> Any:

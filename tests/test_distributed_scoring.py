@@ -3,9 +3,11 @@ rows, snapshot and history as the single-process run; partitioned Parquet swappe
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -126,10 +128,21 @@ def test_a_failed_run_leaves_the_previous_output_whole(
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     crm_before = first.crm.read_bytes()
 
-    def broken(*args: object, **kwargs: object) -> None:
-        raise OSError("disk full")
+    real = distributed._snapshot_parts
 
-    monkeypatch.setattr(distributed, "_write_snapshot_parts", broken)
+    @contextlib.contextmanager
+    def broken(*args: Any, **kwargs: Any) -> Iterator[Callable[[int], None]]:
+        # The disk fills up once the first partition's part and snapshot rows are written.
+        with real(*args, **kwargs) as write:
+
+            def failing(number: int) -> None:
+                if number > 0:
+                    raise OSError("disk full")
+                write(number)
+
+            yield failing
+
+    monkeypatch.setattr(distributed, "_snapshot_parts", broken)
     with pytest.raises(OSError, match="disk full"):
         distributed.score_accounts_distributed(
             config,

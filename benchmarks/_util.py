@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -84,7 +85,9 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
         table.add_row(*[f"{v:,.3g}" if isinstance(v, float) else str(v) for v in row])
     console.print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "".join(c if c.isalnum() else "_" for c in title.lower()).strip("_")
+    # The title's start, and a digest of all of it: long titles stay within a file name.
+    slug = "".join(c if c.isalnum() else "_" for c in title.lower()).strip("_")[:100]
+    name = f"{slug.rstrip('_')}-{hashlib.sha1(title.encode()).hexdigest()[:8]}"
     (RESULTS / f"{name}.json").write_text(
         json.dumps(
             {

@@ -83,11 +83,18 @@ def _partitioned_export(n: int, seed: int = 3) -> tuple[Path, float | None]:
 
 
 def _on_local_cluster(
-    config: Any, bundle: Any, *, out: Path, snapshot: Path, reasons: bool
+    config: Any,
+    bundle: Any,
+    *,
+    out: Path,
+    snapshot: Path,
+    reasons: bool,
+    phases: dict[str, tuple[float, float]] | None = None,
 ) -> tuple[float, dict[str, float]]:
     """One scoring run on a fresh LocalCluster(2) with 4 GiB per worker: its seconds and each
-    worker's peak RSS (MiB)."""
-    from distributed import Client, LocalCluster
+    worker's peak RSS (MiB). With ``phases`` (a dict), the workers' compute seconds per kind of
+    task and when the last of each ended (seconds from the run's start) are put into it."""
+    from distributed import Client, LocalCluster, get_task_stream
 
     from serving.distributed import score_accounts_distributed
 
@@ -101,13 +108,35 @@ def _on_local_cluster(
         ) as cluster,
         Client(cluster) as client,
     ):
+        started = time.time()
         start = time.perf_counter()
-        score_accounts_distributed(
-            config, bundle, client, out=out, snapshot=snapshot, reasons=reasons
-        )
+        with get_task_stream(client) as stream:
+            score_accounts_distributed(
+                config, bundle, client, out=out, snapshot=snapshot, reasons=reasons
+            )
         seconds = time.perf_counter() - start
         peaks: dict[str, float] = client.run(peak_rss_mib)
+    if phases is not None:
+        phases.update(_phases(stream.data, started))
     return seconds, peaks
+
+
+def _phases(tasks: list[dict[str, Any]], started: float) -> dict[str, tuple[float, float]]:
+    """Per kind of task (its key's name): the workers' compute seconds and when the last one
+    ended, in seconds from ``started``."""
+    from dask.utils import key_split
+
+    phases: dict[str, tuple[float, float]] = {}
+    for task in tasks:
+        name = key_split(task["key"])
+        for span in task["startstops"]:
+            if span["action"] == "compute":
+                busy, end = phases.get(name, (0.0, 0.0))
+                phases[name] = (
+                    busy + span["stop"] - span["start"],
+                    max(end, span["stop"] - started),
+                )
+    return phases
 
 
 def _out_of_core(bundle: Any, root: Path) -> None:
@@ -120,15 +149,19 @@ def _out_of_core(bundle: Any, root: Path) -> None:
     n_parts = len(list((folder / "accounts").glob("part-*.parquet")))
     load = os.getloadavg()[0]
     rows = []
+    timelines: list[tuple[bool, float, dict[str, tuple[float, float]]]] = []
     for reasons in OUT_OF_CORE_REASONS:
         note = reset_peak_rss()
+        phases: dict[str, tuple[float, float]] = {}
         seconds, peaks = _on_local_cluster(
             config,
             bundle,
             out=root / f"dask-partitioned-{reasons}",
             snapshot=root / "snap-partitioned.parquet",
             reasons=reasons,
+            phases=phases,
         )
+        timelines.append((reasons, seconds, phases))
         rows.append(
             [
                 "yes" if reasons else "no",
@@ -155,6 +188,22 @@ def _out_of_core(bundle: Any, root: Path) -> None:
         ],
         rows,
     )
+    for reasons, seconds, phases in timelines:
+        busy = sum(b for b, _ in phases.values())
+        print_table(
+            f"Where the cluster's time goes, {'with' if reasons else 'without'} reasons: the "
+            f"workers' compute seconds per kind of task ({busy:.0f} s of {2 * seconds:.0f} "
+            f"worker-seconds in a {seconds:.0f} s run; the rest is the client's reading of "
+            "the results, its writing of the CRM rows and the snapshot, and waiting). "
+            "read_part: read, check and featurise a part; rank: predictions, ICP fit and "
+            "priority; reasons: the global tiers applied, reasons phrased, the part written",
+            ["task", "worker seconds", "share of the busy time", "last one ended at s"],
+            [
+                [name, b, f"{b / busy:.0%}", end]
+                for name, (b, end) in sorted(phases.items(), key=lambda kv: kv[1][1])
+                if b >= 0.005 * busy
+            ],
+        )
 
 
 def _parts_config(root: Path, folder: Path) -> Any:

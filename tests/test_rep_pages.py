@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
+from serving.ui.screenshots import navigate
+
 from support import LiveService
 
 pytestmark = pytest.mark.skipif(
@@ -53,27 +55,6 @@ def _not_blank(path: Path) -> None:
     image = Image.open(path).convert("L")
     assert image.size[0] >= 800 and image.size[1] >= 500
     assert ImageStat.Stat(image).var[0] > 100, f"{path.name} looks blank"
-
-
-def _navigate(browser: Any, element: Any) -> None:
-    """Click what loads a new page, and wait until the old page is gone."""
-    from selenium.common.exceptions import WebDriverException
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    old = browser.find_element(By.TAG_NAME, "html")
-    element.click()
-
-    def old_page_gone(driver: Any) -> bool:
-        try:
-            return bool(expected_conditions.staleness_of(old)(driver))
-        except WebDriverException:
-            # chromedriver may report the old page's node as "not in the document" instead of
-            # stale while the new page replaces it: gone all the same.
-            return True
-
-    WebDriverWait(browser, 15).until(old_page_gone)
 
 
 def _texts(browser: Any, selector: str) -> list[str]:
@@ -139,17 +120,17 @@ def test_my_accounts_filter_sort_and_page_in_the_browser(
 
     Select(browser.find_element(By.ID, "owner")).select_by_value("")
     Select(browser.find_element(By.ID, "tier")).select_by_value("1")
-    _navigate(browser, browser.find_element(By.ID, "apply"))
+    navigate(browser, browser.find_element(By.ID, "apply"))
     tiers = _texts(browser, "#accounts tbody .tier")
     assert tiers and set(tiers) == {"Tier 1"}
 
     browser.get(f"{live_server.base_url}/ui/accounts?owner=&size=25")
-    _navigate(browser, browser.find_element(By.LINK_TEXT, "EXPECTED REVENUE"))
+    navigate(browser, browser.find_element(By.LINK_TEXT, "EXPECTED REVENUE"))
     values = [_money(t) for t in _texts(browser, "#accounts tbody td.num:nth-of-type(3)")]
     assert len(values) == 25 and values == sorted(values, reverse=True)
     assert "Page 1 of 12" in browser.find_element(By.CSS_SELECTOR, ".pager").text
     first_page = _texts(browser, "a.account-link")
-    _navigate(browser, browser.find_element(By.ID, "next"))
+    navigate(browser, browser.find_element(By.ID, "next"))
     second_page = _texts(browser, "a.account-link")
     assert len(second_page) == 25 and not set(first_page) & set(second_page)
     assert max(_money(t) for t in _texts(browser, "#accounts tbody td.num:nth-of-type(3)")) <= min(
@@ -157,7 +138,7 @@ def test_my_accounts_filter_sort_and_page_in_the_browser(
     )
 
     browser.find_element(By.ID, "q").send_keys(first_page[0])
-    _navigate(browser, browser.find_element(By.ID, "apply"))
+    navigate(browser, browser.find_element(By.ID, "apply"))
     assert _texts(browser, "a.account-link") == [first_page[0]]
 
     shot = tmp_path / "accounts.png"
@@ -180,7 +161,7 @@ def test_an_account_page_says_why_in_a_reps_words(
     _sign_in(browser, live_server)
     browser.get(f"{live_server.base_url}/ui/accounts?owner=&sort=expected_revenue&dir=desc")
     account_id = browser.find_element(By.CSS_SELECTOR, "a.account-link").text
-    _navigate(browser, browser.find_element(By.CSS_SELECTOR, "a.account-link"))
+    navigate(browser, browser.find_element(By.CSS_SELECTOR, "a.account-link"))
     assert browser.find_element(By.ID, "account-id").text == account_id
     tier = browser.find_element(By.ID, "tier").text
     assert tier in ("Tier 1", "Tier 2", "Tier 3")
@@ -255,11 +236,11 @@ def test_sign_out_needs_its_csrf_token(browser: Any, live_server: LiveService) -
 
     _sign_in(browser, live_server)
     browser.execute_script("document.querySelector('form.signout input[name=csrf]').value = ''")
-    _navigate(browser, browser.find_element(By.ID, "sign-out"))
+    navigate(browser, browser.find_element(By.ID, "sign-out"))
     assert "Form refused" in browser.find_element(By.TAG_NAME, "h1").text
     browser.get(f"{live_server.base_url}/ui/accounts")
     assert browser.current_url.endswith("/ui/accounts")  # still signed in
-    _navigate(browser, browser.find_element(By.ID, "sign-out"))
+    navigate(browser, browser.find_element(By.ID, "sign-out"))
     assert "/ui/login" in browser.current_url
     browser.get(f"{live_server.base_url}/ui/accounts")
     assert "/ui/login" in browser.current_url
@@ -281,7 +262,7 @@ def test_an_override_is_refused_without_csrf_and_saved_with_it(
     browser.find_element(By.ID, "override-reason").send_keys(
         "Board-level sponsor met at the summit"
     )
-    _navigate(browser, browser.find_element(By.ID, "override-submit"))
+    navigate(browser, browser.find_element(By.ID, "override-submit"))
     assert "Form refused" in browser.find_element(By.TAG_NAME, "h1").text
     browser.get(page)
     assert not browser.find_elements(By.ID, "active-override")
@@ -289,7 +270,7 @@ def test_an_override_is_refused_without_csrf_and_saved_with_it(
     browser.find_element(By.ID, "override-reason").send_keys(
         "Board-level sponsor met at the summit"
     )
-    _navigate(browser, browser.find_element(By.ID, "override-submit"))
+    navigate(browser, browser.find_element(By.ID, "override-submit"))
     assert browser.find_element(By.ID, "saved")
     banner = browser.find_element(By.ID, "active-override").text
     assert "Tier 1" in banner and "Board-level sponsor" in banner and "Test Rep" in banner

@@ -44,15 +44,32 @@ def headless_chromium(width: int = 1280, height: int = 900) -> Any:
 
 def sign_in(browser: Any, base_url: str, api_key: str, name: str = "") -> None:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(f"{base_url}/ui/login")
     browser.find_element(By.ID, "name").send_keys(name)
     browser.find_element(By.ID, "api_key").send_keys(api_key)
+    navigate(browser, browser.find_element(By.ID, "sign-in"))
+
+
+def navigate(browser: Any, element: Any) -> None:
+    """Click what loads a new page, and wait until the old page is gone."""
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
     old = browser.find_element(By.TAG_NAME, "html")
-    browser.find_element(By.ID, "sign-in").click()
-    WebDriverWait(browser, 15).until(expected_conditions.staleness_of(old))
+    element.click()
+
+    def old_page_gone(driver: Any) -> bool:
+        try:
+            return bool(expected_conditions.staleness_of(old)(driver))
+        except WebDriverException:
+            # Chromium may report the old page's node as "not in the document" instead of
+            # stale while the new page replaces it: gone all the same.
+            return True
+
+    WebDriverWait(browser, 15).until(old_page_gone)
 
 
 def full_page(browser: Any, path: Path, width: int = 1280) -> Path:

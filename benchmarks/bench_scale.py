@@ -89,11 +89,10 @@ def _on_local_cluster(
     out: Path,
     snapshot: Path,
     reasons: bool,
-    phases: dict[str, tuple[float, float]] | None = None,
-) -> tuple[float, dict[str, float]]:
-    """One scoring run on a fresh LocalCluster(2) with 4 GiB per worker: its seconds and each
-    worker's peak RSS (MiB). With ``phases`` (a dict), the workers' compute seconds per kind of
-    task and when the last of each ended (seconds from the run's start) are put into it."""
+) -> tuple[float, dict[str, float], dict[str, tuple[float, float]]]:
+    """One scoring run on a fresh LocalCluster(2) with 4 GiB per worker: its seconds, each
+    worker's peak RSS (MiB), and per kind of task the workers' compute seconds and when the
+    last one ended (seconds from the run's start, :func:`_phases`)."""
     from distributed import Client, LocalCluster, get_task_stream
 
     from serving.distributed import score_accounts_distributed
@@ -116,9 +115,7 @@ def _on_local_cluster(
             )
         seconds = time.perf_counter() - start
         peaks: dict[str, float] = client.run(peak_rss_mib)
-    if phases is not None:
-        phases.update(_phases(stream.data, started))
-    return seconds, peaks
+    return seconds, peaks, _phases(stream.data, started)
 
 
 def _phases(tasks: list[dict[str, Any]], started: float) -> dict[str, tuple[float, float]]:
@@ -149,19 +146,17 @@ def _out_of_core(bundle: Any, root: Path) -> None:
     n_parts = len(list((folder / "accounts").glob("part-*.parquet")))
     load = os.getloadavg()[0]
     rows = []
-    timelines: list[tuple[bool, float, dict[str, tuple[float, float]]]] = []
+    timelines: list[tuple[bool, float, int, dict[str, tuple[float, float]]]] = []
     for reasons in OUT_OF_CORE_REASONS:
         note = reset_peak_rss()
-        phases: dict[str, tuple[float, float]] = {}
-        seconds, peaks = _on_local_cluster(
+        seconds, peaks, phases = _on_local_cluster(
             config,
             bundle,
             out=root / f"dask-partitioned-{reasons}",
             snapshot=root / "snap-partitioned.parquet",
             reasons=reasons,
-            phases=phases,
         )
-        timelines.append((reasons, seconds, phases))
+        timelines.append((reasons, seconds, len(peaks), phases))
         rows.append(
             [
                 "yes" if reasons else "no",
@@ -188,11 +183,11 @@ def _out_of_core(bundle: Any, root: Path) -> None:
         ],
         rows,
     )
-    for reasons, seconds, phases in timelines:
+    for reasons, seconds, workers, phases in timelines:
         busy = sum(b for b, _ in phases.values())
         print_table(
             f"Where the cluster's time goes, {'with' if reasons else 'without'} reasons: the "
-            f"workers' compute seconds per kind of task ({busy:.0f} s of {2 * seconds:.0f} "
+            f"workers' compute seconds per kind of task ({busy:.0f} s of {workers * seconds:.0f} "
             f"worker-seconds in a {seconds:.0f} s run; the rest is the client's reading of "
             "the results, its writing of the CRM rows and the snapshot, and waiting). "
             "read_part: read, check and featurise a part; rank: predictions, ICP fit and "
@@ -337,7 +332,7 @@ def main() -> None:
                 ]
             )
             note = reset_peak_rss()
-            spread, peaks = _on_local_cluster(
+            spread, peaks, _ = _on_local_cluster(
                 config,
                 bundle,
                 out=root / f"dask-{part}",

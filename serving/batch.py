@@ -115,6 +115,13 @@ def score_accounts(
     from features.build import build_features, scoring_requests
     from features.contract import load_tables
 
+    out = Path(out)
+    if out.is_dir():  # refused before the work, not when the finished file cannot replace it
+        raise ValueError(
+            f"--out {out} is a directory (a cluster run's Parquet parts?); a single-process run "
+            f"writes one file: choose a file, e.g. --out {out.with_name(out.name + '.parquet')}, "
+            "or score on the cluster again with --cluster"
+        )
     report = progress or _no_progress
     tables = load_tables(config.data).tables
     when = _scoring_date(as_of, config, tables.end_of_data())
@@ -130,7 +137,6 @@ def score_accounts(
         pd.DataFrame({"account_id": [COLD_START_ID], "as_of": [when]}),
         config.features,
     )
-    out = Path(out)
     snapshot_path = Path(snapshot) if snapshot is not None else config.scoring.snapshot
     history = _run_history(config, bundle, when, tables.accounts)
     plan = _capacity_plan(config, bundle, features, tables.accounts)

@@ -443,7 +443,7 @@ def score_accounts_distributed(
     Parquet parts (see the module docstring). The result's scores are what the global pass
     read and decided of each account (``serving.batch.POPULATION_COLUMNS`` and
     ``DECIDED_COLUMNS``); every field is in ``out``."""
-    _refuse_unsupported(config)
+    _refuse_unsupported(config, out)
     from features.contract import export_parts
 
     report = progress or _no_progress
@@ -561,7 +561,10 @@ def score_accounts_distributed(
     )
 
 
-def _refuse_unsupported(config: Config) -> None:
+def _refuse_unsupported(config: Config, out: Path) -> None:
+    """What a cluster run cannot do, refused before any work: elevations, and an ``out`` that
+    is a file (a single-process run's output) where the run writes a directory."""
+    _refuse_file(Path(out))
     if config.elevation.enabled:
         raise ValueError(
             "--cluster: elevations ([elevation] enabled) read every account's intent "
@@ -584,7 +587,7 @@ def score_on_cluster(
     """:func:`score_accounts_distributed` on ``cluster`` (see :class:`ClusterSpec`): a
     LocalCluster for the run, or the scheduler of a running cluster."""
     spec = ClusterSpec.parse(cluster)
-    _refuse_unsupported(config)  # before a cluster is started for nothing
+    _refuse_unsupported(config, out)  # before a cluster is started for nothing
     with connect(spec) as client:
         return score_accounts_distributed(
             config,
@@ -666,17 +669,25 @@ def _atomic_directory(target: Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        _refuse_file(target)  # in case one appeared during the run
         if target.is_dir():
             os.replace(target, old)
-        elif target.exists():
-            raise FileExistsError(
-                f"{target} is a file; the partitioned output is a directory: remove it or "
-                "choose another --out"
-            )
         os.replace(tmp, target)
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _refuse_file(target: Path) -> None:
+    if target.exists() and not target.is_dir():
+        other = target.with_suffix("")
+        if other == target:
+            other = target.with_name(f"{target.name}-parts")
+        raise ValueError(
+            f"--out {target} is a file (a single-process run's scores?); a cluster run writes "
+            f"a directory of Parquet parts: remove the file or choose another --out, e.g. "
+            f"--out {other}"
+        )
 
 
 def _restore_stale_old(target: Path) -> None:

@@ -199,18 +199,10 @@ def _cli_config(
     return path
 
 
-def _score_args(config: Path, trained: TrainedBundle, out: Path, *extra: str) -> list[str]:
-    """`tiering score` with ``config``, the session's bundle and ``out``."""
-    return [
-        "score",
-        "--config",
-        str(config),
-        "--model",
-        str(trained.bundle_dir),
-        "--out",
-        str(out),
-        *extra,
-    ]
+def _score_args(config: Path, trained: TrainedBundle, out: Path | None, *extra: str) -> list[str]:
+    """`tiering score` with ``config``, the session's bundle and ``out`` (None: the default)."""
+    where = ["--out", str(out)] if out is not None else []
+    return ["score", "--config", str(config), "--model", str(trained.bundle_dir), *where, *extra]
 
 
 def test_cli_refuses_a_bad_cluster_in_the_config_with_one_line(
@@ -247,17 +239,71 @@ def test_cli_refuses_elevations_on_a_cluster_before_it_starts_one(
     assert not out.exists() and not (tmp_path / "history.db").exists()
 
 
-@pytest.mark.slow
-def test_cli_scores_on_a_local_cluster(trained_bundle: TrainedBundle, tmp_path: Path) -> None:
+def test_cli_refuses_a_file_as_the_cluster_output_before_it_starts_one(
+    trained_bundle: TrainedBundle, tmp_path: Path
+) -> None:
+    """A single-process run's scores file where the cluster run would write its directory of
+    parts: one line saying what to do, the file kept, nothing scored."""
     from typer.testing import CliRunner
 
     from tiering_cli.main import app
 
     config = _cli_config(trained_bundle, tmp_path)
+    out = tmp_path / "tiers.parquet"
+    out.write_bytes(b"the previous run's scores")
     result = CliRunner().invoke(
-        app, _score_args(config, trained_bundle, tmp_path / "tiers", "--cluster", "local:2")
+        app, _score_args(config, trained_bundle, out, "--cluster", "local:1")
+    )
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert f"--out {out} is a file" in text and f"--out {tmp_path / 'tiers'}" in text
+    assert "Traceback" not in result.output
+    assert out.read_bytes() == b"the previous run's scores"
+    assert not (tmp_path / "snapshot.parquet").exists() and not (tmp_path / "history.db").exists()
+
+
+def test_cli_refuses_a_cluster_runs_directory_as_a_single_process_output(
+    trained_bundle: TrainedBundle, tmp_path: Path
+) -> None:
+    """The reverse: a single-process run pointed at a cluster run's parts says so before it
+    scores, and the parts stay."""
+    from typer.testing import CliRunner
+
+    from tiering_cli.main import app
+
+    config = _cli_config(trained_bundle, tmp_path)
+    out = tmp_path / "tiers"
+    out.mkdir()
+    (out / "part-0.parquet").write_bytes(b"a cluster run's part")
+    result = CliRunner().invoke(app, _score_args(config, trained_bundle, out))
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert f"--out {out} is a directory" in text and f"--out {out}.parquet" in text
+    assert "Traceback" not in result.output
+    assert (out / "part-0.parquet").read_bytes() == b"a cluster run's part"
+    assert not (tmp_path / "snapshot.parquet").exists() and not (tmp_path / "history.db").exists()
+
+
+@pytest.mark.slow
+def test_cli_scores_on_a_local_cluster(trained_bundle: TrainedBundle, tmp_path: Path) -> None:
+    """Without --out, a cluster run writes its directory beside the configured scores file
+    (tiers.parquet -> tiers/) and leaves a single-process run's file as it was."""
+    from typer.testing import CliRunner
+
+    from tiering_cli.main import app
+
+    config = _cli_config(trained_bundle, tmp_path)
+    config.write_text(
+        config.read_text().replace(
+            "[scoring]\n", f'[scoring]\noutput = "{tmp_path / "tiers.parquet"}"\n'
+        )
+    )
+    (tmp_path / "tiers.parquet").write_bytes(b"a single-process run's scores")
+    result = CliRunner().invoke(
+        app, _score_args(config, trained_bundle, None, "--cluster", "local:2")
     )
     assert result.exit_code == 0, result.output
+    assert (tmp_path / "tiers.parquet").read_bytes() == b"a single-process run's scores"
     scores = pd.read_parquet(tmp_path / "tiers")
     assert len(scores) == len(pd.read_csv(trained_bundle.config.data.accounts.path))  # type: ignore[union-attr]
     assert set(scores["tier"]) == {1, 2, 3}

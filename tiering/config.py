@@ -235,8 +235,8 @@ class ScoringConfig(StrictModel):
     top_reasons: int = Field(3, gt=0, description="Positive and negative drivers per account.")
     output: Path = Field(
         Path("outputs/tiers.parquet"),
-        description="Where `tiering score` writes the scores (.parquet or .csv; on a cluster, a "
-        "directory of Parquet parts), the CRM write-back beside them; `--out` overrides.",
+        description="Where `tiering score` writes the scores (.parquet or .csv; a cluster run writes a "
+        "directory of Parquet parts named after it without its suffix, outputs/tiers), the CRM write-back beside them; `--out` overrides.",
     )
     snapshot: Path = Field(
         Path("outputs/account_snapshot.parquet"),

@@ -66,7 +66,7 @@ def score(
     cluster: str | None = typer.Option(
         None,
         "--cluster",
-        help="Score on Dask: local, local:N (N worker processes) or a scheduler address such as tcp://scheduler:8786; --out is then a directory of Parquet parts. Default: the config's scoring.cluster, else one process.",
+        help="Score on Dask: local, local:N (N worker processes) or a scheduler address such as tcp://scheduler:8786; --out is then a directory of Parquet parts (default: scoring.output without its suffix, outputs/tiers). Default: the config's scoring.cluster, else one process.",
     ),
     fresh_reasons: bool = typer.Option(
         False,
@@ -82,7 +82,10 @@ def score(
     from tiering_cli.capacity_view import book_breakdown
 
     cfg = read_config(config)
-    out = out if out is not None else cfg.scoring.output
+    on_cluster = cluster or cfg.scoring.cluster
+    if out is None:
+        # a cluster run writes a directory of parts: outputs/tiers.parquet -> outputs/tiers
+        out = cfg.scoring.output.with_suffix("") if on_cluster else cfg.scoring.output
     if fresh_reasons:
         cfg = cfg.model_copy(
             update={"history": cfg.history.model_copy(update={"reuse_reasons": False})}
@@ -102,13 +105,13 @@ def score(
                 bar.update(tasks[stage], completed=done)
 
             try:
-                if cluster or cfg.scoring.cluster:
+                if on_cluster:
                     from serving.distributed import score_on_cluster
 
                     result = score_on_cluster(
                         cfg,
                         loaded.bundle,
-                        cluster or cfg.scoring.cluster or "",
+                        on_cluster,
                         as_of=as_of,
                         out=out,
                         progress=report,

@@ -19,6 +19,7 @@ import pandas as pd
 from features.config import FeatureConfig
 from serving.group_cutoffs import GroupCutoffsCache
 from serving.model_loader import LoadedModel
+from serving.precomputed import PrecomputedScores
 from serving.request_features import RequestFeatures, RequestRejected
 from serving.schemas import (
     AccountRequest,
@@ -33,7 +34,7 @@ from serving.schemas import (
     ScoreResponse,
 )
 from serving.settings import ServingSettings
-from serving.snapshot import SnapshotCache
+from serving.snapshot import Snapshot, SnapshotCache
 from tiering.config import TIER_NAMES
 
 T = TypeVar("T")
@@ -52,6 +53,7 @@ class OnlineScorer:
         feature_config: FeatureConfig,
         max_accounts: int,
         top_reasons: int = 3,
+        precompute_max_accounts: int = 0,
     ) -> None:
         self.bundle = loaded.bundle
         self.source = loaded.source
@@ -61,8 +63,13 @@ class OnlineScorer:
         self.features = RequestFeatures(self.bundle, feature_config)
         self.snapshots = SnapshotCache(snapshot_path)
         self.groups = GroupCutoffsCache(snapshot_path)
+        self.precomputed = PrecomputedScores(
+            self._score_by_id, max_accounts=precompute_max_accounts
+        )
         # A damaged snapshot at startup is a reason not to start (SnapshotError).
-        self.snapshots.load()
+        snapshot = self.snapshots.load()
+        if snapshot is not None:
+            self.precomputed.build(snapshot, self.groups.current())
 
     @classmethod
     def from_settings(cls, settings: ServingSettings) -> OnlineScorer:
@@ -107,12 +114,42 @@ class OnlineScorer:
             feature_config=features,
             max_accounts=settings.max_accounts_per_request,
             top_reasons=config.scoring.top_reasons if config is not None else 3,
+            precompute_max_accounts=settings.precompute_max_accounts,
         )
 
     # ------------------------------------------------------------------ answers
     def score(self, accounts: list[AccountRequest], *, reasons: bool = True) -> ScoreResponse:
+        answered = self.answered(accounts, reasons=reasons)
+        if answered is not None:
+            return answered
         scored, sources, warnings, grouped = self._scored(accounts, reasons)
         return self._score_response(scored, sources, warnings, reasons, grouped)
+
+    def answered(
+        self, accounts: Sequence[AccountRequest], *, reasons: bool = True
+    ) -> ScoreResponse | None:
+        """The answer from the scores precomputed for the current snapshot
+        (``serving.precomputed``), or None unless every account is named by id alone and the
+        snapshot's table is built: then ``score`` computes it."""
+        found = self.precomputed.lookup(
+            accounts, reasons, self.snapshots.current(), self.groups.current()
+        )
+        if found is None:
+            return None
+        return self._response([a for a, _ in found], [u for _, u in found], [])
+
+    def _score_by_id(
+        self, accounts: list[AccountRequest], snapshot: Snapshot, groups: Any
+    ) -> list[tuple[AccountScore, str]]:
+        """What ``score`` answers for accounts by id against ``snapshot`` and ``groups``, with
+        reasons: each account's score and the cut-offs used (for the precomputed table)."""
+        rows, sources, warnings, grouped = self._scored(accounts, True, snapshot, groups)
+        if warnings:
+            raise ValueError(f"scoring accounts by id gave warnings: {warnings[0].message}")
+        return [
+            (_account_score(row, source, True, grouped=grouped), str(row["cutoffs_used"]))
+            for row, source in zip(rows, sources, strict=True)
+        ]
 
     def score_each(
         self, requests: Sequence[tuple[AccountRequest, bool]]
@@ -144,17 +181,21 @@ class OnlineScorer:
         return [a for a in answers if a is not None]
 
     def _scored(
-        self, accounts: list[AccountRequest], reasons: bool
+        self,
+        accounts: list[AccountRequest],
+        reasons: bool,
+        snapshot: Snapshot | None = None,
+        groups: Any = None,
     ) -> tuple[list[dict[Any, Any]], list[str], list[Problem], bool]:
         """The one scoring path of the service: feature rows, then ``tiering.scoring.score``
-        (against the group cut-offs when there are any); rows, sources, warnings, grouped."""
+        (against the group cut-offs when there are any); rows, sources, warnings, grouped.
+        ``snapshot`` and ``groups`` default to the current ones."""
         from tiering.scoring import records, score_columns
 
+        if snapshot is None:
+            snapshot, groups = self.snapshots.current(), self.groups.current()
         warnings: list[Problem] = []
-        features, sources = self.features.rows(
-            accounts, self.snapshots.current(), warnings=warnings
-        )
-        groups = self.groups.current()
+        features, sources = self.features.rows(accounts, snapshot, warnings=warnings)
         if groups is not None:
             from serving.online_groups import score_in_groups
 
@@ -183,7 +224,19 @@ class OnlineScorer:
         reasons: bool,
         grouped: bool,
     ) -> ScoreResponse:
-        used = list(dict.fromkeys(str(row["cutoffs_used"]) for row in rows))
+        return self._response(
+            [
+                _account_score(row, source, reasons, grouped=grouped)
+                for row, source in zip(rows, sources, strict=True)
+            ],
+            [str(row["cutoffs_used"]) for row in rows],
+            warnings,
+        )
+
+    def _response(
+        self, accounts: list[AccountScore], cutoffs_used: list[str], warnings: list[Problem]
+    ) -> ScoreResponse:
+        used = list(dict.fromkeys(cutoffs_used))
         return ScoreResponse(
             model_version=self.version,
             scored_at=_now(),
@@ -191,10 +244,7 @@ class OnlineScorer:
             cutoffs=self.cutoffs(
                 used[0] if len(used) == 1 else "per account: see each account's cutoffs_used"
             ),
-            accounts=[
-                _account_score(row, source, reasons, grouped=grouped)
-                for row, source in zip(rows, sources, strict=True)
-            ],
+            accounts=accounts,
         )
 
     def explain(self, account: AccountRequest) -> ExplainResponse:
@@ -292,6 +342,9 @@ class OnlineScorer:
             snapshot_as_of=snapshot.as_of,
             snapshot_problem=snapshot.problem,
             max_accounts_per_request=self.max_accounts,
+            precomputed_accounts=self.precomputed.accounts(
+                self.snapshots.current(), self.groups.current()
+            ),
         )
 
 

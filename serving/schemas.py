@@ -353,3 +353,10 @@ class ModelInfo(BaseModel):
         "last good one is kept); None when it is.",
     )
     max_accounts_per_request: int = Field(description="Most accounts one /score request takes.")
+    precomputed_accounts: int = Field(
+        default=0,
+        description="Accounts of the snapshot in use whose answers by id are scored ahead "
+        "(0 while they are being scored, or when the snapshot is above "
+        "TIERING_PRECOMPUTE_MAX_ACCOUNTS); the others are scored per request, to the same "
+        "answer.",
+    )

@@ -174,6 +174,10 @@ class TieringService:
                 f"accounts: at most {limit} accounts per request, got {len(accounts)}",
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
             )
+        # Accounts by id alone: the answer scored ahead for this snapshot, when there is one.
+        ready = self.scorer.answered(accounts, reasons=reasons)
+        if ready is not None:
+            return ready
         try:
             if len(accounts) == 1:
                 answer: ScoreResponse = await self.score_batcher((accounts[0], reasons))

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from serving.batching import Batcher
+from serving.model_loader import LoadedModel
 from serving.online import OnlineScorer
 from serving.request_features import RequestRejected
 from serving.schemas import AccountRequest
@@ -114,7 +116,9 @@ def test_a_concurrent_burst_is_merged_and_a_bad_account_gets_its_own_404(
         async with httpx.AsyncClient(
             base_url=live_server.base_url, headers=headers, timeout=30
         ) as client:
-            bodies = [{"accounts": [{"account_id": a}], "reasons": True} for a in ids]
+            # With an owner, so each is computed (by id alone it may be answered from the
+            # scores precomputed for the snapshot, which never reach the batcher).
+            bodies = [{"accounts": [{"account_id": a, "owner": "burst"}]} for a in ids]
             bodies[5] = {"accounts": [{"account_id": "NO-SUCH-ACCOUNT"}], "reasons": True}
             scores = [client.post("/score", json=b) for b in bodies]
             explains = [
@@ -134,3 +138,52 @@ def test_a_concurrent_burst_is_merged_and_a_bad_account_gets_its_own_404(
     assert [r.json()["account"]["account_id"] for r in explains] == ids[:8]
     metrics = httpx.get(f"{live_server.base_url}/metrics", headers=headers).text
     assert _batch_sizes_over_one(metrics, "score") >= 1, metrics[-3000:]
+
+
+@pytest.mark.slow
+def test_a_real_server_answers_ids_from_its_precomputed_scores(
+    live_server: LiveService, scorer: OnlineScorer
+) -> None:
+    headers = {"X-API-Key": live_server.api_key}
+    ids = live_server.deployment.account_ids
+    deadline = time.monotonic() + 120
+    while True:
+        info = httpx.get(f"{live_server.base_url}/model", headers=headers, timeout=30).json()
+        if info["precomputed_accounts"] == len(ids) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert info["precomputed_accounts"] == len(ids)
+    # One account with more than its id is computed: a model call, counted in /metrics.
+    body = {"accounts": [{"account_id": ids[0], "owner": "somebody"}]}
+    httpx.post(f"{live_server.base_url}/score", json=body, headers=headers, timeout=30)
+    calls_before = _model_calls(live_server, "score")
+    assert calls_before >= 1
+    computed = OnlineScorer(
+        LoadedModel(bundle=scorer.bundle, source=scorer.source, version=scorer.version),
+        snapshot_path=live_server.deployment.snapshot,
+        feature_config=scorer.features.feature_config,
+        max_accounts=1_000,
+        precompute_max_accounts=0,
+    )
+    for account_id in ids[:: max(1, len(ids) // 20)]:
+        for reasons in (True, False):
+            body = {"accounts": [{"account_id": account_id}], "reasons": reasons}
+            response = httpx.post(
+                f"{live_server.base_url}/score", json=body, headers=headers, timeout=30
+            )
+            assert response.status_code == 200, response.text
+            alone = computed.score([AccountRequest(account_id=account_id)], reasons=reasons)
+            answer = response.json()
+            answer.pop("scored_at")
+            assert answer == _comparable(alone), account_id
+    # No model call answered them.
+    assert _model_calls(live_server, "score") == calls_before
+
+
+def _model_calls(live_server: LiveService, endpoint: str) -> float:
+    """Model calls of ``endpoint`` so far, every worker's, from /metrics."""
+    metrics = httpx.get(
+        f"{live_server.base_url}/metrics", headers={"X-API-Key": live_server.api_key}
+    ).text
+    pattern = rf'tiering_batch_size_count\{{[^}}]*endpoint="{endpoint}"[^}}]*\}} (\S+)'
+    return sum(float(m.group(1)) for m in re.finditer(pattern, metrics))

@@ -116,3 +116,21 @@ def demo_config(root: Path, paths: dict[str, Path]) -> Any:
     data = base.data.model_copy(update={**tables, "truth_dir": paths["accounts"].parent / "truth"})
     scoring = base.scoring.model_copy(update={"snapshot": root / "snapshot.parquet"})
     return base.model_copy(update={"data": data, "scoring": scoring})
+
+
+def wait_precomputed(
+    base: str, accounts: int, headers: dict[str, str], timeout_s: float = 300.0
+) -> None:
+    """Until the service at ``base`` answers every one of ``accounts`` snapshot accounts from
+    its precomputed scores (``GET /model``), then as long again: each worker builds its own
+    table, and /model answers from one of them."""
+    import httpx
+
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        info = httpx.get(f"{base}/model", headers=headers, timeout=10).json()
+        if info.get("precomputed_accounts", 0) >= accounts:
+            time.sleep(time.monotonic() - started)
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"the service did not precompute {accounts} accounts in {timeout_s} s")

@@ -2,10 +2,12 @@
 
 Setup (not timed): a small demo CRM in a temporary folder, a bundle from the training
 pipeline, one batch run for the account snapshot, then a real ``bentoml serve`` of the service
-on a free 127.0.0.1 port with an API key, once with adaptive batching and once without.
+on a free 127.0.0.1 port with an API key, once per setting of ``SINGLE_ACCOUNT_SERVERS``: the
+default (answers by id scored ahead for the snapshot, ``serving.precomputed``, measured once
+every worker has them), and computed per request with adaptive batching and without.
 
-One account with reasons per request (what a CRM page or a routing service sends), for each
-of the two servers:
+One account by id with reasons per request (what a CRM page or a routing service sends), for
+each server:
 
 1. Low load: one client, requests back to back: p50/p99 of one account with reasons.
 2. Open loop at ``BENCH_LOAD_RATE`` requests/s (default 200) for ``BENCH_LOAD_RATE_SECONDS``
@@ -14,7 +16,7 @@ of the two servers:
    (anything but 200), p50/p95/p99, and the mean number of requests each model call answered
    (from the service's ``tiering_batch_size`` histogram).
 
-Then, with batching, 100-account requests:
+Then, computed per request with batching, 100-account requests:
 
 3. Capacity: closed loop, two clients per worker, each sending
    100-account requests back to back for ``BENCH_LOAD_SECONDS`` (default 20): answered
@@ -49,7 +51,7 @@ from typing import Any
 import aiohttp
 import httpx
 
-from benchmarks._util import demo_config, print_table
+from benchmarks._util import demo_config, print_table, wait_precomputed
 
 SECONDS = float(os.environ.get("BENCH_LOAD_SECONDS", "20"))
 RATE = float(os.environ.get("BENCH_LOAD_RATE", "200"))
@@ -267,17 +269,31 @@ def _mean_batch(base: str) -> tuple[float, float]:
     return totals["count"], totals["sum"]
 
 
+# The servers of the single-account table: answers by id scored ahead for the snapshot (the
+# default), then computed per request with and without batching.
+SINGLE_ACCOUNT_SERVERS: list[tuple[str, dict[str, str]]] = [
+    ("precomputed by id (default)", {}),
+    ("computed, batching", {"TIERING_PRECOMPUTE_MAX_ACCOUNTS": "0"}),
+    (
+        "computed, no batching",
+        {"TIERING_PRECOMPUTE_MAX_ACCOUNTS": "0", "TIERING_BATCHING": "false"},
+    ),
+]
+
+
 def _single_account_rows(root: Path, bundle: Path, snapshot: Path, ids: list[str]) -> list[Any]:
-    """Low load and the open-loop rate, one server with batching and one without."""
+    """Low load and the open-loop rate, one server per setting of SINGLE_ACCOUNT_SERVERS."""
     from serving.settings import workers_from_env
 
     rows: list[Any] = []
-    for batching in (True, False):
+    for k, (mode, settings) in enumerate(SINGLE_ACCOUNT_SERVERS):
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
-        log = root / f"server-batching-{batching}.log"
-        server = _start(bundle, snapshot, port, log, TIERING_BATCHING=str(batching).lower())
+        log = root / f"server-{k}.log"
+        server = _start(bundle, snapshot, port, log, **settings)
         try:
+            if "TIERING_PRECOMPUTE_MAX_ACCOUNTS" not in settings:
+                wait_precomputed(base, len(ids), {"X-API-Key": API_KEY})
             asyncio.run(_open_loop(base, ids, "warm-up", 20.0, seconds=3.0, body=_one_account))
             low = _low_load(base, ids)
             latencies = asyncio.run(low)
@@ -297,7 +313,6 @@ def _single_account_rows(root: Path, bundle: Path, snapshot: Path, ids: list[str
         finally:
             os.killpg(server.pid, 15)
             server.wait(timeout=30)
-        mode = "batching" if batching else "no batching"
         rows.append(
             [
                 mode,
@@ -314,7 +329,8 @@ def _single_account_rows(root: Path, bundle: Path, snapshot: Path, ids: list[str
             ]
         )
         errors = sum(v for k, v in phase.statuses.items() if k != "200")
-        merged = (answered - answered_before) / max(1.0, calls - calls_before)
+        calls -= calls_before
+        merged = f"{(answered - answered_before) / calls:.1f}" if calls else "no model call"
         rows.append(
             [
                 mode,
@@ -325,7 +341,7 @@ def _single_account_rows(root: Path, bundle: Path, snapshot: Path, ids: list[str
                 _ms(phase.ok_latency, 0.5),
                 _ms(phase.ok_latency, 0.95),
                 _ms(phase.ok_latency, 0.99),
-                f"{merged:.1f}",
+                merged,
                 ", ".join(f"{k}: {v}" for k, v in sorted(phase.statuses.items()) if k != "200")
                 or "none",
                 f"{phase.client_cpu_s / phase.seconds:.0%}",
@@ -362,7 +378,10 @@ def main() -> None:
         _single_account_rows(root, bundle, snapshot, ids)
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
-        server = _start(bundle, snapshot, port, root / "server.log")
+        # Computed per request: 100 accounts by id would otherwise be looked up, not scored.
+        server = _start(
+            bundle, snapshot, port, root / "server.log", TIERING_PRECOMPUTE_MAX_ACCOUNTS="0"
+        )
         try:
             capacity = asyncio.run(_closed_loop(base, ids, clients))
             phases = [
@@ -375,7 +394,8 @@ def main() -> None:
     rows += [p.row(capacity) for p in phases]
     print_table(
         f"Service under load on loopback: {ACCOUNTS_PER_REQUEST}-account requests with reasons, "
-        f"{SECONDS:.0f} s per phase, batching on, {clients} clients for capacity",
+        f"{SECONDS:.0f} s per phase, computed per request with batching, "
+        f"{clients} clients for capacity",
         [
             "phase",
             "offered req/s",

@@ -36,7 +36,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks._util import demo_config, median_time, peak_rss_mib, print_table, run_isolated
+from benchmarks._util import (
+    demo_config,
+    median_time,
+    peak_rss_mib,
+    print_table,
+    run_isolated,
+    wait_precomputed,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = os.environ.get("BENCH_SERVING_QUICK") == "1"
@@ -239,7 +246,49 @@ def in_process_row(config: Any, model_uri: str, tracking_uri: str, account_id: s
     p50, p99 = _latencies(
         lambda: scorer.score(request, reasons=True).model_dump_json(), N_LATENCY_REQUESTS
     )
-    return ["in process (OnlineScorer.score + JSON), 1 account with reasons", p50, p99, "", ""]
+    return [
+        "in process (OnlineScorer.score + JSON), 1 account with reasons, computed",
+        p50,
+        p99,
+        "",
+        "",
+    ]
+
+
+def _bento_rows(
+    client: Any, base: str, ids: list[str], answers: str, rows: list[list[Any]]
+) -> float:
+    """Latency of one account by id with and without reasons, and throughput of 100-account
+    requests, against a running service; rows added to ``rows``, the throughput returned."""
+    one = {"accounts": [{"account_id": ids[0]}], "reasons": True}
+    p50, p99 = _latencies(
+        lambda: client.post(f"{base}/score", json=one).raise_for_status(), N_LATENCY_REQUESTS
+    )
+    rows.append([f"BentoML /score, 1 account with reasons, {answers}", p50, p99, "", "p99 < 10 ms"])
+    plain = {"accounts": [{"account_id": ids[0]}], "reasons": False}
+    p50, p99 = _latencies(
+        lambda: client.post(f"{base}/score", json=plain).raise_for_status(), N_LATENCY_REQUESTS
+    )
+    rows.append([f"BentoML /score, 1 account, no reasons, {answers}", p50, p99, "", ""])
+    batch_body = {
+        "accounts": [{"account_id": i} for i in ids[:THROUGHPUT_BATCH]],
+        "reasons": False,
+    }
+    throughput = _throughput(
+        lambda: client.post(f"{base}/score", json=batch_body).raise_for_status(),
+        N_THROUGHPUT_REQUESTS,
+        THROUGHPUT_BATCH,
+    )
+    rows.append(
+        [
+            f"BentoML /score, {THROUGHPUT_BATCH} accounts/request, no reasons, {answers}",
+            "",
+            "",
+            throughput,
+            "",
+        ]
+    )
+    return throughput
 
 
 def online_rows(
@@ -262,49 +311,28 @@ def online_rows(
     ids = features["account_id"].astype(str).tolist()
     rows: list[list[Any]] = [in_process_row(config, model_uri, tracking_uri, ids[0])]
 
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    bentoml_cmd = [
-        str(bin_dir / "bentoml"),
-        "serve",
-        "serving.service:TieringService",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    with (
-        _server(bentoml_cmd, env, f"{base}/readyz", workdir / "bentoml.log"),
-        httpx.Client(headers={"X-API-Key": API_KEY}, timeout=60) as client,
+    for answers, settings in (
+        ("precomputed", {}),
+        ("computed", {"TIERING_PRECOMPUTE_MAX_ACCOUNTS": "0"}),
     ):
-        one = {"accounts": [{"account_id": ids[0]}], "reasons": True}
-        p50, p99 = _latencies(
-            lambda: client.post(f"{base}/score", json=one).raise_for_status(), N_LATENCY_REQUESTS
-        )
-        rows.append(["BentoML /score, 1 account with reasons", p50, p99, "", "p99 < 10 ms"])
-        plain = {"accounts": [{"account_id": ids[0]}], "reasons": False}
-        p50, p99 = _latencies(
-            lambda: client.post(f"{base}/score", json=plain).raise_for_status(), N_LATENCY_REQUESTS
-        )
-        rows.append(["BentoML /score, 1 account, no reasons", p50, p99, "", ""])
-        batch_body = {
-            "accounts": [{"account_id": i} for i in ids[:THROUGHPUT_BATCH]],
-            "reasons": False,
-        }
-        bento_tp = _throughput(
-            lambda: client.post(f"{base}/score", json=batch_body).raise_for_status(),
-            N_THROUGHPUT_REQUESTS,
-            THROUGHPUT_BATCH,
-        )
-        rows.append(
-            [
-                f"BentoML /score, {THROUGHPUT_BATCH} accounts/request, no reasons",
-                "",
-                "",
-                bento_tp,
-                "",
-            ]
-        )
+        port = _free_port()
+        base = f"http://127.0.0.1:{port}"
+        bentoml_cmd = [
+            str(bin_dir / "bentoml"),
+            "serve",
+            "serving.service:TieringService",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        with (
+            _server(bentoml_cmd, {**env, **settings}, f"{base}/readyz", workdir / "bentoml.log"),
+            httpx.Client(headers={"X-API-Key": API_KEY}, timeout=60) as client,
+        ):
+            if not settings:
+                wait_precomputed(base, len(ids), {"X-API-Key": API_KEY})
+            bento_tp = _bento_rows(client, base, ids, answers, rows)
 
     if QUICK:
         return rows

@@ -28,7 +28,8 @@ Then, computed per request with batching, 100-account requests:
 The load comes from one asyncio process with aiohttp (a fraction of httpx's CPU per request,
 which matters on a machine whose cores the server shares) over at most ``CONNECTIONS``
 keep-alive connections, as a caller's connection pool would: a request that finds every
-connection busy waits for one. Latency is counted from the moment the schedule sent the
+connection busy waits for one (the 100-account phases allow ``OVERLOAD_CONNECTIONS``, more than
+the service holds at once, so that its shedding shows). Latency is counted from the moment the schedule sent the
 request, so that wait is part of it (no coordinated omission), and the client's own CPU
 seconds are printed beside each phase: the load generator shares the server's two cores.
 """
@@ -61,6 +62,8 @@ ACCOUNTS_PER_REQUEST = 100
 CLIENT_TIMEOUT_S = 10.0
 MAX_REQUESTS_PER_PHASE = 5_000
 CONNECTIONS = 64
+# The 100-account phases: more connections than the service takes requests at once.
+OVERLOAD_CONNECTIONS = 1_024
 API_KEY = "bench-load-key"
 N_DEMO_ACCOUNTS = 1_500
 
@@ -231,11 +234,12 @@ async def _open_loop(
     seconds: float = SECONDS,
     body: Callable[[list[str], int], dict[str, Any]] = _body,
     cap: int = MAX_REQUESTS_PER_PHASE,
+    connections: int = CONNECTIONS,
 ) -> Phase:
     n = min(cap, int(rps * seconds))
     phase = Phase(name, rps, n / rps)
     cpu = time.process_time()
-    async with _session(base) as client:
+    async with _session(base, connections) as client:
         start = time.perf_counter()
         tasks = []
         for k in range(n):
@@ -384,8 +388,14 @@ def main() -> None:
         )
         try:
             capacity = asyncio.run(_closed_loop(base, ids, clients))
+            # Callers that do not wait for a free connection: what the service sheds is seen.
             phases = [
-                asyncio.run(_open_loop(base, ids, f"{x}x capacity", x * capacity)) for x in (1, 3)
+                asyncio.run(
+                    _open_loop(
+                        base, ids, f"{x}x capacity", x * capacity, connections=OVERLOAD_CONNECTIONS
+                    )
+                )
+                for x in (1, 3)
             ]
         finally:
             os.killpg(server.pid, 15)

@@ -134,3 +134,16 @@ def wait_precomputed(
             return
         time.sleep(0.5)
     raise RuntimeError(f"the service did not precompute {accounts} accounts in {timeout_s} s")
+
+
+def bentoml_serve_command(port: int) -> list[str]:
+    """``bentoml serve`` of the service on 127.0.0.1:``port``, from this environment."""
+    return [
+        str(Path(sys.executable).parent / "bentoml"),
+        "serve",
+        "serving.service:TieringService",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]

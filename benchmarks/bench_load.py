@@ -52,7 +52,7 @@ from typing import Any
 import aiohttp
 import httpx
 
-from benchmarks._util import demo_config, print_table, wait_precomputed
+from benchmarks._util import bentoml_serve_command, demo_config, print_table, wait_precomputed
 
 SECONDS = float(os.environ.get("BENCH_LOAD_SECONDS", "20"))
 RATE = float(os.environ.get("BENCH_LOAD_RATE", "200"))
@@ -140,15 +140,7 @@ def _start(
     }
     env.pop("TIERING_CONFIG", None)
     server = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "bentoml"),
-            "serve",
-            "serving.service:TieringService",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        bentoml_serve_command(port),
         env=env,
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,

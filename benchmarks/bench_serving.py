@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks._util import (
+    bentoml_serve_command,
     demo_config,
     median_time,
     peak_rss_mib,
@@ -317,17 +318,13 @@ def online_rows(
     ):
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
-        bentoml_cmd = [
-            str(bin_dir / "bentoml"),
-            "serve",
-            "serving.service:TieringService",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
         with (
-            _server(bentoml_cmd, {**env, **settings}, f"{base}/readyz", workdir / "bentoml.log"),
+            _server(
+                bentoml_serve_command(port),
+                {**env, **settings},
+                f"{base}/readyz",
+                workdir / "bentoml.log",
+            ),
             httpx.Client(headers={"X-API-Key": API_KEY}, timeout=60) as client,
         ):
             if not settings:

@@ -44,6 +44,10 @@ class _Table:
     answers: dict[str, tuple[bytes, str]]
     """Per account id: its ``AccountScore`` with reasons as JSON, and the cut-offs used."""
 
+    @property
+    def key(self) -> tuple[Snapshot, object]:
+        return self.snapshot, self.groups
+
 
 class PrecomputedScores:
     """The answers of one snapshot (and its group cut-offs), built in a background thread."""
@@ -69,8 +73,8 @@ class PrecomputedScores:
         the table of a new snapshot."""
         if snapshot is None or self.max_accounts <= 0:
             return None
-        table = self._table
-        if table is None or not _same((table.snapshot, table.groups), (snapshot, groups)):
+        table = self._table_for(snapshot, groups)
+        if table is None:
             self.build(snapshot, groups)
             return None
         found = []
@@ -87,12 +91,13 @@ class PrecomputedScores:
 
     def accounts(self, snapshot: Snapshot | None, groups: object) -> int:
         """How many accounts are answered from the table of ``snapshot`` and ``groups``."""
+        table = self._table_for(snapshot, groups) if snapshot is not None else None
+        return 0 if table is None else len(table.answers)
+
+    def _table_for(self, snapshot: Snapshot, groups: object) -> _Table | None:
+        """The table built for ``snapshot`` and ``groups``, if it is the one in place."""
         table = self._table
-        if snapshot is None or table is None:
-            return 0
-        return (
-            len(table.answers) if _same((table.snapshot, table.groups), (snapshot, groups)) else 0
-        )
+        return table if table is not None and _same(table.key, (snapshot, groups)) else None
 
     def build(self, snapshot: Snapshot, groups: object, *, wait: bool = False) -> None:
         """Score every account of ``snapshot`` in a background thread (``wait``: in this one),
@@ -101,8 +106,7 @@ class PrecomputedScores:
             return
         with self._lock:
             key = (snapshot, groups)
-            table = self._table
-            if table is not None and _same((table.snapshot, table.groups), key):
+            if self._table_for(snapshot, groups) is not None:
                 return
             if _same(self._building, key):
                 thread = self._thread

@@ -174,12 +174,13 @@ class TieringService:
                 f"accounts: at most {limit} accounts per request, got {len(accounts)}",
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
             )
-        # Accounts by id alone: the answer scored ahead for this snapshot, when there is one.
-        ready = self.scorer.answered(accounts, reasons=reasons)
-        if ready is not None:
-            return ready
         try:
             if len(accounts) == 1:
+                # By id alone: the answer scored ahead for this snapshot, without the batcher's
+                # thread (``OnlineScorer.score`` looks it up itself for many accounts).
+                ready = self.scorer.answered(accounts, reasons=reasons)
+                if ready is not None:
+                    return ready
                 answer: ScoreResponse = await self.score_batcher((accounts[0], reasons))
                 return answer
             # A request of many accounts is a batch already.

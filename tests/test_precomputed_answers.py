@@ -52,10 +52,10 @@ def scored(
     return _scored(trained_bundle, tmp_path_factory.mktemp(request.param), request.param)
 
 
-def _scorer(scored: Scored, precompute: int, snapshot: Path | None = None) -> OnlineScorer:
+def _scorer(scored: Scored, precompute: int) -> OnlineScorer:
     return OnlineScorer(
         LoadedModel(bundle=scored.bundle, source="test", version="test"),
-        snapshot_path=snapshot or scored.snapshot,
+        snapshot_path=scored.snapshot,
         feature_config=scored.config.features,
         max_accounts=1_000,
         precompute_max_accounts=precompute,
